@@ -1,0 +1,87 @@
+"""`bigmodel`: the command registry and the one place errors become exit codes.
+
+    bigmodel --help
+    bigmodel --debug train -r digits-cnn     # tracebacks instead of one-line errors
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+
+import typer
+
+from bigmodel_cli import __version__
+from bigmodel_cli.cli import eval as eval_cmd
+from bigmodel_cli.cli import export, info, prepare_data, recipes, serve, train
+
+app = typer.Typer(
+    name="bigmodel",
+    help="From raw data to a served endpoint: prepare-data, train, eval, export, serve - one recipe drives them all.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+    context_settings={"help_option_names": ["-h", "--help"]},
+)
+app.command("info")(info.info)
+app.add_typer(recipes.app, name="recipes")
+app.command("prepare-data")(prepare_data.prepare_data)
+app.command("train")(train.train)
+app.command("eval")(eval_cmd.eval_run)
+app.command("export")(export.export)
+app.command("serve")(serve.serve)
+
+
+def _version(value: bool) -> None:
+    if value:
+        print(f"bigmodel {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(
+    version: bool = typer.Option(False, "--version", callback=_version, is_eager=True, help="Print the version."),
+    debug: bool = typer.Option(False, "--debug", help="Show tracebacks (also BIGMODEL_DEBUG=1)."),
+) -> None:
+    if debug:
+        os.environ["BIGMODEL_DEBUG"] = "1"
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Console entry point: run the app and turn every failure into one line and an exit code."""
+    import click
+
+    from bigmodel_cli.console import debug_enabled
+    from bigmodel_cli.errors import BigmodelError
+
+    args = list(sys.argv[1:] if argv is None else argv)
+    if "--debug" in args:  # accepted anywhere on the line, not only before the command
+        args.remove("--debug")
+        os.environ["BIGMODEL_DEBUG"] = "1"
+    try:
+        code = app(args=args, prog_name="bigmodel", standalone_mode=False)
+    except BigmodelError as e:
+        _fail(str(e), e.exit_code, debug_enabled())
+    except click.exceptions.Abort:
+        _fail("interrupted", 130, False)
+    except KeyboardInterrupt:
+        _fail("interrupted", 130, debug_enabled())
+    except click.ClickException as e:  # bad usage: unknown option, missing argument...
+        hint = f" (see '{e.ctx.command_path} --help')" if getattr(e, "ctx", None) else ""
+        _fail(f"{e.format_message()}{hint}", e.exit_code, debug_enabled())
+    except click.exceptions.Exit as e:
+        sys.exit(e.exit_code)
+    except Exception as e:  # a bug of ours: say so on one line, traceback with --debug
+        _fail(f"internal error: {type(e).__name__}: {e} (rerun with --debug for the traceback)", 1, debug_enabled())
+    sys.exit(code if isinstance(code, int) else 0)
+
+
+def _fail(message: str, code: int, show_traceback: bool) -> None:
+    if show_traceback:
+        import traceback
+
+        traceback.print_exc()
+    first_line = message.strip().splitlines()[0] if message.strip() else "failed"
+    sys.stderr.write(f"error: {first_line}\n")
+    sys.stderr.flush()
+    sys.exit(code)

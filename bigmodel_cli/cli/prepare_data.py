@@ -1,0 +1,30 @@
+"""`bigmodel prepare-data`: raw source -> split arrays + manifest (bigmodel_cli.data.prepare).
+
+    bigmodel prepare-data -r digits-cnn
+    bigmodel prepare-data -r breast-cancer-mlp --out /tmp/bc --json
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+
+from bigmodel_cli.cli.common import JSON, RECIPE, SET, finish, start
+
+
+def prepare_data(
+    recipe: str = RECIPE,
+    source: str | None = typer.Option(None, "--source", help="Override data.source (file, folder or sklearn:NAME)."),
+    out: Path | None = typer.Option(None, "--out", help="Output folder (default data/<name>); sets data.prepared."),
+    sets: list[str] | None = SET,
+    as_json: bool = JSON,
+) -> None:
+    """Read the recipe's data source, clean, split and normalise it, and write arrays + manifest."""
+    from bigmodel_cli.config.recipe import resolve
+    from bigmodel_cli.data.prepare import prepare
+
+    start(as_json)
+    resolved = resolve(recipe, {"data.source": source, "data.prepared": str(out) if out else None}, sets)
+    manifest = prepare(resolved)
+    finish({"prepared": resolved.prepared_dir, "manifest": manifest}, as_json)

@@ -1,0 +1,1 @@
+"""Recipes: the shipped catalogue, the schema, and resolution with overrides."""

@@ -1,0 +1,61 @@
+"""Where output goes: human text to stderr, one JSON document to stdout with `--json`.
+
+`--json` keeps stdout clean for `jq`; everything a person reads goes through `console`
+(stderr). Progress bars only when stderr is a terminal and `CI` is not set.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from typing import Any
+
+from rich.console import Console
+
+console = Console(stderr=True, highlight=False, soft_wrap=True)  # logs, progress, reports of jobs
+# the answer of listing commands (recipes list, info); wide when piped so lines are not cut
+stdout = Console(highlight=False, width=None if sys.stdout.isatty() else 200)
+
+
+def debug_enabled() -> bool:
+    return os.environ.get("BIGMODEL_DEBUG", "") not in ("", "0", "false", "False")
+
+
+def interactive() -> bool:
+    """True when a progress bar makes sense: stderr is a terminal and not in CI."""
+    return sys.stderr.isatty() and not os.environ.get("CI")
+
+
+_quiet = False
+
+
+def quiet(enable: bool) -> None:
+    """Silence progress and human reports (used by `--json`); warnings still reach stderr."""
+    global _quiet
+    _quiet = enable
+
+
+def is_quiet() -> bool:
+    return _quiet
+
+
+def info(message: str) -> None:
+    if not _quiet:
+        console.print(message)
+
+
+def warn(message: str) -> None:
+    console.print(f"[yellow]warning:[/yellow] {message}")
+
+
+def print_json(document: Any) -> None:
+    """Print one JSON document on stdout, nothing else."""
+    sys.stdout.write(json.dumps(document, indent=2, default=_default, allow_nan=False) + "\n")
+    sys.stdout.flush()
+
+
+def _default(obj: Any) -> Any:
+    if hasattr(obj, "tolist"):
+        return obj.tolist()
+    return str(obj)

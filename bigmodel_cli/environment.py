@@ -1,0 +1,52 @@
+"""What this installation can use: versions, GPUs, onnxruntime providers, registered models."""
+
+from __future__ import annotations
+
+import platform
+import sys
+from importlib import metadata
+from typing import Any
+
+from bigmodel_cli import __version__
+
+
+def _version(dist: str) -> str | None:
+    try:
+        return metadata.version(dist)
+    except metadata.PackageNotFoundError:
+        return None
+
+
+def describe() -> dict[str, Any]:
+    import onnxruntime as ort
+    import torch
+
+    from bigmodel_cli.devices import ort_providers
+    from bigmodel_cli.models import list_models
+
+    gpus = []
+    if torch.cuda.is_available():
+        for i in range(torch.cuda.device_count()):
+            p = torch.cuda.get_device_properties(i)
+            gpus.append({"index": i, "name": p.name, "memory_gib": round(p.total_memory / 2**30, 1)})
+    return {
+        "bigmodel_version": __version__,
+        "python": sys.version.split()[0],
+        "platform": platform.platform(),
+        "torch": {
+            "version": torch.__version__,
+            "cuda_build": torch.version.cuda,
+            "cuda_available": torch.cuda.is_available(),
+            "devices": gpus,
+            "bf16_supported": torch.cuda.is_bf16_supported() if torch.cuda.is_available() else True,
+            "threads": torch.get_num_threads(),
+        },
+        "onnxruntime": {
+            "version": ort.__version__,
+            "providers": ort.get_available_providers(),
+            "usable_providers": ort_providers("auto"),
+        },
+        "libraries": {name: _version(name) for name in
+                      ("torchvision", "scikit-learn", "onnx", "onnxscript", "numpy", "typer", "pydantic")},
+        "models": list_models(),
+    }

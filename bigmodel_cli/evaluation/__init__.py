@@ -1,0 +1,1 @@
+"""Evaluation: predictions, scikit-learn metrics, reports, plots and quality gates."""

@@ -1,0 +1,1 @@
+"""The shipped recipes (YAML), installed as bigmodel_cli._recipes; see `bigmodel recipes list`."""
