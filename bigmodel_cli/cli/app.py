@@ -49,8 +49,6 @@ def _root(
 
 def main(argv: list[str] | None = None) -> None:
     """Console entry point: run the app and turn every failure into one line and an exit code."""
-    import click
-
     from bigmodel_cli.console import debug_enabled
     from bigmodel_cli.errors import BigmodelError
 
@@ -62,16 +60,17 @@ def main(argv: list[str] | None = None) -> None:
         code = app(args=args, prog_name="bigmodel", standalone_mode=False)
     except BigmodelError as e:
         _fail(str(e), e.exit_code, debug_enabled())
-    except click.exceptions.Abort:
-        _fail("interrupted", 130, False)
-    except KeyboardInterrupt:
-        _fail("interrupted", 130, debug_enabled())
-    except click.ClickException as e:  # bad usage: unknown option, missing argument...
-        hint = f" (see '{e.ctx.command_path} --help')" if getattr(e, "ctx", None) else ""
-        _fail(f"{e.format_message()}{hint}", e.exit_code, debug_enabled())
-    except click.exceptions.Exit as e:
+    except typer.Exit as e:
         sys.exit(e.exit_code)
-    except Exception as e:  # a bug of ours: say so on one line, traceback with --debug
+    except (typer.Abort, KeyboardInterrupt):
+        _fail("interrupted", 130, debug_enabled())
+    except Exception as e:
+        if hasattr(e, "format_message") and isinstance(getattr(e, "exit_code", None), int):
+            # the parser's usage errors: unknown option, missing argument, bad value
+            ctx = getattr(e, "ctx", None)
+            hint = f" (see '{ctx.command_path} --help')" if ctx is not None else ""
+            _fail(f"{e.format_message()}{hint}", 2 if e.exit_code == 1 else e.exit_code, debug_enabled())
+        # a bug of ours: say so on one line, traceback with --debug
         _fail(f"internal error: {type(e).__name__}: {e} (rerun with --debug for the traceback)", 1, debug_enabled())
     sys.exit(code if isinstance(code, int) else 0)
 

@@ -1,0 +1,40 @@
+# bigmodel-cli: `make demo` and `make test` are the only commands a fresh clone needs.
+PYTHON ?= python3
+VENV   ?= .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed
+PIP_FLAGS ?= --disable-pip-version-check
+
+.PHONY: install demo test lint bench clean distclean
+
+# (re)install when .venv is missing or pyproject.toml / constraints.txt changed
+$(STAMP): pyproject.toml constraints.txt
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install $(PIP_FLAGS) -q -e ".[dev]" -c constraints.txt
+	@touch $(STAMP)
+
+install: $(STAMP)
+
+# the digits-cnn pipeline on data that ships with scikit-learn: prepare-data, train, eval (gated), export
+demo: $(STAMP)
+	$(BIN)/bigmodel prepare-data -r digits-cnn
+	$(BIN)/bigmodel train -r digits-cnn
+	$(BIN)/bigmodel eval runs/digits-cnn --fail-under accuracy=0.95
+	$(BIN)/bigmodel export runs/digits-cnn
+	@echo "demo done: runs/digits-cnn/model.onnx (serve it with: $(BIN)/bigmodel serve runs/digits-cnn)"
+
+test: $(STAMP)
+	$(BIN)/python -m pytest -q
+
+lint: $(STAMP)
+	$(BIN)/ruff check .
+
+bench: $(STAMP)
+	@for f in benchmarks/bench_*.py; do echo "== $$f"; $(BIN)/python $$f || exit 1; done
+
+clean:
+	rm -rf build dist *.egg-info .pytest_cache .ruff_cache data runs
+	find . -name __pycache__ -type d -prune -not -path "./$(VENV)/*" -exec rm -rf {} +
+
+distclean: clean
+	rm -rf $(VENV)
