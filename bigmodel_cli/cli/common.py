@@ -6,7 +6,7 @@ from typing import Any
 
 import typer
 
-RECIPE = typer.Option(..., "--recipe", "-r", help="A shipped recipe's name (see `bigmodel recipes list`) or a YAML path.")
+RECIPE = typer.Option(..., "--recipe", "-r", help="A shipped recipe's name (`bigmodel recipes list`) or a YAML path.")
 SET = typer.Option(None, "--set", help="Override any recipe key: --set train.epochs=5 (VALUE is YAML). Repeatable.")
 JSON = typer.Option(False, "--json", help="Print one JSON document on stdout and nothing else there.")
 

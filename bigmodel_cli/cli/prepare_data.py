@@ -22,9 +22,9 @@ def prepare_data(
 ) -> None:
     """Read the recipe's data source, clean, split and normalise it, and write arrays + manifest."""
     from bigmodel_cli.config.recipe import resolve
-    from bigmodel_cli.data.prepare import prepare
 
     start(as_json)
     resolved = resolve(recipe, {"data.source": source, "data.prepared": str(out) if out else None}, sets)
+    from bigmodel_cli.data.prepare import prepare
     manifest = prepare(resolved)
     finish({"prepared": resolved.prepared_dir, "manifest": manifest}, as_json)

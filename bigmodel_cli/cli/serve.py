@@ -1,28 +1,51 @@
-"""`bigmodel serve`: an onnxruntime server speaking the KServe/Triton V2 protocol.
+"""`bigmodel serve`: an onnxruntime server speaking the KServe/Triton V2 protocol (bigmodel_cli.serving).
 
     bigmodel serve runs/digits-cnn --port 8000
     curl localhost:8000/v2/health/ready
+
+Given a run directory, its recipe's `serve` section supplies the defaults (host, port,
+max_batch_size, max_queue_delay_ms); explicit flags win.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import typer
 
 
+def _settings(model: Path, flags: dict[str, Any]) -> dict[str, Any]:
+    """Built-in defaults < the run's recipe `serve` section < explicit flags."""
+    from bigmodel_cli.config.schema import ServeSection
+
+    settings = ServeSection().model_dump()
+    recipe_file = model / "recipe.yaml"
+    if model.is_dir() and recipe_file.is_file():
+        from bigmodel_cli.config.recipe import load_yaml, validate
+
+        settings = validate(load_yaml(recipe_file), str(recipe_file)).serve.model_dump()
+    settings.update({k: v for k, v in flags.items() if v is not None})
+    return settings
+
+
 def serve(
     model: Path = typer.Argument(..., help="MODEL.onnx, or a run directory holding model.onnx."),
-    host: str = typer.Option("127.0.0.1", "--host", help="Address to listen on."),
-    port: int = typer.Option(8000, "--port", help="Port to listen on (0: any free port)."),
+    host: str | None = typer.Option(None, "--host", help="Address to listen on [default: 127.0.0.1]."),
+    port: int | None = typer.Option(None, "--port", help="Port to listen on, 0 for any free one [default: 8000]."),
     model_name: str | None = typer.Option(None, "--model-name", help="Name in /v2/models/{name} (default: recipe)."),
-    max_batch_size: int = typer.Option(32, "--max-batch-size", help="Most rows one inference may carry."),
-    max_queue_delay_ms: float = typer.Option(2.0, "--max-queue-delay-ms", help="Batching wait (ms)."),
+    max_batch_size: int | None = typer.Option(None, "--max-batch-size", help="Most rows one inference may carry "
+                                              "[default: 32]."),
+    max_queue_delay_ms: float | None = typer.Option(None, "--max-queue-delay-ms", help="Batching wait in ms "
+                                                    "[default: 2]."),
     device: str = typer.Option("auto", "--device", help="auto | cpu | cuda."),
     api_key_env: str | None = typer.Option(None, "--api-key-env", help="Require 'Authorization: Bearer $VAR'."),
 ) -> None:
     """Serve an exported model over HTTP (V2 inference protocol) until SIGTERM/SIGINT."""
+    settings = _settings(model, {"host": host, "port": port, "max_batch_size": max_batch_size,
+                                 "max_queue_delay_ms": max_queue_delay_ms})
     from bigmodel_cli.serving.server import run_server
 
-    run_server(model, host=host, port=port, model_name=model_name, max_batch_size=max_batch_size,
-               max_queue_delay_ms=max_queue_delay_ms, device=device, api_key_env=api_key_env)
+    run_server(model, host=settings["host"], port=settings["port"], model_name=model_name,
+               max_batch_size=settings["max_batch_size"], max_queue_delay_ms=settings["max_queue_delay_ms"],
+               device=device, api_key_env=api_key_env)

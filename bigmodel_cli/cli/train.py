@@ -24,9 +24,9 @@ def train(
 ) -> None:
     """Train with validation every epoch; best/last checkpoints, metrics.jsonl, resolved recipe in RUN_DIR."""
     from bigmodel_cli.config.recipe import resolve
-    from bigmodel_cli.training.trainer import fit
 
     start(as_json)
     resolved = resolve(recipe, {"train.devices": devices}, sets)
+    from bigmodel_cli.training.trainer import fit
     summary = fit(resolved, run_dir or Path("runs") / resolved.name, resume=resume, recipe_ref=recipe)
     finish(summary, as_json)

@@ -121,7 +121,7 @@ def evaluate(run_dir: str | Path, split: str | None = None, checkpoint: str | No
         pred = proba.argmax(axis=1)
         report.update(metrics=values, per_class=per_class, confusion_matrix=cm, classes=classes)
         writer.writerow(["y_true", "y_pred", *[f"p_{c}" for c in classes]])
-        for t, p, probs in zip(y, pred, proba):
+        for t, p, probs in zip(y, pred, proba, strict=True):
             writer.writerow([classes[t], classes[p], *[f"{v:.6g}" for v in probs]])
         written = plots.classification_plots(y, proba, classes, cm, out_dir, split)
     else:
@@ -129,7 +129,7 @@ def evaluate(run_dir: str | Path, split: str | None = None, checkpoint: str | No
         values = M.regression(y, pred)
         report.update(metrics=values, per_class={}, confusion_matrix=None)
         writer.writerow(["y_true", "y_pred"])
-        for t, p in zip(y, pred):
+        for t, p in zip(y, pred, strict=True):
             writer.writerow([f"{t:.6g}", f"{p:.6g}"])
         written = plots.regression_plots(y, pred, out_dir, split)
     report["undefined_metrics"] = M.undefined(values)

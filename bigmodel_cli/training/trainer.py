@@ -228,12 +228,9 @@ def fit(recipe, run_dir: str | Path, resume: bool = False, recipe_ref: str | Non
             bar.start_epoch(epoch, state["batch"])
             for b in range(state["batch"], batches_per_epoch):
                 idx = order[b * cfg.batch_size : (b + 1) * cfg.batch_size]
-                if x_train.device != idx.device:
-                    idx_dev = idx.to(x_train.device)
-                else:
-                    idx_dev = idx
-                xb = norm(x_train[idx_dev].to(device, non_blocking=True))
-                yb = y_train[idx_dev].to(device, non_blocking=True)
+                idx = idx.to(x_train.device)
+                xb = norm(x_train[idx].to(device, non_blocking=True))
+                yb = y_train[idx].to(device, non_blocking=True)
                 with _autocast(device, cfg.precision):
                     out = net(xb)
                     loss = loss_fn(out.float(), yb) if recipe.task == "classification" else loss_fn(

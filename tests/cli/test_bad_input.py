@@ -2,6 +2,7 @@
 
 import pytest
 
+from bigmodel_cli.config import catalog
 from tests.conftest import tree
 
 BAD_RECIPES = {
@@ -54,8 +55,7 @@ def test_export_before_train(cli, workdir):
     assert cli("prepare-data", "-r", "digits-cnn", cwd=workdir).code == 0
     before = tree(workdir)
     (workdir / "runs/digits-cnn").mkdir(parents=True)
-    (workdir / "runs/digits-cnn/recipe.yaml").write_text((workdir / "unknown-key.yaml").read_text()
-                                                          .replace("epoch:", "epochs:").replace("name: x", "name: digits-cnn"))
+    (workdir / "runs/digits-cnn/recipe.yaml").write_text(catalog.path_of("digits-cnn").read_text())
     result = cli("export", "runs/digits-cnn", cwd=workdir)
     assert result.code == 2 and "no best.pt checkpoint; train first" in result.stderr
     assert len(result.stderr.strip().splitlines()) == 1
