@@ -49,7 +49,8 @@ def test_splits_are_disjoint_stratified_and_seeded(tmp_path):
 def test_normalisation_is_fitted_on_train_only(tmp_path):
     r, m = prepared(tmp_path)
     x_train = np.asarray(manifests.load_split(tmp_path / "data", "train")[0], dtype=np.float64)
-    x_all = np.asarray(read_source("sklearn:breast_cancer").x, dtype=np.float64)
+    table = read_source("sklearn:breast_cancer").table
+    x_all = np.stack([np.asarray(table[f], dtype=np.float64) for f in m["features"]], axis=1)
     norm = m["preprocessing"]["normalize"]
     assert np.allclose(norm["mean"], x_train.mean(0)) and np.allclose(norm["std"], x_train.std(0))
     assert not np.allclose(norm["mean"], x_all.mean(0))  # the whole table (val/test included) differs

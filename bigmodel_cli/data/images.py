@@ -1,0 +1,146 @@
+"""Images to uint8 arrays: a class-per-folder tree decoded in parallel, and the one function that makes any image
+(a file, a PIL image, an array) into the [C, H, W] uint8 array a model was trained on.
+
+    files, labels, classes = list_folder("photos/")           # photos/<class>/*.png|jpg
+    x, bad = decode_files(files, size=32, channels=3, on_bad="skip")
+    x = to_array(Image.open("cat.jpg"), size=32, channels=3)  # what eval/serve feed the model
+
+Images of any size and mode are converted (palette, alpha, 16-bit, CMYK) and resized to
+`size` x `size` with antialiasing; they are stored as uint8 so that training reads them
+without decoding again.
+"""
+
+from __future__ import annotations
+
+import os
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from bigmodel_cli.errors import UsageError
+
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm", ".pgm")
+GREY_MODES = ("1", "L", "LA", "I", "I;16", "I;16L", "I;16B", "F")
+
+
+def list_folder(root: str | Path) -> tuple[list[Path], np.ndarray, list[str]]:
+    """Image files under ROOT/<class>/ (sorted), their class indices, and the class names (sorted folder names)."""
+    root = Path(root)
+    folders = sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
+    if not folders:
+        raise UsageError(f"{root}: no class folders; expected {root}/<class>/<image>.png (one folder per class)")
+    files: list[Path] = []
+    labels: list[int] = []
+    classes: list[str] = []
+    for folder in folders:
+        images = sorted(p for p in folder.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
+        if not images:
+            continue
+        labels.extend([len(classes)] * len(images))
+        classes.append(folder.name)
+        files.extend(images)
+    if not files:
+        raise UsageError(f"{root}: no images in its class folders ({', '.join(f.name for f in folders[:5])}); "
+                         f"expected files ending in {', '.join(IMAGE_SUFFIXES[:4])}...")
+    return files, np.asarray(labels, dtype=np.int64), classes
+
+
+def empty_class_folders(root: str | Path, classes: list[str]) -> list[str]:
+    root = Path(root)
+    return sorted(p.name for p in root.iterdir() if p.is_dir() and not p.name.startswith(".") and p.name not in classes)
+
+
+def probe(files: list[Path]) -> tuple[tuple[int, int] | None, int]:
+    """(common (width, height) or None when sizes differ, 1 or 3 channels) from the files' headers only."""
+    from PIL import Image
+
+    sizes: set[tuple[int, int]] = set()
+    grey = True
+    for path in files:
+        try:
+            with Image.open(path) as im:
+                sizes.add(im.size)
+                grey = grey and im.mode in GREY_MODES
+        except Exception:  # noqa: BLE001 - unreadable files are reported by decode_files
+            continue
+    return (next(iter(sizes)) if len(sizes) == 1 else None), (1 if grey else 3)
+
+
+def to_array(image: Any, size: int | tuple[int, int] | None, channels: int) -> np.ndarray:
+    """One image (path, PIL image, or HxW / HxWxC array) as uint8 [channels, H, W], resized to `size`."""
+    from PIL import Image
+
+    if isinstance(image, (str, os.PathLike)) or hasattr(image, "read"):
+        with Image.open(image) as im:
+            im.load()
+            return to_array(im, size, channels)
+    if isinstance(image, np.ndarray):
+        image = Image.fromarray(_as_uint8(image))
+    im = image
+    if im.mode in ("I", "I;16", "I;16L", "I;16B", "F"):
+        im = Image.fromarray(_as_uint8(np.asarray(im)))
+    if im.mode in ("RGBA", "LA", "PA") or (im.mode == "P" and "transparency" in im.info):
+        im = _on_white(im.convert("RGBA"))
+    im = im.convert("L" if channels == 1 else "RGB")
+    if size is not None:
+        width, height = (size, size) if isinstance(size, int) else size
+        if im.size != (width, height):
+            im = im.resize((width, height), Image.Resampling.BILINEAR, reducing_gap=3.0)
+    pixels = np.asarray(im, dtype=np.uint8)
+    return pixels[None] if pixels.ndim == 2 else pixels.transpose(2, 0, 1)
+
+
+def _as_uint8(pixels: np.ndarray) -> np.ndarray:
+    if pixels.dtype == np.uint8:
+        return pixels
+    if np.issubdtype(pixels.dtype, np.floating) and pixels.size and float(np.nanmax(pixels)) <= 1.0:
+        pixels = pixels * 255.0
+    elif pixels.dtype in (np.uint16, np.int32, np.uint32) and pixels.size and pixels.max() > 255:
+        pixels = pixels / 257.0
+    return np.clip(np.nan_to_num(pixels), 0, 255).astype(np.uint8)
+
+
+def _on_white(rgba):
+    from PIL import Image
+
+    background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+    return Image.alpha_composite(background, rgba).convert("RGB")
+
+
+def decode_files(files: list[Path], size: int | tuple[int, int] | None, channels: int, on_bad: str,
+                 workers: int | None = None) -> tuple[np.ndarray, np.ndarray, list[dict[str, str]], list[str]]:
+    """Decode every file in parallel into uint8 [N_ok, C, H, W]; unreadable files skipped and listed, or an error.
+
+    Returns the readable images (in order), the boolean mask of which files they are, `bad`
+    ([{"file", "error"}] for the others) and each file's SHA-256 (read once, hashed and decoded).
+    """
+    import hashlib
+    import io
+
+    workers = workers or min(8, os.cpu_count() or 1)
+
+    def one(path: Path) -> tuple[np.ndarray | str, str]:
+        try:
+            data = path.read_bytes()
+        except OSError as e:
+            return f"cannot read ({e.strerror})", ""
+        digest = hashlib.sha256(data).hexdigest()
+        try:
+            return to_array(io.BytesIO(data), size, channels), digest
+        except Exception as e:  # noqa: BLE001 - PIL raises many types for a bad file
+            return (str(e).splitlines() or [type(e).__name__])[0], digest
+
+    with ThreadPoolExecutor(max_workers=workers) as pool:
+        results = list(pool.map(one, files, chunksize=64))
+    bad = [{"file": str(path), "error": r} for path, (r, _) in zip(files, results, strict=True) if isinstance(r, str)]
+    if bad and on_bad == "error":
+        first = bad[0]
+        raise UsageError(f"{first['file']}: unreadable image ({first['error']}); "
+                         f"fix or remove it, or set data.on_bad_file=skip")
+    ok = np.array([not isinstance(r, str) for r, _ in results], dtype=bool)
+    if not ok.any():
+        raise UsageError(f"{files[0].parent.parent}: none of the {len(files)} images could be read "
+                         f"(first: {bad[0]['file']}: {bad[0]['error']})")
+    return np.stack([r for r, _ in results if not isinstance(r, str)]), ok, bad, [d for _, d in results]

@@ -1,0 +1,369 @@
+"""The fitted preprocessing: learnt on the train split only, then applied to every split and to new raw inputs.
+
+    spec = fit_table(train_columns, data)          # imputation values, categories, bin edges
+    x = apply(manifest, [{"age": 41, "city": "Oslo"}])       # raw rows -> float32 [N, F]
+    x = apply(manifest, ["photo.jpg"])                       # raw images -> uint8 [N, C, H, W]
+    x = apply(manifest, ["a fine film"])                     # raw texts -> int32 token ids [N, L]
+
+`apply` is the one function from raw inputs to the arrays a model is trained on; prepare-data
+uses it for train, val and test alike, and eval/serve use it for new data, so no step can
+differ between them. The affine normalisation (mean/std) is not here: it lives inside the
+model (`transform.Normalize`). No torch import: this runs in prepare-data.
+"""
+
+from __future__ import annotations
+
+import difflib
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from bigmodel_cli.errors import UsageError
+
+NUMERIC_IMPUTE = ("mean", "median", "most_frequent", "constant", "drop")
+PAD, UNK = "[PAD]", "[UNK]"
+
+
+# ---------------------------------------------------------------- one entry point
+
+
+def apply(manifest: dict[str, Any], raw: Any) -> np.ndarray:
+    """Raw rows (pyarrow Table, pandas DataFrame, list of dicts, dict of lists), images or texts -> model inputs."""
+    pre, kind = manifest["preprocessing"], manifest["kind"]
+    if kind == "tabular":
+        return apply_table(pre["table"], as_table(raw))
+    if kind == "image":
+        return apply_images(pre["image"], raw)
+    if kind == "text":
+        return apply_text(pre["text"], raw)
+    raise UsageError(f"manifest kind '{kind}' is not tabular, image or text; rerun prepare-data")
+
+
+def as_table(raw: Any) -> pa.Table:
+    if isinstance(raw, pa.Table):
+        return raw
+    if isinstance(raw, dict):
+        return pa.table({k: list(v) if not isinstance(v, (pa.Array, pa.ChunkedArray, np.ndarray)) else v
+                         for k, v in raw.items()})
+    if isinstance(raw, list):
+        return pa.Table.from_pylist(raw)
+    if type(raw).__name__ == "DataFrame":
+        return pa.Table.from_pandas(raw, preserve_index=False)
+    raise UsageError(f"cannot read rows from a {type(raw).__name__}; give a table, a list of dicts or a dict")
+
+
+# ---------------------------------------------------------------- columns
+
+
+def column_kind(column: pa.ChunkedArray | pa.Array, name: str) -> str:
+    """numeric | categorical; datetimes and nested values are refused with the way out."""
+    t = column.type
+    if pa.types.is_dictionary(t):
+        t = t.value_type
+    if pa.types.is_integer(t) or pa.types.is_floating(t) or pa.types.is_decimal(t) or pa.types.is_null(t):
+        return "numeric"
+    if pa.types.is_string(t) or pa.types.is_large_string(t) or pa.types.is_boolean(t):
+        return "categorical"
+    if pa.types.is_temporal(t):
+        raise UsageError(f"column '{name}' holds dates/times ({t}); convert it to numbers or list it in data.drop")
+    raise UsageError(f"column '{name}' has unsupported type {t}; list it in data.drop")
+
+
+def numbers(column: pa.ChunkedArray | pa.Array, name: str) -> np.ndarray:
+    """float64 values with NaN for missing (nulls, NaN, +-inf)."""
+    try:
+        values = pc.cast(column, pa.float64())
+    except (pa.ArrowInvalid, pa.ArrowNotImplementedError) as e:
+        raise UsageError(f"column '{name}': not numeric ({str(e).splitlines()[0]})") from None
+    if isinstance(values, pa.ChunkedArray):
+        out = values.to_numpy() if values.num_chunks else np.zeros(0)
+    else:
+        out = values.to_numpy(zero_copy_only=False)
+    out = np.array(out, dtype=np.float64, copy=True)
+    out[~np.isfinite(out)] = np.nan
+    return out
+
+
+def strings(column: pa.ChunkedArray | pa.Array) -> pa.ChunkedArray | pa.Array:
+    t = column.type
+    if pa.types.is_string(t):
+        return column
+    if pa.types.is_boolean(t) or pa.types.is_dictionary(t) or pa.types.is_large_string(t):
+        return pc.cast(column, pa.string())
+    return pc.cast(column, pa.string())
+
+
+def missing_count(column: pa.ChunkedArray) -> int:
+    if column_kind(column, "") == "numeric":
+        return int(np.isnan(numbers(column, "")).sum())
+    return int(column.null_count)
+
+
+def fit_table(train: pa.Table, names: list[str], data, warnings: list[str]) -> dict[str, Any]:
+    """Per-column imputation value, categories (sorted) and bin edges, from train rows only."""
+    columns = [_fit_column(train[name], name, data, warnings) for name in names]
+    return {"columns": columns, "features": feature_names(columns)}
+
+
+def _fit_column(column: pa.ChunkedArray, name: str, data, warnings: list[str]) -> dict[str, Any]:
+    kind = column_kind(column, name)
+    strategy = data.impute.columns.get(name) or (data.impute.numeric if kind == "numeric" else data.impute.categorical)
+    if kind == "numeric":
+        return _fit_numeric(numbers(column, name), name, strategy, data, warnings)
+    if strategy in ("mean", "median"):
+        raise UsageError(f"data.impute.columns.{name}: '{strategy}' needs a numeric column; '{name}' holds "
+                         f"categories (use most_frequent or constant)")
+    if name in data.binning.columns:
+        raise UsageError(f"data.binning.columns.{name}: '{name}' is not numeric")
+    text = strings(column)
+    counts = pc.value_counts(text.drop_null() if isinstance(text, pa.Array) else pc.drop_null(text))
+    values = counts.field("values").to_pylist()
+    frequency = counts.field("counts").to_numpy()
+    categories = sorted(values)
+    encoding = data.categorical.columns.get(name, data.categorical.encoding)
+    if encoding == "onehot" and len(categories) > data.categorical.max_onehot:
+        raise UsageError(f"column '{name}' has {len(categories)} categories, too many to one-hot encode "
+                         f"(data.categorical.max_onehot={data.categorical.max_onehot}); list it in data.drop if "
+                         f"it is an id, or set data.categorical.columns.{name}=ordinal")
+    fill = None
+    if strategy == "most_frequent":
+        top = frequency.max() if values else 0
+        fill = min(v for v, f in zip(values, frequency, strict=True) if f == top) if values else "missing"
+    elif strategy == "constant":
+        fill = str(data.impute.fill_value.get(name, "missing"))
+    if not categories:
+        warnings.append(f"column '{name}' has no values in the train split")
+    return {"name": name, "type": "categorical", "impute": strategy, "fill": fill, "encoding": encoding,
+            "categories": categories}
+
+
+def _fit_numeric(values: np.ndarray, name: str, strategy: str, data, warnings: list[str]) -> dict[str, Any]:
+    present = values[~np.isnan(values)]
+    if strategy == "constant":
+        raw_fill = data.impute.fill_value.get(name, 0.0)
+        try:
+            fill: float | None = float(raw_fill)
+        except ValueError:
+            raise UsageError(f"data.impute.fill_value.{name}: '{raw_fill}' is not a number") from None
+    elif strategy == "drop":
+        fill = None
+    elif len(present) == 0:
+        warnings.append(f"column '{name}' has no values in the train split; filled with 0")
+        fill = 0.0
+    elif strategy == "mean":
+        fill = float(present.mean())
+    elif strategy == "median":
+        fill = float(np.median(present))
+    else:
+        uniq, counts = np.unique(present, return_counts=True)
+        fill = float(uniq[np.argmax(counts)])
+    spec: dict[str, Any] = {"name": name, "type": "numeric", "impute": strategy, "fill": fill, "bins": None}
+    if name in data.binning.columns:
+        filled = np.where(np.isnan(values), fill if fill is not None else np.nan, values)
+        spec["bins"] = _bin_edges(filled[~np.isnan(filled)], data.binning.columns[name], data.binning.strategy, name)
+    return spec
+
+
+def _bin_edges(values: np.ndarray, bins: int, strategy: str, name: str) -> list[float]:
+    if bins < 2:
+        raise UsageError(f"data.binning.columns.{name}: needs at least 2 bins, got {bins}")
+    if len(values) == 0:
+        return []
+    if strategy == "quantile":
+        edges = np.quantile(values, np.linspace(0, 1, bins + 1)[1:-1])
+    else:
+        edges = np.linspace(values.min(), values.max(), bins + 1)[1:-1]
+    return [float(e) for e in np.unique(edges)]
+
+
+def feature_names(columns: list[dict[str, Any]]) -> list[str]:
+    names: list[str] = []
+    for c in columns:
+        if c["type"] == "categorical" and c["encoding"] == "onehot":
+            names.extend(f"{c['name']}={v}" for v in c["categories"])
+        else:
+            names.append(c["name"])
+    return names
+
+
+def onehot_mask(spec: dict[str, Any]) -> np.ndarray:
+    """True for the features that are one-hot indicators (left as 0/1 by the normalisation)."""
+    mask: list[bool] = []
+    for c in spec["columns"]:
+        onehot = c["type"] == "categorical" and c["encoding"] == "onehot"
+        mask.extend([onehot] * (len(c["categories"]) if onehot else 1))
+    return np.asarray(mask, dtype=bool)
+
+
+def apply_table(spec: dict[str, Any], table: pa.Table, row_numbers: np.ndarray | None = None) -> np.ndarray:
+    """Impute, bin and encode raw rows into float32 [N, F]; unseen categories become all-zero (one-hot) or -1."""
+    missing = [c["name"] for c in spec["columns"] if c["name"] not in table.column_names]
+    if missing:
+        near = difflib.get_close_matches(missing[0], table.column_names, n=1)
+        hint = f"; did you mean '{near[0]}'?" if near else ""
+        raise UsageError(f"column '{missing[0]}' is missing from the input{hint} "
+                         f"(expected: {', '.join(c['name'] for c in spec['columns'])})")
+    n = table.num_rows
+    out = np.zeros((n, len(spec["features"])), dtype=np.float32)
+    j = 0
+    for c in spec["columns"]:
+        column = table[c["name"]]
+        if c["type"] == "numeric":
+            out[:, j] = _numeric_feature(c, column, row_numbers)
+            j += 1
+            continue
+        index = _category_index(c, column, row_numbers)
+        if c["encoding"] == "ordinal":
+            out[:, j] = index
+            j += 1
+        else:
+            rows = np.flatnonzero(index >= 0)
+            out[rows, j + index[rows]] = 1.0
+            j += len(c["categories"])
+    return out
+
+
+def _numeric_feature(c: dict[str, Any], column, row_numbers: np.ndarray | None) -> np.ndarray:
+    values = numbers(column, c["name"])
+    absent = np.isnan(values)
+    if absent.any():
+        if c["fill"] is None:
+            row = int(np.argmax(absent))
+            raise UsageError(f"row {_row(row, row_numbers)}: column '{c['name']}' is missing and its imputation is "
+                             f"'drop'; give a value")
+        values[absent] = c["fill"]
+    if c["bins"] is not None:
+        values = np.searchsorted(np.asarray(c["bins"]), values, side="right").astype(np.float64)
+    return values
+
+
+def _category_index(c: dict[str, Any], column, row_numbers: np.ndarray | None) -> np.ndarray:
+    text = strings(column)
+    if text.null_count:
+        if c["fill"] is None:
+            nulls = np.asarray(pc.is_null(text).to_numpy(zero_copy_only=False) if isinstance(text, pa.Array)
+                               else pc.is_null(text).to_numpy())
+            raise UsageError(f"row {_row(int(np.argmax(nulls)), row_numbers)}: column '{c['name']}' is missing "
+                             f"and its imputation is 'drop'; give a value")
+        text = pc.fill_null(text, c["fill"])
+    index = pc.fill_null(pc.index_in(text, value_set=pa.array(c["categories"], pa.string())), -1)
+    values = index.to_numpy() if isinstance(index, pa.ChunkedArray) else index.to_numpy(zero_copy_only=False)
+    return np.asarray(values, dtype=np.int64)
+
+
+def _row(i: int, row_numbers: np.ndarray | None) -> int:
+    return int(row_numbers[i]) + 1 if row_numbers is not None else i + 1
+
+
+# ---------------------------------------------------------------- outliers (train rows only)
+
+
+def outlier_rows(train: pa.Table, names: list[str], method: str, threshold: float | None) -> dict[str, np.ndarray]:
+    """Per numeric column, a mask of train rows outside mean +- t*std (zscore) or [Q1 - t*IQR, Q3 + t*IQR]."""
+    t = threshold or (3.0 if method == "zscore" else 1.5)
+    masks: dict[str, np.ndarray] = {}
+    for name in names:
+        values = numbers(train[name], name)
+        present = values[~np.isnan(values)]
+        if len(present) < 2:
+            continue
+        if method == "zscore":
+            mean, std = present.mean(), present.std()
+            low, high = (mean - t * std, mean + t * std) if std > 0 else (-np.inf, np.inf)
+        else:
+            q1, q3 = np.quantile(present, [0.25, 0.75])
+            low, high = q1 - t * (q3 - q1), q3 + t * (q3 - q1)
+        with np.errstate(invalid="ignore"):
+            masks[name] = (values < low) | (values > high)
+    return masks
+
+
+# ---------------------------------------------------------------- images
+
+
+def apply_images(spec: dict[str, Any], raw: Any) -> np.ndarray:
+    """Files, PIL images or HxW(xC) arrays -> uint8 [N, C, H, W] at the trained size and channels."""
+    from bigmodel_cli.data.images import to_array
+
+    height, width = spec["size"]
+    shape = (spec["channels"], height, width)
+    if isinstance(raw, np.ndarray) and raw.ndim == 4 and raw.shape[1:] == shape:
+        return np.ascontiguousarray(raw, dtype=np.uint8)
+    items = raw if isinstance(raw, (list, tuple)) else [raw]
+    if not items:
+        return np.zeros((0, *shape), dtype=np.uint8)
+    out = np.empty((len(items), *shape), dtype=np.uint8)
+    for i, item in enumerate(items):
+        try:
+            out[i] = to_array(item, (width, height), spec["channels"])
+        except (OSError, ValueError) as e:
+            raise UsageError(f"image {i + 1} ({item if isinstance(item, str) else type(item).__name__}): "
+                             f"unreadable ({str(e).splitlines()[0] if str(e) else type(e).__name__})") from None
+    return out
+
+
+# ---------------------------------------------------------------- text
+
+
+def fit_text(texts: list[str], cfg) -> dict[str, Any]:
+    """A tokenizer (word-level, BPE or WordPiece, from `tokenizers`) trained on the train texts only."""
+    from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, trainers
+
+    special = [PAD, UNK]
+    if cfg.tokenizer == "word":
+        tok = Tokenizer(models.WordLevel(unk_token=UNK))
+        trainer = trainers.WordLevelTrainer(vocab_size=cfg.vocab_size, special_tokens=special)
+    elif cfg.tokenizer == "bpe":
+        tok = Tokenizer(models.BPE(unk_token=UNK))
+        trainer = trainers.BpeTrainer(vocab_size=cfg.vocab_size, special_tokens=special)
+    else:
+        tok = Tokenizer(models.WordPiece(unk_token=UNK))
+        trainer = trainers.WordPieceTrainer(vocab_size=cfg.vocab_size, special_tokens=special)
+    steps = [normalizers.NFKC()] + ([normalizers.Lowercase()] if cfg.lowercase else [])
+    tok.normalizer = normalizers.Sequence(steps)
+    tok.pre_tokenizer = pre_tokenizers.Whitespace()
+    tok.train_from_iterator(texts, trainer=trainer)
+    return {"tokenizer_kind": cfg.tokenizer, "max_length": cfg.max_length, "lowercase": cfg.lowercase,
+            "vocab_size": tok.get_vocab_size(), "pad_id": tok.token_to_id(PAD), "unk_id": tok.token_to_id(UNK),
+            "tokenizer": tok.to_str()}
+
+
+_TOKENIZERS: dict[str, Any] = {}
+
+
+def _tokenizer(spec: dict[str, Any]):
+    from tokenizers import Tokenizer
+
+    key = spec["tokenizer"]
+    if key not in _TOKENIZERS:
+        tok = Tokenizer.from_str(key)
+        tok.enable_truncation(spec["max_length"])
+        tok.enable_padding(pad_id=spec["pad_id"], pad_token=PAD, length=spec["max_length"])
+        _TOKENIZERS.clear()
+        _TOKENIZERS[key] = tok
+    return _TOKENIZERS[key]
+
+
+def apply_text(spec: dict[str, Any], raw: Any) -> np.ndarray:
+    """Texts (a list of strings, or rows with the text column) -> int32 token ids [N, max_length], 0-padded."""
+    texts = _texts(spec, raw)
+    if not texts:
+        return np.zeros((0, spec["max_length"]), dtype=np.int32)
+    encoded = _tokenizer(spec).encode_batch(texts)
+    return np.asarray([e.ids for e in encoded], dtype=np.int32)
+
+
+def _texts(spec: dict[str, Any], raw: Any) -> list[str]:
+    if isinstance(raw, str):
+        return [raw]
+    if isinstance(raw, (pa.Array, pa.ChunkedArray)):
+        raw = raw.to_pylist()
+    elif not isinstance(raw, (list, tuple)) or (raw and isinstance(raw[0], dict)):
+        table = as_table(raw)
+        column = spec.get("column", "text")
+        if column not in table.column_names:
+            raise UsageError(f"column '{column}' (the text) is missing from the input")
+        raw = table[column].to_pylist()
+    return ["" if t is None else str(t) for t in raw]
