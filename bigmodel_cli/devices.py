@@ -8,7 +8,7 @@ from bigmodel_cli.errors import UsageError
 def resolve(devices: str = "auto"):
     import torch
 
-    if devices in ("auto", "1"):
+    if devices == "auto" or devices.isdigit():  # N processes: each its own GPU when there are GPUs
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if devices == "cpu":
         return torch.device("cpu")
@@ -16,7 +16,7 @@ def resolve(devices: str = "auto"):
         if not torch.cuda.is_available():
             raise UsageError("--devices cuda: no CUDA GPU is visible to PyTorch (see `bigmodel info`)")
         return torch.device("cuda")
-    raise UsageError(f"--devices {devices}: expected auto, cpu, cuda or 1")
+    raise UsageError(f"--devices {devices}: expected auto, cpu, cuda or a number of processes")
 
 
 def ort_providers(device: str = "auto") -> list[str]:

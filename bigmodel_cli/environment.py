@@ -41,6 +41,13 @@ def describe() -> dict[str, Any]:
             "bf16_supported": torch.cuda.is_bf16_supported() if torch.cuda.is_available() else True,
             "threads": torch.get_num_threads(),
         },
+        "distributed": {
+            "available": torch.distributed.is_available(),
+            "gloo": torch.distributed.is_available() and torch.distributed.is_gloo_available(),
+            "nccl": torch.distributed.is_available() and torch.distributed.is_nccl_available(),
+            "backend": "nccl" if torch.cuda.is_available() else "gloo",
+            "visible_gpus": torch.cuda.device_count() if torch.cuda.is_available() else 0,
+        },
         "onnxruntime": {
             "version": ort.__version__,
             "providers": ort.get_available_providers(),

@@ -38,13 +38,12 @@ def load_run(run_dir: str | Path) -> Run:
 def load_network(run: Run, which: str = "best"):
     """The trained network (eval mode, CPU), its input normaliser, and the checkpoint path."""
     from bigmodel_cli.data.transform import normalizer
-    from bigmodel_cli.models import build_from_recipe
     from bigmodel_cli.training import checkpoint
-    from bigmodel_cli.training.trainer import model_meta
+    from bigmodel_cli.training.trainer import build_network, model_meta
 
     path = checkpoint.resolve(run.path, which)
     state = checkpoint.load(path, expect=model_meta(run.recipe, run.manifest))
-    net = build_from_recipe(run.recipe.model, run.manifest)
+    net = build_network(run.recipe, run.manifest)
     checkpoint.load_weights(net, state, path)
     net.eval()
     return net, normalizer(run.manifest).eval(), path

@@ -29,6 +29,7 @@ app.command("prepare-data")(prepare_data.prepare_data)
 app.command("train")(train.train)
 app.command("eval")(eval_cmd.eval_run)
 app.command("export")(export.export)
+app.command("benchmark")(export.benchmark)
 app.command("serve")(serve.serve)
 
 
@@ -83,4 +84,19 @@ def _fail(message: str, code: int, show_traceback: bool) -> None:
     first_line = message.strip().splitlines()[0] if message.strip() else "failed"
     sys.stderr.write(f"error: {first_line}\n")
     sys.stderr.flush()
+    _report_to_launcher(first_line)
     sys.exit(code)
+
+
+def _report_to_launcher(line: str) -> None:
+    """Inside a torch.distributed.run worker: leave the error where the launcher reads it (its error file)."""
+    path = os.environ.get("TORCHELASTIC_ERROR_FILE")
+    if path and not os.path.exists(path):
+        import json
+        import time
+
+        try:
+            with open(path, "w") as f:
+                json.dump({"message": {"message": line, "extraInfo": {"timestamp": str(int(time.time()))}}}, f)
+        except OSError:
+            pass

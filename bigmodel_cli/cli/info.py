@@ -23,6 +23,10 @@ def info(as_json: bool = JSON) -> None:
         t = report["torch"]
         console.print(f"torch {t['version']}  cuda available: {t['cuda_available']}  devices: "
                       f"{', '.join(d['name'] for d in t['devices']) or 'none'}")
+        d = report["distributed"]
+        console.print(f"torch.distributed: gloo {'yes' if d['gloo'] else 'no'}, nccl {'yes' if d['nccl'] else 'no'}; "
+                      f"--devices N uses {d['backend']} on {d['visible_gpus'] or 'CPU'} "
+                      f"{'GPU(s)' if d['visible_gpus'] else 'processes'}")
         o = report["onnxruntime"]
         console.print(f"onnxruntime {o['version']}  providers: {', '.join(o['providers'])} "
                       f"(used: {', '.join(o['usable_providers'])})")

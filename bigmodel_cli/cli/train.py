@@ -3,10 +3,14 @@
     bigmodel train -r digits-cnn
     bigmodel train -r digits-cnn --set train.epochs=3 --run-dir runs/quick --json
     bigmodel train -r digits-cnn --resume
+    bigmodel train -r breast-cancer-mlp --folds 5      # cross-validation: fold_1..5/ and cv.json
+    bigmodel train -r digits-cnn --devices 2           # 2 processes (GPUs, or CPU with gloo) via torch.distributed.run
+    bigmodel train -r R --devices 8 --nnodes 2 --node-rank 0 --master-addr node0   # and node-rank 1 on node1
 """
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import typer
@@ -17,16 +21,42 @@ from bigmodel_cli.cli.common import JSON, RECIPE, SET, finish, start
 def train(
     recipe: str = RECIPE,
     run_dir: Path | None = typer.Option(None, "--run-dir", help="Where checkpoints and logs go (default runs/<name>)."),
-    devices: str | None = typer.Option(None, "--devices", help="auto | cpu | cuda | 1 (sets train.devices)."),
+    devices: str | None = typer.Option(None, "--devices", help="auto | cpu | cuda | N processes (sets train.devices)."),
+    nnodes: int = typer.Option(1, "--nnodes", help="Machines taking part (with --devices N per machine)."),
+    node_rank: int = typer.Option(0, "--node-rank", help="This machine's rank, 0..nnodes-1."),
+    master_addr: str | None = typer.Option(None, "--master-addr", help="Address of the node-rank-0 machine."),
+    master_port: int | None = typer.Option(None, "--master-port", help="Its port [default: 29500, or free locally]."),
+    rdzv_endpoint: str | None = typer.Option(None, "--rdzv-endpoint", help="HOST:PORT of a c10d rendezvous instead."),
     resume: bool = typer.Option(False, "--resume", help="Continue from RUN_DIR/checkpoints/last.pt."),
+    folds: int | None = typer.Option(None, "--folds", help="K-fold cross-validation over train+val (cv.json)."),
     sets: list[str] | None = SET,
     as_json: bool = JSON,
 ) -> None:
     """Train with validation every epoch; best/last checkpoints, metrics.jsonl, resolved recipe in RUN_DIR."""
     from bigmodel_cli.config.recipe import resolve
+    from bigmodel_cli.errors import UsageError
 
     start(as_json)
     resolved = resolve(recipe, {"train.devices": devices}, sets)
+    run_dir = run_dir or Path("runs") / resolved.name
+    if folds is not None:
+        from bigmodel_cli.training.cross_validation import cross_validate
+
+        if resume or resolved.train.processes > 1:
+            raise UsageError("--folds runs in one process, without --resume or --devices N")
+        finish(cross_validate(resolved, run_dir, folds, recipe_ref=recipe), as_json)
+        return
+    from bigmodel_cli.training import distributed
+
+    if (resolved.train.processes > 1 or nnodes > 1) and not distributed.launched():
+        worker = ["train", "-r", recipe, "--run-dir", str(run_dir), "--devices", str(resolved.train.processes)]
+        worker += [a for s in sets or [] for a in ("--set", s)] + (["--resume"] if resume else [])
+        worker += ["--json"] if as_json else []
+        distributed.launch(worker, resolved.train.processes, nnodes, node_rank, master_addr, master_port,
+                           rdzv_endpoint)
+        return
     from bigmodel_cli.training.trainer import fit
-    summary = fit(resolved, run_dir or Path("runs") / resolved.name, resume=resume, recipe_ref=recipe)
-    finish(summary, as_json)
+
+    summary = fit(resolved, run_dir, resume=resume, recipe_ref=recipe)
+    if os.environ.get("RANK", "0") == "0":
+        finish(summary, as_json)

@@ -17,7 +17,16 @@ from bigmodel_cli.errors import UsageError
 
 FORMAT = 1
 # the parts of `meta` that must agree for a checkpoint to fit a model
-_MUST_MATCH = ("task", "model", "num_classes", "input_shape")
+_MUST_MATCH = ("task", "model", "loss", "num_classes", "input_shape")
+
+
+def find(run_dir: str | Path, which: str) -> Path | None:
+    """`best`/`last` of a run: `checkpoints/<which>.pt`, or the sharded folder `checkpoints/<which>/` (FSDP)."""
+    base = Path(run_dir) / "checkpoints"
+    for path in (base / f"{which}.pt", base / which):
+        if path.is_file() or (path / "state.pt").is_file():
+            return path
+    return None
 
 
 def save_atomic(path: str | Path, state: dict[str, Any]) -> Path:
@@ -34,6 +43,8 @@ def load(path: str | Path, expect: dict[str, Any] | None = None, map_location: s
     import torch
 
     path = Path(path)
+    if path.is_dir():
+        return _load_sharded(path, expect)
     if not path.is_file():
         raise UsageError(f"checkpoint not found: {path}")
     try:
@@ -42,13 +53,44 @@ def load(path: str | Path, expect: dict[str, Any] | None = None, map_location: s
         raise UsageError(f"{path}: not a readable checkpoint ({str(e).splitlines()[0]})") from None
     if not isinstance(state, dict) or state.get("format") != FORMAT or "model" not in state:
         raise UsageError(f"{path}: not a bigmodel checkpoint")
+    _check_meta(path, state, expect)
+    return state
+
+
+def load_extra(path: Path, expect: dict[str, Any] | None) -> dict[str, Any]:
+    """The loop/meta/RNG part of a sharded checkpoint folder (`state.pt`)."""
+    import torch
+
+    try:
+        state = torch.load(path / "state.pt", map_location="cpu", weights_only=True)
+    except (OSError, RuntimeError, EOFError, ValueError) as e:
+        raise UsageError(f"{path}: not a readable sharded checkpoint ({str(e).splitlines()[0]})") from None
+    _check_meta(path, state, expect)
+    return state
+
+
+def _load_sharded(path: Path, expect: dict[str, Any] | None) -> dict[str, Any]:
+    """A torch.distributed.checkpoint folder read in one process (eval, export): full tensors, any world size."""
+    import tempfile
+
+    import torch
+    from torch.distributed.checkpoint.format_utils import dcp_to_torch_save
+
+    state = load_extra(path, expect)
+    with tempfile.TemporaryDirectory() as tmp:
+        dcp_to_torch_save(str(path), f"{tmp}/full.pt")
+        full = torch.load(f"{tmp}/full.pt", map_location="cpu", weights_only=True)
+    state["model"] = full["model"]
+    return state
+
+
+def _check_meta(path: Path, state: dict[str, Any], expect: dict[str, Any] | None) -> None:
     if expect is not None:
         meta = state.get("meta", {})
         for key in _MUST_MATCH:
             if key in expect and meta.get(key) != expect[key]:
                 raise UsageError(f"{path}: checkpoint was saved for {key}={meta.get(key)!r}, "
                                  f"but this run has {key}={expect[key]!r}")
-    return state
 
 
 def load_weights(net, state: dict[str, Any], path: str | Path) -> None:
@@ -63,8 +105,8 @@ def load_weights(net, state: dict[str, Any], path: str | Path) -> None:
 def resolve(run_dir: str | Path, which: str) -> Path:
     """`best`, `last` or a path -> the checkpoint file."""
     if which in ("best", "last"):
-        path = Path(run_dir) / "checkpoints" / f"{which}.pt"
-        if not path.is_file():
+        path = find(run_dir, which)
+        if path is None:
             raise UsageError(f"{run_dir}: no {which}.pt checkpoint; train first: bigmodel train -r RECIPE "
                              f"--run-dir {run_dir}")
         return path

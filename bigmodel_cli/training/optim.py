@@ -1,44 +1,113 @@
-"""`create_optimizer` and `create_scheduler` from the recipe's `train` section.
+"""`create_optimizer` and `create_schedule` from the recipe's `train` section.
 
-Weight decay is not applied to biases and normalisation weights (1-D parameters).
-The schedule is a function of the optimiser step, with linear warm-up, so resuming
-mid-epoch lands on exactly the same learning rate.
+    optimizer = create_optimizer(net, recipe.train.optimizer)
+    schedule = create_schedule(optimizer, recipe.train.scheduler, total_steps, steps_per_epoch)
+    ...; schedule.step_batch()              # after every optimiser step
+    schedule.step_epoch(val_metric)         # after every validation (plateau only uses it)
+
+Weight decay is not applied to biases and normalisation weights (1-D parameters) unless
+`optimizer.decay_norm_and_bias`. Every schedule but `plateau` is a function of the optimiser
+step (warm-up included), so a resumed run lands on exactly the same learning rate; `plateau`
+is torch's ReduceLROnPlateau, stepped on the monitored metric after the warm-up.
 """
 
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import torch
 
 
-def create_optimizer(net: torch.nn.Module, cfg) -> torch.optim.Optimizer:
+def parameter_groups(net: torch.nn.Module, weight_decay: float, decay_all: bool) -> list[dict[str, Any]]:
     decay, no_decay = [], []
     for p in net.parameters():
         if p.requires_grad:
-            (no_decay if p.ndim <= 1 else decay).append(p)
-    groups = [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+            (decay if decay_all or p.ndim > 1 else no_decay).append(p)
+    groups = [{"params": decay, "weight_decay": weight_decay}]
+    if no_decay:
+        groups.append({"params": no_decay, "weight_decay": 0.0})
+    return groups
+
+
+def create_optimizer(net: torch.nn.Module, cfg) -> torch.optim.Optimizer:
+    groups = parameter_groups(net, cfg.weight_decay, cfg.decay_norm_and_bias)
     if cfg.name == "sgd":
-        return torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum)
+        return torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum, nesterov=cfg.nesterov and cfg.momentum > 0)
     if cfg.name == "adam":
-        return torch.optim.Adam(groups, lr=cfg.lr)
-    return torch.optim.AdamW(groups, lr=cfg.lr)
+        return torch.optim.Adam(groups, lr=cfg.lr, betas=tuple(cfg.betas), eps=cfg.eps)
+    if cfg.name == "adagrad":
+        return torch.optim.Adagrad(groups, lr=cfg.lr, eps=cfg.eps)
+    if cfg.name == "rmsprop":
+        return torch.optim.RMSprop(groups, lr=cfg.lr, momentum=cfg.momentum, eps=cfg.eps)
+    return torch.optim.AdamW(groups, lr=cfg.lr, betas=tuple(cfg.betas), eps=cfg.eps)
+
+
+def warmup_steps(cfg, total_steps: int, steps_per_epoch: int) -> int:
+    if cfg.warmup_steps is not None:
+        return cfg.warmup_steps
+    if cfg.warmup_epochs:
+        return int(round(cfg.warmup_epochs * steps_per_epoch))
+    if cfg.name == "onecycle":
+        return int(round(cfg.pct_start * total_steps))
+    return 0
 
 
 def lr_factor(cfg, step: int, total_steps: int, steps_per_epoch: int) -> float:
-    """Multiplier of the base learning rate at optimiser step `step` (0-based)."""
-    warmup = int(round(cfg.warmup_epochs * steps_per_epoch))
+    """Multiplier of the base learning rate for optimiser step `step` (0-based)."""
+    warmup = warmup_steps(cfg, total_steps, steps_per_epoch)
+    start = 1.0 / cfg.div_factor if cfg.name == "onecycle" else cfg.warmup_start_factor
     if step < warmup:
-        return 0.01 + 0.99 * step / warmup
+        return start + (1.0 - start) * step / warmup
+    progress = min(1.0, (step - warmup) / max(1, total_steps - warmup))
+    epoch = step // max(1, steps_per_epoch)
     if cfg.name == "cosine":
-        progress = (step - warmup) / max(1, total_steps - warmup)
-        return 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
+        return cfg.min_lr_factor + (1.0 - cfg.min_lr_factor) * 0.5 * (1.0 + math.cos(math.pi * progress))
+    if cfg.name == "linear":
+        return 1.0 - (1.0 - cfg.min_lr_factor) * progress
     if cfg.name == "step":
-        return cfg.gamma ** ((step // max(1, steps_per_epoch)) // cfg.step_size)
-    return 1.0
+        return cfg.gamma ** (epoch // cfg.step_size)
+    if cfg.name == "exponential":
+        return cfg.gamma**epoch
+    if cfg.name == "onecycle":
+        low = start / cfg.final_div_factor
+        return low + (1.0 - low) * 0.5 * (1.0 + math.cos(math.pi * progress))
+    return 1.0  # constant, and plateau (which lowers the lr itself once warm-up is over)
 
 
-def create_scheduler(optimizer: torch.optim.Optimizer, cfg, total_steps: int, steps_per_epoch: int):
-    return torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lambda step: lr_factor(cfg, step, total_steps, steps_per_epoch)
-    )
+class Schedule:
+    """The learning-rate schedule, stepped per optimiser step and per epoch as each kind requires."""
+
+    def __init__(self, optimizer: torch.optim.Optimizer, cfg, total_steps: int, steps_per_epoch: int, mode: str):
+        self.cfg = cfg
+        self.warmup = warmup_steps(cfg, total_steps, steps_per_epoch)
+        self.steps = 0
+        self.per_step = torch.optim.lr_scheduler.LambdaLR(
+            optimizer, lambda step: lr_factor(cfg, step, total_steps, steps_per_epoch))
+        self.plateau = (torch.optim.lr_scheduler.ReduceLROnPlateau(optimizer, mode=mode, factor=cfg.factor,
+                                                                    patience=cfg.patience)
+                        if cfg.name == "plateau" else None)
+
+    def step_batch(self) -> None:
+        self.steps += 1
+        if self.plateau is None or self.steps <= self.warmup:  # plateau: LambdaLR only ramps the warm-up
+            self.per_step.step()
+
+    def step_epoch(self, metric: float | None) -> None:
+        if self.plateau is not None and self.steps >= self.warmup and metric is not None:
+            self.plateau.step(metric)
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"steps": self.steps, "per_step": self.per_step.state_dict(),
+                "plateau": self.plateau.state_dict() if self.plateau is not None else None}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.steps = state["steps"]
+        self.per_step.load_state_dict(state["per_step"])
+        if self.plateau is not None and state.get("plateau"):
+            self.plateau.load_state_dict(state["plateau"])
+
+
+def create_schedule(optimizer: torch.optim.Optimizer, cfg, total_steps: int, steps_per_epoch: int,
+                    mode: str = "min") -> Schedule:
+    return Schedule(optimizer, cfg, total_steps, steps_per_epoch, mode)

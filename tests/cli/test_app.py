@@ -55,4 +55,5 @@ def test_info_json_lists_versions_devices_and_models(cli):
     assert report["bigmodel_version"] == __version__
     assert report["torch"]["cuda_available"] in (True, False)
     assert "CPUExecutionProvider" in report["onnxruntime"]["usable_providers"]
-    assert {"mlp", "cnn_small"} <= set(report["models"])
+    assert {"mlp", "cnn_small", "resnet18", "vit_b_16", "transformer_encoder", "lstm"} <= set(report["models"])
+    assert report["distributed"]["gloo"] is True and report["distributed"]["backend"] in ("gloo", "nccl")

@@ -20,6 +20,10 @@ CASES = [
     (["prepare-data", "-r", "wrong-type.yaml"], "train.epochs: Input should be a valid integer"),
     (["train", "-r", "digits-cnn", "--set", "train.epochs"], "--set 'train.epochs': expected KEY=VALUE"),
     (["train", "-r", "digits-cnn", "--set", "train.epoch=3"], "did you mean 'train.epochs'"),
+    (["train", "-r", "digits-cnn", "--set", "train.scheduler.name=cosin"], "did you mean 'cosine'?"),
+    (["train", "-r", "digits-cnn", "--set", "train.optimizer.name=rmsprob"], "did you mean 'rmsprop'?"),
+    (["train", "-r", "digits-cnn", "--set", "train.precision=fp16"], "train.precision: 'fp16' is not one of"),
+    (["train", "-r", "digits-cnn", "--resume"], "no prepared data in data/digits-cnn"),
     (["eval", "not-a-run"], "not-a-run: no such run directory"),
     (["eval", "notarun"], "notarun: not a run directory (no recipe.yaml)"),
     (["export", "notarun"], "notarun: not a run directory (no recipe.yaml)"),
@@ -77,3 +81,20 @@ def test_validate_lists_every_problem(cli, workdir):
     assert len(result.stderr.strip().splitlines()) == 2
     ok = cli("recipes", "validate", "unknown-key.yaml", "--json", cwd=workdir)
     assert ok.code == 2 and ok.json()["valid"] is False
+
+
+def test_training_errors_that_need_prepared_data(cli, workdir):
+    assert cli("prepare-data", "-r", "digits-cnn", cwd=workdir).code == 0
+    before = tree(workdir)
+    for args, message in [
+        (["--set", "model.name=resnet19"], "did you mean 'resnet18'?"),
+        (["--resume"], "--resume: no checkpoint at runs/digits-cnn/checkpoints/last.pt"),
+        (["--set", "train.batch_size=5000"], "larger than the"),
+        (["--set", "model.name=mlp"], "model 'mlp' takes tabular data, but the prepared data is image"),
+        (["--set", "train.early_stopping.monitor=val_acc"], "did you mean 'val_accuracy'?"),
+        (["--folds", "1"], "at least 2 folds"),
+    ]:
+        result = cli("train", "-r", "digits-cnn", *args, cwd=workdir)
+        assert result.code == 2 and len(result.stderr.strip().splitlines()) == 1, result.stderr
+        assert message in result.stderr and "Traceback" not in result.stderr
+        assert tree(workdir) == before

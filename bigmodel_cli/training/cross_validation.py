@@ -1,0 +1,88 @@
+"""`bigmodel train --folds K`: K-fold cross-validation over train+val, one model per fold.
+
+    bigmodel train -r breast-cancer-mlp --folds 5      # -> runs/<name>/fold_1..5/, cv.json
+
+Folds are stratified for classification (KFold for regression) and seeded. Each fold is a
+full run directory (checkpoints, metrics.jsonl), evaluated at its best epoch; `cv.json`
+holds every fold's validation metrics and their mean and standard deviation. The input
+normalisation is the one prepare-data fitted on the train split.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from bigmodel_cli import atomic, console
+from bigmodel_cli.data import manifest as manifests
+from bigmodel_cli.errors import UsageError
+from bigmodel_cli.training.trainer import Arrays, fit, load_arrays
+
+
+def _splits(recipe, y: np.ndarray, folds: int):
+    from sklearn.model_selection import KFold, StratifiedKFold
+
+    if recipe.task == "classification":
+        counts = np.bincount(y)
+        rare = int(np.argmin(np.where(counts > 0, counts, np.iinfo(np.int64).max)))
+        if counts[rare] < folds:
+            raise UsageError(f"--folds {folds}: class index {rare} has only {counts[rare]} rows in train+val; "
+                             f"use at most {counts[rare]} folds")
+        return StratifiedKFold(folds, shuffle=True, random_state=recipe.seed).split(np.zeros(len(y)), y)
+    return KFold(folds, shuffle=True, random_state=recipe.seed).split(np.zeros(len(y)))
+
+
+def cross_validate(recipe, run_dir: str | Path, folds: int, recipe_ref: str | None = None) -> dict[str, Any]:
+    if folds < 2:
+        raise UsageError(f"--folds {folds}: cross-validation needs at least 2 folds")
+    run_dir = Path(run_dir)
+    manifest = manifests.read(recipe.prepared_dir, recipe_ref or recipe.name)
+    data = load_arrays(recipe.prepared_dir)
+    x = np.concatenate([data.x_train, data.x_val])
+    y = np.concatenate([data.y_train, data.y_val])
+    if len(y) < folds:
+        raise UsageError(f"--folds {folds}: only {len(y)} rows in train+val")
+
+    results = []
+    for k, (train_idx, val_idx) in enumerate(_splits(recipe, y, folds), start=1):
+        console.info(f"fold {k}/{folds}: {len(train_idx)} train rows, {len(val_idx)} validation rows")
+        arrays = Arrays(x[train_idx], y[train_idx], x[val_idx], y[val_idx])
+        summary = fit(recipe, run_dir / f"fold_{k}", arrays=arrays, manifest=manifest)
+        best = summary["best_metrics"] or summary["last_metrics"]
+        results.append({"fold": k, "train_rows": len(train_idx), "val_rows": len(val_idx),
+                        "best_epoch": summary["best_epoch"], "run_dir": summary["run_dir"],
+                        "metrics": {m: v for m, v in best.items() if m.startswith("val_")}})
+
+    names = sorted({m for r in results for m in r["metrics"]})
+    aggregate = {}
+    for name in names:
+        values = [r["metrics"].get(name) for r in results]
+        defined = np.array([v for v in values if v is not None], dtype=np.float64)
+        aggregate[name] = {"mean": float(defined.mean()) if len(defined) else None,
+                           "std": float(defined.std(ddof=1)) if len(defined) > 1 else None,
+                           "folds_defined": int(len(defined))}
+    report = {"recipe": recipe.name, "folds": folds, "rows": int(len(y)),
+              "monitor": recipe.train.early_stopping.monitor, "per_fold": results, "metrics": aggregate}
+    atomic.write_json(run_dir / "cv.json", report)
+    _print(report)
+    return report
+
+
+def _print(report: dict[str, Any]) -> None:
+    if console.is_quiet():
+        return
+    from rich.table import Table
+
+    names = list(report["metrics"])
+    table = Table("fold", *names, box=None)
+    for r in report["per_fold"]:
+        table.add_row(str(r["fold"]), *[_fmt(r["metrics"].get(n)) for n in names])
+    table.add_row("mean ± std", *[f"{_fmt(report['metrics'][n]['mean'])} ± {_fmt(report['metrics'][n]['std'])}"
+                                  for n in names])
+    console.console.print(table)
+
+
+def _fmt(value: Any) -> str:
+    return "null" if value is None else f"{value:.4f}"
