@@ -1,7 +1,8 @@
-"""`bigmodel prepare-data`: raw source -> split arrays + manifest (bigmodel_cli.data.prepare).
+"""`bigmodel prepare-data`: raw source -> split arrays + manifest + data report (bigmodel_cli.data.prepare).
 
     bigmodel prepare-data -r digits-cnn
-    bigmodel prepare-data -r breast-cancer-mlp --out /tmp/bc --json
+    bigmodel prepare-data -r breast-cancer-mlp --out /tmp/bc --json | jq .manifest.report
+    bigmodel prepare-data -r my.yaml --source churn.csv --set data.target=churned --set data.drop=[id]
 """
 
 from __future__ import annotations
@@ -15,12 +16,14 @@ from bigmodel_cli.cli.common import JSON, RECIPE, SET, finish, start
 
 def prepare_data(
     recipe: str = RECIPE,
-    source: str | None = typer.Option(None, "--source", help="Override data.source (file, folder or sklearn:NAME)."),
+    source: str | None = typer.Option(
+        None, "--source", help="Override data.source: a .csv/.parquet/.jsonl file, an image folder (one sub-folder "
+        "per class), torchvision:mnist|cifar10:ROOT or sklearn:NAME."),
     out: Path | None = typer.Option(None, "--out", help="Output folder (default data/<name>); sets data.prepared."),
     sets: list[str] | None = SET,
     as_json: bool = JSON,
 ) -> None:
-    """Read the recipe's data source, clean, split and normalise it, and write arrays + manifest."""
+    """Clean, encode and split the recipe's data, fit its preprocessing on train; write arrays, manifest, report."""
     from bigmodel_cli.config.recipe import resolve
 
     start(as_json)
