@@ -9,6 +9,8 @@ fsync, rename).
 
 from __future__ import annotations
 
+import os
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -111,3 +113,40 @@ def resolve(run_dir: str | Path, which: str) -> Path:
                              f"--run-dir {run_dir}")
         return path
     return Path(which)
+
+
+def save_sharded(net, optimizer, extra: dict[str, Any], dest: Path, dist) -> None:
+    """torch.distributed.checkpoint: every rank writes its shard into a temporary folder, then rank 0 swaps it in."""
+    import torch
+    import torch.distributed.checkpoint as dcp
+    from torch.distributed.checkpoint.state_dict import get_state_dict
+
+    model_sd, optim_sd = get_state_dict(net, optimizer)
+    tmp = dest.parent / f".{dest.name}.{extra['loop']['step']}.tmp"
+    if dist.is_main:
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir(parents=True)
+    dist.barrier()
+    dcp.save({"model": model_sd, "optimizer": optim_sd}, checkpoint_id=str(tmp))
+    if dist.is_main:
+        torch.save(extra, tmp / "state.pt")
+        old = dest.parent / f".{dest.name}.old.tmp"
+        if dest.exists():
+            os.replace(dest, old)
+        os.replace(tmp, dest)
+        shutil.rmtree(old, ignore_errors=True)
+        dest.with_suffix(".pt").unlink(missing_ok=True)  # an older single-file checkpoint of the same name
+    dist.barrier()
+
+
+def load_sharded_into(net, optimizer, path: Path) -> None:
+    import torch.distributed.checkpoint as dcp
+    from torch.distributed.checkpoint.state_dict import get_state_dict, set_state_dict
+
+    model_sd, optim_sd = get_state_dict(net, optimizer)
+    try:
+        dcp.load({"model": model_sd, "optimizer": optim_sd}, checkpoint_id=str(path))
+    except Exception as e:
+        detail = str(e).splitlines()[0][:300] if str(e) else type(e).__name__
+        raise UsageError(f"{path}: sharded checkpoint does not fit the model ({detail})") from None
+    set_state_dict(net, optimizer, model_state_dict=model_sd, optim_state_dict=optim_sd)
