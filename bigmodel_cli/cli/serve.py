@@ -1,10 +1,11 @@
 """`bigmodel serve`: an onnxruntime server speaking the KServe/Triton V2 protocol (bigmodel_cli.serving).
 
     bigmodel serve runs/digits-cnn --port 8000
+    bigmodel serve model.onnx --host 0.0.0.0 --max-batch-size 64 --max-queue-delay-ms 5 --threads 4
     curl localhost:8000/v2/health/ready
 
-Given a run directory, its recipe's `serve` section supplies the defaults (host, port,
-max_batch_size, max_queue_delay_ms); explicit flags win.
+Given a run directory, its recipe's `serve` section supplies the defaults (host, port, max_batch_size,
+max_queue_delay_ms, max_queue, grace_seconds, max_body_mb, threads, access_log); explicit flags win.
 """
 
 from __future__ import annotations
@@ -31,21 +32,31 @@ def _settings(model: Path, flags: dict[str, Any]) -> dict[str, Any]:
 
 def serve(
     model: Path = typer.Argument(..., help="MODEL.onnx, or a run directory holding model.onnx."),
-    host: str | None = typer.Option(None, "--host", help="Address to listen on [default: 127.0.0.1]."),
-    port: int | None = typer.Option(None, "--port", help="Port to listen on, 0 for any free one [default: 8000]."),
+    host: str | None = typer.Option(None, "--host", help="Address to listen on (default 127.0.0.1)."),
+    port: int | None = typer.Option(None, "--port", help="Port to listen on, 0 for any free one (default 8000)."),
     model_name: str | None = typer.Option(None, "--model-name", help="Name in /v2/models/{name} (default: recipe)."),
-    max_batch_size: int | None = typer.Option(None, "--max-batch-size", help="Most rows one inference may carry "
-                                              "[default: 32]."),
-    max_queue_delay_ms: float | None = typer.Option(None, "--max-queue-delay-ms", help="Batching wait in ms "
-                                                    "[default: 2]."),
+    max_batch_size: int | None = typer.Option(None, "--max-batch-size", help="Most rows one inference (and one "
+                                              "request) may carry (default 32)."),
+    max_queue_delay_ms: float | None = typer.Option(None, "--max-queue-delay-ms", help="Longest wait for more "
+                                                    "rows before a batch runs (default 2)."),
+    max_queue: int | None = typer.Option(None, "--max-queue", help="Requests waiting for a batch at most; more "
+                                         "get 503 (default 1024)."),
+    grace_seconds: float | None = typer.Option(None, "--grace-seconds", help="On SIGTERM, time to finish "
+                                               "in-flight requests (default 30)."),
+    max_body_mb: float | None = typer.Option(None, "--max-body-mb", help="Larger request bodies get 413 "
+                                             "(default 64)."),
+    threads: int | None = typer.Option(None, "--threads", help="onnxruntime intra-op threads, 0 = one per core "
+                                       "(default 0)."),
+    access_log: bool | None = typer.Option(None, "--access-log/--no-access-log", help="One JSON line per request "
+                                           "on stderr (default on)."),
     device: str = typer.Option("auto", "--device", help="auto | cpu | cuda."),
     api_key_env: str | None = typer.Option(None, "--api-key-env", help="Require 'Authorization: Bearer $VAR'."),
 ) -> None:
     """Serve an exported model over HTTP (V2 inference protocol) until SIGTERM/SIGINT."""
     settings = _settings(model, {"host": host, "port": port, "max_batch_size": max_batch_size,
-                                 "max_queue_delay_ms": max_queue_delay_ms})
-    from bigmodel_cli.serving.server import run_server
+                                 "max_queue_delay_ms": max_queue_delay_ms, "max_queue": max_queue,
+                                 "grace_seconds": grace_seconds, "max_body_mb": max_body_mb, "threads": threads,
+                                 "access_log": access_log})
+    from bigmodel_cli.serving.server import ServeOptions, run_server
 
-    run_server(model, host=settings["host"], port=settings["port"], model_name=model_name,
-               max_batch_size=settings["max_batch_size"], max_queue_delay_ms=settings["max_queue_delay_ms"],
-               device=device, api_key_env=api_key_env)
+    run_server(model, ServeOptions(**settings, model_name=model_name, device=device, api_key_env=api_key_env))

@@ -1,21 +1,14 @@
-"""The V2 inference server: in-process with Starlette's TestClient, and one real `bigmodel serve`.
+"""The V2 inference app in-process (Starlette's TestClient): routes, JSON and binary tensors, the label
+output, errors (the malformed-request suite), metrics, access log, API key, a hypothesis fuzz of infer.
+The real `bigmodel serve` process (tritonclient, batching, SIGTERM) is tested in tests/cli/test_serve.py.
 
-The ONNX models are built here with onnx.helper (no torch, no training): a 4-feature, 3-class
-classifier (MatMul + Add + Softmax) and a regressor on [2, 3] features (Flatten + MatMul + Add).
+Models: tests/unit/serving/tiny_models.py (onnx.helper, no torch, no training).
 """
 
 from __future__ import annotations
 
 import json
-import os
-import queue
 import re
-import signal
-import socket
-import subprocess
-import sys
-import threading
-import time
 import warnings
 from pathlib import Path
 
@@ -23,77 +16,25 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 import pytest
-from onnx import TensorProto, helper, numpy_helper
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 from starlette.exceptions import StarletteDeprecationWarning
 
 from bigmodel_cli import __version__
 from bigmodel_cli.errors import UsageError
-from bigmodel_cli.serving.server import LoadedModel, create_app, resolve_model_path
+from bigmodel_cli.serving.app import create_app
+from bigmodel_cli.serving.model import LoadedModel
+from bigmodel_cli.serving.server import ServeOptions, resolve_model_path
+from tests.unit.serving.tiny_models import CLS, REG, classifier, regressor
 
 with warnings.catch_warnings():  # "install httpx2": the TestClient still works with httpx
     warnings.simplefilter("ignore", StarletteDeprecationWarning)
     from starlette.testclient import TestClient
 
-CLS = "tiny-cls"
-REG = "tiny-reg"
-
-
-def _metadata(model: onnx.ModelProto, **props: object) -> None:
-    for key, value in props.items():
-        entry = model.metadata_props.add()
-        entry.key, entry.value = key, value if isinstance(value, str) else json.dumps(value)
-
-
-def _save(graph: onnx.GraphProto, path: Path, **props: object) -> Path:
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)], ir_version=10,
-                              producer_name="test")
-    _metadata(model, bigmodel_version=__version__, normalization={}, input_kind="tabular", exporter="test", **props)
-    onnx.checker.check_model(model, full_check=True)
-    onnx.save(model, path)
-    return path
-
-
-def _classifier(path: Path) -> Path:
-    rng = np.random.default_rng(0)
-    w = numpy_helper.from_array(rng.normal(size=(4, 3)).astype(np.float32), "W")
-    b = numpy_helper.from_array(rng.normal(size=(3,)).astype(np.float32), "b")
-    graph = helper.make_graph(
-        [
-            helper.make_node("MatMul", ["input", "W"], ["xw"]),
-            helper.make_node("Add", ["xw", "b"], ["logits"]),
-            helper.make_node("Softmax", ["logits"], ["probabilities"], axis=1),
-        ],
-        "tiny_cls",
-        [helper.make_tensor_value_info("input", TensorProto.FLOAT, ["batch", 4])],
-        [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["batch", 3]),
-         helper.make_tensor_value_info("probabilities", TensorProto.FLOAT, ["batch", 3])],
-        initializer=[w, b],
-    )
-    return _save(graph, path, task="classification", class_names=["a", "b", "c"], input_shape=[4], recipe=CLS)
-
-
-def _regressor(path: Path) -> Path:
-    rng = np.random.default_rng(1)
-    w = numpy_helper.from_array(rng.normal(size=(6, 1)).astype(np.float32), "W")
-    b = numpy_helper.from_array(np.array([0.5], np.float32), "b")
-    graph = helper.make_graph(
-        [
-            helper.make_node("Flatten", ["input"], ["flat"], axis=1),
-            helper.make_node("MatMul", ["flat", "W"], ["xw"]),
-            helper.make_node("Add", ["xw", "b"], ["prediction"]),
-        ],
-        "tiny_reg",
-        [helper.make_tensor_value_info("input", TensorProto.FLOAT, ["batch", 2, 3])],
-        [helper.make_tensor_value_info("prediction", TensorProto.FLOAT, ["batch", 1])],
-        initializer=[w, b],
-    )
-    return _save(graph, path, task="regression", class_names=None, input_shape=[2, 3], recipe=REG)
-
-
 @pytest.fixture(scope="module")
 def models(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     root = tmp_path_factory.mktemp("models")
-    return {"cls": _classifier(root / "cls.onnx"), "reg": _regressor(root / "reg.onnx")}
+    return {"cls": classifier(root / "cls.onnx"), "reg": regressor(root / "reg.onnx")}
 
 
 def _local(path: Path, x: np.ndarray) -> dict[str, np.ndarray]:
@@ -137,7 +78,7 @@ def test_health_and_server_metadata(client: TestClient) -> None:
     assert client.get(f"/v2/models/{CLS}/versions/1/ready").status_code == 200
     meta = client.get("/v2").json()
     assert meta["name"] == "bigmodel" and meta["version"] == __version__
-    assert meta["extensions"] == ["model_configuration"]
+    assert meta["extensions"] == ["binary_tensor_data", "model_configuration"]
 
 
 def test_model_metadata_and_config(client: TestClient, reg_client: TestClient) -> None:
@@ -146,13 +87,16 @@ def test_model_metadata_and_config(client: TestClient, reg_client: TestClient) -
         assert meta["name"] == CLS and meta["versions"] == ["1"] and meta["platform"] == "onnxruntime_onnx"
         assert meta["inputs"] == [{"name": "input", "datatype": "FP32", "shape": [-1, 4]}]
         assert meta["outputs"] == [{"name": "logits", "datatype": "FP32", "shape": [-1, 3]},
-                                   {"name": "probabilities", "datatype": "FP32", "shape": [-1, 3]}]
+                                   {"name": "probabilities", "datatype": "FP32", "shape": [-1, 3]},
+                                   {"name": "label", "datatype": "BYTES", "shape": [-1]}]
         assert meta["parameters"]["task"] == "classification"
         assert meta["parameters"]["class_names"] == ["a", "b", "c"]
     config = client.get(f"/v2/models/{CLS}/config").json()
     assert config["name"] == CLS and config["platform"] == "onnxruntime_onnx" and config["max_batch_size"] == 8
     assert config["input"] == [{"name": "input", "data_type": "TYPE_FP32", "dims": [4]}]
-    assert [o["name"] for o in config["output"]] == ["logits", "probabilities"]
+    assert [o["name"] for o in config["output"]] == ["logits", "probabilities", "label"]
+    assert config["output"][2] == {"name": "label", "data_type": "TYPE_STRING", "dims": []}
+    assert config["dynamic_batching"] == {}
     assert client.get(f"/v2/models/{CLS}/versions/1/config").json() == config
 
     reg = reg_client.get(f"/v2/models/{REG}").json()
@@ -271,8 +215,14 @@ BAD_REQUESTS = {
     "outputs not a list": (INFER, {**_tensor(), "outputs": "logits"}, 400),
     "id not a string": (INFER, {**_tensor(), "id": 7}, 400),
     "batch over max": (INFER, _tensor(shape=[9, 4], data=[0.0] * 36), 400),
-    "binary extension": (INFER, {"inputs": [{**_tensor()["inputs"][0], "parameters": {"binary_data_size": 16}}]},
-                         400),
+    "binary size without binary data": (INFER, {"inputs": [{"name": "input", "shape": [1, 4], "datatype": "FP32",
+                                                          "parameters": {"binary_data_size": 16}}]}, 400),
+    "data and binary size": (INFER, {"inputs": [{**_tensor()["inputs"][0], "parameters": {"binary_data_size": 16}}]},
+                             400),
+    "parameters not an object": (INFER, {**_tensor(), "parameters": [1]}, 400),
+    "binary_data_output not a bool": (INFER, {**_tensor(), "parameters": {"binary_data_output": "yes"}}, 400),
+    "classification extension": (INFER, {**_tensor(), "outputs": [{"name": "probabilities",
+                                                                    "parameters": {"classification": 2}}]}, 400),
     "unknown model": ("/v2/models/nope/infer", _tensor(), 404),
     "unknown version": (f"/v2/models/{CLS}/versions/2/infer", _tensor(), 404),
     "unknown model metadata": ("/v2/models/nope", None, 404),
@@ -297,9 +247,7 @@ def test_bad_requests_get_json_errors(client: TestClient, case: str) -> None:
     assert client.post(INFER, json=_tensor()).status_code == 200
 
 
-def test_binary_header_and_wrong_method(client: TestClient) -> None:
-    r = client.post(INFER, json=_tensor(), headers={"Inference-Header-Content-Length": "10"})
-    assert r.status_code == 400 and "binary" in r.json()["error"]
+def test_wrong_method(client: TestClient) -> None:
     r = client.get(INFER)
     assert r.status_code == 405 and r.json()["error"]
 
@@ -357,106 +305,237 @@ def test_load_errors(tmp_path: Path) -> None:
         LoadedModel.load(tmp_path / "model.onnx", device="cpu")
 
 
-# ------------------------------------------------------------------------------------------ real server
+# ------------------------------------------------------------------------------------------ binary tensors
 
 
-def _cli(*args: str, env: dict[str, str] | None = None, **kwargs) -> subprocess.Popen:
-    full_env = {k: v for k, v in os.environ.items() if k != "BIGMODEL_DEBUG"} | (env or {})
-    return subprocess.Popen([sys.executable, "-m", "bigmodel_cli", "serve", *args], env=full_env,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, **kwargs)
+def _binary(x: np.ndarray, datatype: str = "FP32", *, outputs: list | None = None, binary_output: bool = True,
+            size: int | None = None, extra: bytes = b"") -> tuple[bytes, dict[str, str]]:
+    """A request as tritonclient sends it: JSON header, then the raw little-endian tensor bytes."""
+    doc: dict = {"inputs": [{"name": "input", "shape": list(x.shape), "datatype": datatype,
+                             "parameters": {"binary_data_size": x.nbytes if size is None else size}}]}
+    if outputs is not None:
+        doc["outputs"] = outputs
+    if binary_output:
+        doc["parameters"] = {"binary_data_output": True}
+    header = json.dumps(doc).encode()
+    return header + x.tobytes() + extra, {"Inference-Header-Content-Length": str(len(header))}
 
 
-def _wait_for_url(proc: subprocess.Popen, timeout: float = 60) -> str:
-    lines: queue.Queue[str | None] = queue.Queue()
-
-    def pump() -> None:  # keeps draining stderr so the server never blocks on a full pipe
-        for line in proc.stderr:
-            lines.put(line)
-        lines.put(None)
-
-    threading.Thread(target=pump, daemon=True).start()
-    deadline = time.monotonic() + timeout
-    seen = []
-    while time.monotonic() < deadline:
-        try:
-            line = lines.get(timeout=0.5)
-        except queue.Empty:
-            continue
-        if line is None:
-            break
-        seen.append(line)
-        match = re.search(r"http://127\.0\.0\.1:(\d+)", line)
-        if match and match.group(1) != "0":
-            return f"127.0.0.1:{match.group(1)}"
-    proc.kill()
-    raise AssertionError(f"no URL line from the server; stderr: {''.join(seen)}")
+def _binary_outputs(r) -> dict[str, np.ndarray]:
+    """Decode a binary response by the extension's rules (independently of the server's code)."""
+    size = int(r.headers["Inference-Header-Content-Length"])
+    doc, blob = json.loads(r.content[:size]), r.content[size:]
+    out, offset = {}, 0
+    for tensor in doc["outputs"]:
+        n = tensor["parameters"]["binary_data_size"]
+        raw = blob[offset:offset + n]
+        offset += n
+        if tensor["datatype"] == "BYTES":
+            items, i = [], 0
+            while i < len(raw):
+                length = int.from_bytes(raw[i:i + 4], "little")
+                items.append(raw[i + 4:i + 4 + length].decode())
+                i += 4 + length
+            out[tensor["name"]] = np.array(items, dtype=object).reshape(tensor["shape"])
+        else:
+            out[tensor["name"]] = np.frombuffer(raw, {"FP32": np.float32}[tensor["datatype"]]).reshape(tensor["shape"])
+    assert offset == len(blob)
+    return out
 
 
-def test_real_server_with_tritonclient(models: dict[str, Path]) -> None:
-    import tritonclient.http as httpclient
-
-    proc = _cli(str(models["cls"]), "--port", "0", "--model-name", "tiny", "--device", "cpu",
-                "--api-key-env", "TEST_SERVE_KEY", env={"TEST_SERVE_KEY": "k3y"})
-    try:
-        url = _wait_for_url(proc)
-        auth = {"Authorization": "Bearer k3y"}
-        client = httpclient.InferenceServerClient(url=url)
-        deadline = time.monotonic() + 30
-        while not client.is_server_live():
-            assert time.monotonic() < deadline
-            time.sleep(0.1)
-        assert client.is_server_ready()
-        assert not client.is_model_ready("tiny")  # no key: 401
-        assert client.is_model_ready("tiny", headers=auth)
-        meta = client.get_model_metadata("tiny", headers=auth)
-        assert meta["name"] == "tiny" and meta["inputs"][0]["shape"] == [-1, 4]
-
-        x = X[:2]
-        tensor = httpclient.InferInput("input", list(x.shape), "FP32")
-        tensor.set_data_from_numpy(x, binary_data=False)
-        result = client.infer("tiny", [tensor], outputs=[httpclient.InferRequestedOutput(
-            "probabilities", binary_data=False)], headers=auth, request_id="r1")
-        assert result.get_response()["id"] == "r1"
-        assert np.allclose(result.as_numpy("probabilities"), _local(models["cls"], x)["probabilities"], atol=1e-6)
-        client.close()
-
-        proc.send_signal(signal.SIGTERM)
-        assert proc.wait(timeout=15) == 0
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
+def test_binary_in_and_out_matches_onnxruntime(client: TestClient, models: dict[str, Path]) -> None:
+    body, headers = _binary(X, outputs=[{"name": "probabilities"}, {"name": "label"}, {"name": "logits"}])
+    r = client.post(INFER, content=body, headers=headers)  # no Content-Type, as the extension allows
+    assert r.status_code == 200, r.text
+    assert r.headers["content-type"] == "application/octet-stream"
+    got = _binary_outputs(r)
+    want = _local(models["cls"], X)
+    assert list(got) == ["probabilities", "label", "logits"]
+    assert np.allclose(got["probabilities"], want["probabilities"], atol=1e-6)
+    assert np.allclose(got["logits"], want["logits"], atol=1e-6)
+    assert got["label"].tolist() == [["a", "b", "c"][i] for i in want["probabilities"].argmax(1)]
 
 
-def _run_cli(*args: str, env: dict[str, str] | None = None) -> tuple[int, str]:
-    proc = _cli(*args, env=env)
-    _, err = proc.communicate(timeout=60)
-    return proc.returncode, err
+def test_binary_input_json_output_and_per_output_choice(client: TestClient, models: dict[str, Path]) -> None:
+    want = _local(models["cls"], X)
+    body, headers = _binary(X, binary_output=False)
+    r = client.post(INFER, content=body, headers=headers)
+    assert r.status_code == 200 and "inference-header-content-length" not in r.headers
+    assert np.allclose(np.reshape(r.json()["outputs"][1]["data"], (3, 3)), want["probabilities"], atol=1e-6)
+
+    outputs = [{"name": "logits", "parameters": {"binary_data": False}}, {"name": "probabilities"}]
+    body, headers = _binary(X, outputs=outputs)  # request default binary, logits asked as JSON
+    r = client.post(INFER, content=body, headers=headers)
+    size = int(r.headers["Inference-Header-Content-Length"])
+    header = json.loads(r.content[:size])
+    assert "data" in header["outputs"][0] and header["outputs"][1]["parameters"]["binary_data_size"] == 36
+    assert np.allclose(np.frombuffer(r.content[size:], np.float32).reshape(3, 3), want["probabilities"], atol=1e-6)
 
 
-@pytest.mark.parametrize("kind", ["missing file", "run dir without model", "not onnx", "port in use", "unset key"])
-def test_cli_usage_errors_exit_2(kind: str, models: dict[str, Path], tmp_path: Path) -> None:
-    listener = None
-    if kind == "missing file":
-        args = ["/nonexistent.onnx"]
-    elif kind == "run dir without model":
-        args = [str(tmp_path)]
-    elif kind == "not onnx":
-        (tmp_path / "broken.onnx").write_text("garbage")
-        args = [str(tmp_path / "broken.onnx")]
-    elif kind == "port in use":
-        listener = socket.socket()
-        listener.bind(("127.0.0.1", 0))
-        listener.listen()
-        args = [str(models["cls"]), "--port", str(listener.getsockname()[1]), "--device", "cpu"]
+def test_binary_other_datatypes_are_converted(client: TestClient, models: dict[str, Path]) -> None:
+    ints = np.array([[1, -2, 3, 0], [4, 5, -6, 7]])
+    want = _local(models["cls"], ints)["probabilities"]
+    for datatype, dtype in (("INT32", np.int32), ("INT64", np.int64), ("FP64", np.float64), ("FP16", np.float16)):
+        body, headers = _binary(ints.astype(dtype), datatype)
+        r = client.post(INFER, content=body, headers=headers)
+        assert r.status_code == 200, (datatype, r.text)
+        assert np.allclose(_binary_outputs(r)["probabilities"], want, atol=1e-5), datatype
+
+
+def test_label_output_as_json(client: TestClient, models: dict[str, Path]) -> None:
+    r = client.post(INFER, json=_body(X, outputs=[{"name": "label"}]))
+    assert r.status_code == 200, r.text
+    (out,) = r.json()["outputs"]
+    want = _local(models["cls"], X)["probabilities"].argmax(1)
+    assert out == {"name": "label", "datatype": "BYTES", "shape": [3], "data": [["a", "b", "c"][i] for i in want]}
+
+
+def test_regressor_has_no_label(reg_client: TestClient) -> None:
+    x = np.zeros((1, 2, 3), np.float32)
+    r = reg_client.post(f"/v2/models/{REG}/infer", json=_body(x, outputs=[{"name": "label"}]))
+    assert r.status_code == 400 and "unknown output 'label'" in r.json()["error"]
+
+
+BINARY_BAD = {
+    "size too small for the shape": dict(size=12),
+    "size larger than the body": dict(size=64),
+    "bytes left after the inputs": dict(extra=b"\0" * 4),
+    "negative size": dict(size=-1),
+}
+
+
+@pytest.mark.parametrize("case", list(BINARY_BAD))
+def test_bad_binary_requests(client: TestClient, case: str) -> None:
+    body, headers = _binary(X[:1], **BINARY_BAD[case])
+    r = client.post(INFER, content=body, headers=headers)
+    assert r.status_code == 400 and r.json()["error"], r.text
+    assert client.post(INFER, json=_tensor()).status_code == 200
+
+
+@pytest.mark.parametrize("header", ["abc", "-5", "0", "100000", "1.5"])
+def test_bad_header_lengths(client: TestClient, header: str) -> None:
+    body, _ = _binary(X[:1])
+    r = client.post(INFER, content=body, headers={"Inference-Header-Content-Length": header})
+    assert r.status_code == 400 and r.json()["error"], r.text
+
+
+# ------------------------------------------------------------------------------------------ metrics, log
+
+
+def _metric(text: str, name: str, **labels: str) -> float:
+    for line in text.splitlines():
+        if line.startswith(name + "{") or line.startswith(name + " "):
+            found = dict(re.findall(r'(\w+)="([^"]*)"', line.split("}")[0]))
+            if all(found.get(k) == v for k, v in labels.items()):
+                return float(line.rsplit(" ", 1)[1])
+    raise AssertionError(f"{name} {labels} not in /metrics")
+
+
+def test_metrics_count_outcomes_and_durations(cls_model: LoadedModel) -> None:
+    with TestClient(create_app(cls_model)) as c:
+        assert c.post(INFER, json=_tensor()).status_code == 200
+        assert c.post(INFER, json=_body(X)).status_code == 200
+        assert c.post(INFER, content=b"{").status_code == 400
+        assert c.post("/v2/models/nope/infer", json=_tensor()).status_code == 404
+        r = c.get("/metrics")
+        assert r.status_code == 200 and r.headers["content-type"].startswith("text/plain")
+        text = r.text
+    model = {"model": CLS}
+    assert _metric(text, "bigmodel_requests_total", outcome="success", **model) == 2
+    assert _metric(text, "bigmodel_requests_total", outcome="bad_request", **model) == 1
+    assert _metric(text, "bigmodel_requests_total", outcome="not_found", **model) == 1
+    assert _metric(text, "bigmodel_request_duration_seconds_count", **model) == 4
+    assert _metric(text, "bigmodel_queue_duration_seconds_count", **model) == 2
+    assert _metric(text, "bigmodel_compute_duration_seconds_count", **model) == 2
+    assert _metric(text, "bigmodel_batch_size_sum", **model) == 4  # 1 row + 3 rows
+    assert _metric(text, "bigmodel_inflight_requests", **model) == 0
+
+
+def test_access_log_one_json_line_per_request(cls_model: LoadedModel) -> None:
+    import io
+
+    stream = io.StringIO()
+    with TestClient(create_app(cls_model, access_log=True, log_stream=stream, api_key="k")) as c:
+        c.post(INFER, json=_tensor(), headers={"Authorization": "Bearer k"})
+        c.get("/v2/models/nope", headers={"Authorization": "Bearer k"})
+        c.get("/v2")  # no key: 401, logged too
+        c.get("/v2/health/live")
+    lines = [json.loads(line) for line in stream.getvalue().splitlines()]
+    assert [(x["method"], x["path"], x["status"]) for x in lines] == [
+        ("POST", INFER, 200), ("GET", "/v2/models/nope", 404), ("GET", "/v2", 401), ("GET", "/v2/health/live", 200)]
+    first = lines[0]
+    assert first["bytes_in"] > 0 and first["bytes_out"] > 0 and first["ms"] >= 0 and first["ts"].endswith("Z")
+
+
+# ------------------------------------------------------------------------------------------ fuzz
+
+_json_values = st.recursive(
+    st.none() | st.booleans() | st.integers(-2**70, 2**70) | st.floats(allow_nan=True) | st.text(max_size=5),
+    lambda children: st.lists(children, max_size=5) | st.dictionaries(st.text(max_size=8), children, max_size=4),
+    max_leaves=20,
+)
+_shapes = st.lists(st.integers(-2, 10) | st.sampled_from([2**40, "1", None, 1.5]), max_size=4)
+_tensors = st.fixed_dictionaries(
+    {"name": st.sampled_from(["input", "x", 3])},
+    optional={"shape": _shapes | _json_values,
+              "datatype": st.sampled_from(["FP32", "FP16", "INT8", "UINT64", "BYTES", "BOOL", "fp32", 7]),
+              "data": st.lists(st.floats(allow_nan=True) | st.integers(-300, 2**65) | st.text(max_size=2),
+                               max_size=40) | _json_values,
+              "parameters": st.fixed_dictionaries({}, optional={"binary_data_size": st.integers(-4, 64)})
+              | _json_values},
+)
+_documents = st.fixed_dictionaries(
+    {},
+    optional={"inputs": st.lists(_tensors, max_size=3) | _json_values,
+              "outputs": st.lists(st.fixed_dictionaries({"name": st.sampled_from(["logits", "label", "x"])},
+                                                        optional={"parameters": _json_values}), max_size=3),
+              "id": st.text(max_size=5) | _json_values,
+              "parameters": st.fixed_dictionaries({}, optional={"binary_data_output": st.booleans() | _json_values})},
+)
+
+
+_near_valid = st.integers(1, 10).flatmap(lambda n: st.fixed_dictionaries({"inputs": st.tuples(st.fixed_dictionaries({
+    "name": st.just("input"), "shape": st.just([n, 4]), "datatype": st.sampled_from(["FP32", "FP64", "INT16"]),
+    "data": st.lists(st.integers(-40000, 40000) | st.floats(-1e40, 1e40), min_size=4 * n, max_size=4 * n)
+    | st.lists(st.floats(-10, 10), min_size=4 * n - 1, max_size=4 * n + 1),
+}))}, optional={"outputs": st.just([{"name": "label"}, {"name": "probabilities"}])}))
+_headers = st.none() | st.integers(-3, 400).map(str) | st.text(max_size=4)
+
+
+FUZZ_OK: list[bytes] = []
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture,
+                                                                   HealthCheck.too_slow])
+@given(doc=_documents | _near_valid, tail=st.binary(max_size=48), header=st.none() | _headers,
+       raw=st.none() | st.none() | st.binary(max_size=64))
+def test_fuzz_infer_never_5xx(client: TestClient, doc: dict, tail: bytes, header: str | None,
+                              raw: bytes | None) -> None:
+    document = json.dumps(doc, allow_nan=True).encode() + (tail if header is not None else b"")
+    body = document if raw is None else raw  # raw: arbitrary bytes instead of a document
+    headers = {}
+    if header is not None and header.isascii() and header.isprintable():
+        headers["Inference-Header-Content-Length"] = header
+    r = client.post(INFER, content=body, headers=headers)
+    assert r.status_code < 500, (r.status_code, r.text, body[:200])
+    if r.status_code != 200:
+        assert isinstance(r.json()["error"], str)
     else:
-        args = [str(models["cls"]), "--api-key-env", "TEST_SERVE_UNSET_KEY"]
-    try:
-        code, err = _run_cli(*args, env={"TEST_SERVE_UNSET_KEY": ""})
-    finally:
-        if listener is not None:
-            listener.close()
-    lines = err.strip().splitlines()
-    assert code == 2, err
-    assert len(lines) == 1 and lines[0].startswith("error:"), err
-    assert "Traceback" not in err
+        FUZZ_OK.append(body)
+    assert client.get("/v2/health/ready").status_code == 200
+
+
+def test_fuzz_reached_successful_requests_too() -> None:
+    assert FUZZ_OK, "the fuzz above never produced a valid request: it only tested the error paths"
+
+
+@pytest.mark.parametrize(("field", "value", "message"), [
+    ("port", 70000, "--port 70000"), ("max_batch_size", 0, "--max-batch-size 0"),
+    ("max_queue_delay_ms", -1, "--max-queue-delay-ms -1"), ("max_queue", 0, "--max-queue 0"),
+    ("grace_seconds", -1, "--grace-seconds -1"), ("max_body_mb", 0, "--max-body-mb 0"),
+    ("threads", -1, "--threads -1"), ("device", "tpu", "--device tpu"), ("model_name", "a/b", "model name"),
+])
+def test_serve_options_name_the_flag_out_of_range(field: str, value: object, message: str) -> None:
+    ServeOptions().check()
+    with pytest.raises(UsageError, match=re.escape(message)):
+        ServeOptions(**{field: value}).check()

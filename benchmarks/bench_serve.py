@@ -1,0 +1,361 @@
+"""`bigmodel serve` against the in-process limit and a hand-written FastAPI endpoint, on loopback.
+
+    make bench            # or: .venv/bin/python benchmarks/bench_serve.py
+
+Model: `cnn_small` on 3x32x32 images (random weights, normalisation and softmax inside, as `bigmodel
+export` writes it), built into a temporary folder: width 32 (the registry's default, 87 MFLOP per image,
+compute-bound on 2 cores) and width 8 (5.8 MFLOP, where the serving overhead shows). In the same run:
+
+- the limit: onnxruntime called in-process at batch 32 and batch 1 (samples/s);
+- `bigmodel serve` (dynamic batching, binary tensors and JSON), one image per request;
+- the naive endpoint of benchmarks/naive_serve.py (FastAPI, JSON, one session.run per request).
+
+An aiohttp closed-loop load generator (this process, same cores as the servers) sends a bounded
+number of requests at concurrency 32 and 1 after a warm-up. Goals (issue 8): at concurrency 32 with
+binary tensors at least 3x the naive endpoint's req/s with a lower p99; at concurrency 1 a p50 no worse.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import re
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from pathlib import Path
+
+import numpy as np
+
+REPO = Path(__file__).resolve().parents[1]
+SHAPE = [3, 32, 32]
+MODEL = "cnn-small-bench"
+REQUESTS = {32: 2100, 1: 450}  # per server and scenario, split over ROUNDS interleaved rounds
+ROUNDS = 3
+WARMUP = 100
+
+
+# ---------------------------------------------------------------------------------------------- model
+
+
+def build_model(folder: Path, width: int = 32) -> Path:
+    """cnn_small(3x32x32, 10 classes, `width` channels in the first stage) with input normalisation and
+    softmax, exported to ONNX."""
+    import onnx
+    import torch
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from bigmodel_cli.data.transform import Normalize
+    from bigmodel_cli.export.onnx_export import Exportable
+    from bigmodel_cli.models import create_model
+
+    torch.manual_seed(0)
+    net = create_model("cnn_small", num_classes=10, input_shape=SHAPE, width=width)
+    with FlopCounterMode(display=False) as flops:
+        net.eval()(torch.zeros(1, *SHAPE))
+    print(f"model: {flops.get_total_flops() / 1e6:.1f} MFLOP per image")
+    module = Exportable(Normalize(1 / 255, [0.5] * 3, [0.25] * 3, "channel"), net, "classification").eval()
+    path = folder / "model.onnx"
+    torch.onnx.export(module, (torch.zeros(1, *SHAPE),), str(path), dynamo=False, input_names=["input"],
+                      output_names=["logits", "probabilities"], opset_version=18,
+                      dynamic_axes={"input": {0: "batch"}, "logits": {0: "batch"}, "probabilities": {0: "batch"}})
+    model = onnx.load(str(path))
+    for key, value in {"task": "classification", "recipe": MODEL, "input_shape": json.dumps(SHAPE),
+                       "class_names": json.dumps([f"class{i}" for i in range(10)])}.items():
+        entry = model.metadata_props.add()
+        entry.key, entry.value = key, value
+    onnx.save(model, str(path))
+    return path
+
+
+def in_process(path: Path, batch: int, seconds: float = 2.0) -> float:
+    """Samples/s of session.run at `batch`, with the session options `bigmodel serve` uses."""
+    from bigmodel_cli.serving.model import LoadedModel
+
+    model = LoadedModel.load(path, device="cpu", max_batch_size=batch)
+    x = {"input": np.random.default_rng(0).integers(0, 256, [batch, *SHAPE]).astype(np.float32)}
+    for _ in range(20):
+        model.run_batch(x)
+    runs, start = 0, time.perf_counter()
+    while time.perf_counter() - start < seconds:
+        model.run_batch(x)
+        runs += 1
+    return runs * batch / (time.perf_counter() - start)
+
+
+# ---------------------------------------------------------------------------------------------- servers
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def start_bigmodel(path: Path, log: Path) -> tuple[subprocess.Popen, str]:
+    """`bigmodel serve` with its defaults (access log on, to a file); its URL from the banner line."""
+    env = {**os.environ, "CI": "1"}
+    with log.open("w") as err:
+        proc = subprocess.Popen([sys.executable, "-m", "bigmodel_cli", "serve", str(path), "--port", "0",
+                                 "--device", "cpu"], stdout=subprocess.DEVNULL, stderr=err, env=env)
+    deadline = time.monotonic() + 90
+    while time.monotonic() < deadline:
+        match = re.search(r"http://127\.0\.0\.1:(\d+)", log.read_text())
+        if match:
+            return proc, f"http://127.0.0.1:{match.group(1)}"
+        if proc.poll() is not None:
+            raise SystemExit(f"bigmodel serve exited: {log.read_text()}")
+        time.sleep(0.1)
+    proc.kill()
+    raise SystemExit("bigmodel serve did not start")
+
+
+def start_naive(path: Path) -> tuple[subprocess.Popen, str]:
+    port = free_port()
+    proc = subprocess.Popen([sys.executable, str(REPO / "benchmarks" / "naive_serve.py"), str(path), str(port)],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        try:
+            urllib.request.urlopen(f"{url}/v2/health/ready", timeout=1).read()
+            return proc, url
+        except OSError:
+            time.sleep(0.1)
+    proc.kill()
+    raise SystemExit("naive server did not start")
+
+
+def stop(proc: subprocess.Popen) -> None:
+    proc.terminate()
+    try:
+        proc.wait(timeout=30)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+
+
+# ---------------------------------------------------------------------------------------------- load
+
+
+def json_request(x: np.ndarray) -> tuple[bytes, dict[str, str]]:
+    body = {"inputs": [{"name": "input", "shape": list(x.shape), "datatype": "FP32", "data": x.ravel().tolist()}],
+            "outputs": [{"name": "probabilities"}]}
+    return json.dumps(body).encode(), {"Content-Type": "application/json"}
+
+
+def binary_request(x: np.ndarray) -> tuple[bytes, dict[str, str]]:
+    """As tritonclient sends it by default: binary input, all outputs binary."""
+    header = json.dumps({"inputs": [{"name": "input", "shape": list(x.shape), "datatype": "FP32",
+                                     "parameters": {"binary_data_size": x.nbytes}}],
+                         "parameters": {"binary_data_output": True}}).encode()
+    return header + x.tobytes(), {"Inference-Header-Content-Length": str(len(header))}
+
+
+def probabilities(body: bytes, header_length: str | None) -> np.ndarray:
+    """The client's side of the work: decode the answer into numpy."""
+    if header_length is None:
+        doc = json.loads(body)
+        out = next(o for o in doc["outputs"] if o["name"] == "probabilities")
+        return np.asarray(out["data"], np.float32).reshape(out["shape"])
+    size = int(header_length)
+    doc, offset = json.loads(body[:size]), size
+    for out in doc["outputs"]:
+        n = out["parameters"]["binary_data_size"]
+        if out["name"] == "probabilities":
+            return np.frombuffer(body[offset:offset + n], np.float32).reshape(out["shape"])
+        offset += n
+    raise ValueError("no probabilities in the answer")
+
+
+async def _load(url: str, requests: list[tuple[bytes, dict[str, str]]], concurrency: int, expected: np.ndarray,
+                total: int, warmup: int) -> tuple[list[float], float, int]:
+    """Latencies of `total` requests sent by `concurrency` closed-loop clients, the elapsed time, errors."""
+    import aiohttp
+
+    latencies: list[float] = []
+    errors = 0
+    position = 0
+    connector = aiohttp.TCPConnector(limit=concurrency)
+    async with aiohttp.ClientSession(connector=connector) as session:
+
+        async def one(i: int) -> None:
+            nonlocal errors
+            body, headers = requests[i % len(requests)]
+            start = time.perf_counter()
+            async with session.post(f"{url}/v2/models/{MODEL}/infer", data=body, headers=headers) as r:
+                content = await r.read()
+                if r.status != 200:
+                    errors += 1
+                    return
+                got = probabilities(content, r.headers.get("Inference-Header-Content-Length"))
+            latencies.append(time.perf_counter() - start)
+            if not np.allclose(got, expected[i % len(expected)], atol=1e-4):
+                errors += 1
+
+        async def worker(count: int) -> None:
+            nonlocal position
+            while position < count:
+                i = position
+                position += 1
+                await one(i)
+
+        await asyncio.gather(*(worker(warmup) for _ in range(concurrency)))
+        latencies.clear()
+        position = 0
+        start = time.perf_counter()
+        await asyncio.gather(*(worker(total) for _ in range(concurrency)))
+        elapsed = time.perf_counter() - start
+    return latencies, elapsed, errors
+
+
+def load(url: str, requests, concurrency: int, expected: np.ndarray, total: int,
+         warmup: int = 0) -> tuple[list[float], float, int]:
+    return asyncio.run(_load(url, requests, concurrency, expected, total, warmup))
+
+
+def summary(latencies: list[float], elapsed: float, errors: int) -> dict[str, float]:
+    latencies = sorted(latencies)
+    return {"req_s": len(latencies) / elapsed, "p50_ms": 1000 * statistics.median(latencies),
+            "p99_ms": 1000 * latencies[int(0.99 * (len(latencies) - 1))], "errors": errors,
+            "mean_ms": 1000 * statistics.fmean(latencies)}
+
+
+def metrics(url: str) -> dict[str, float]:
+    """Sums and counts of the server's histograms (`bigmodel_*_sum` / `_count`)."""
+    text = urllib.request.urlopen(f"{url}/metrics", timeout=10).read().decode()
+    values = {}
+    for line in text.splitlines():
+        match = re.match(r"(bigmodel_\w+_(?:sum|count))\{[^}]*\} (\S+)", line)
+        if match:
+            values[match.group(1)] = float(match.group(2))
+    return values
+
+
+def delta(after: dict[str, float], before: dict[str, float], name: str) -> float:
+    return after.get(name, 0.0) - before.get(name, 0.0)
+
+
+# ---------------------------------------------------------------------------------------------- report
+
+
+def codec_costs(path: Path, x: np.ndarray) -> dict[str, float]:
+    """Microseconds of server-side decode + encode of one request, JSON vs binary (in this process)."""
+    from bigmodel_cli.serving.model import LoadedModel
+    from bigmodel_cli.serving.protocol import decode_infer_request, encode_infer_response
+
+    model = LoadedModel.load(path, device="cpu", max_batch_size=32)
+    results = model.run_batch({"input": x})
+    costs = {}
+    for name, (body, headers) in {"json": json_request(x), "binary": binary_request(x)}.items():
+        header = headers.get("Inference-Header-Content-Length")
+        start, n = time.perf_counter(), 300
+        for _ in range(n):
+            request = decode_infer_request(body, model.signature, header)
+            encode_infer_response(model.name, model.version, request, results)
+        costs[name] = (time.perf_counter() - start) / n * 1e6
+    return costs
+
+
+def main() -> None:
+    widths = [int(w) for w in sys.argv[1:]] or [32, 8]
+    for width in widths:
+        print(f"\n=== cnn_small width={width} on 3x32x32")
+        bench(width)
+
+
+def bench(width: int) -> None:
+    """Servers side by side; rounds interleaved (ours, naive, ours, ...) so that both see the same
+    background load on a shared machine; latencies pooled over the rounds."""
+    rng = np.random.default_rng(0)
+    images = rng.integers(0, 256, [64, 1, *SHAPE]).astype(np.float32)
+    with tempfile.TemporaryDirectory() as tmp:
+        path = build_model(Path(tmp), width)
+        import onnxruntime as ort
+
+        reference = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+        expected = np.stack([reference.run(["probabilities"], {"input": x})[0] for x in images])
+        limit = {batch: in_process(path, batch) for batch in (32, 1)}
+
+        bodies = {"binary": [binary_request(x) for x in images], "json": [json_request(x) for x in images]}
+        ours, ours_url = start_bigmodel(path, Path(tmp) / "serve.log")
+        naive, naive_url = start_naive(path)
+        entries = [("bigmodel binary", ours_url, "binary"), ("bigmodel json", ours_url, "json"),
+                   ("naive fastapi json", naive_url, "json")]
+        pooled: dict[tuple[str, int], list] = {}
+        breakdown: dict[tuple[str, int], dict[str, float]] = {}
+        try:
+            for concurrency in (32, 1):
+                for _name, url, encoding in entries:  # warm-up: connections, first-call costs
+                    load(url, bodies[encoding], concurrency, expected, WARMUP)
+                for _ in range(ROUNDS):
+                    for name, url, encoding in entries:
+                        before = metrics(url) if url == ours_url else {}
+                        lat, elapsed, errors = load(url, bodies[encoding], concurrency, expected,
+                                                    REQUESTS[concurrency] // ROUNDS)
+                        run = pooled.setdefault((name, concurrency), [[], 0.0, 0])
+                        run[0] += lat
+                        run[1] += elapsed
+                        run[2] += errors
+                        if url == ours_url:
+                            _accumulate(breakdown.setdefault((name, concurrency), {}), metrics(url), before)
+        finally:
+            stop(ours)
+            stop(naive)
+        limit = {batch: max(limit[batch], in_process(path, batch)) for batch in (32, 1)}  # best of before/after
+        costs = codec_costs(path, images[0])
+    print(f"in-process onnxruntime: {limit[32]:,.0f} samples/s at batch 32, {limit[1]:,.0f} at batch 1 "
+          f"(best of before and after the servers ran)")
+    results = {key: summary(*run) for key, run in pooled.items()}
+    report(results, {key: _means(b) for key, b in breakdown.items()}, limit, costs)
+
+
+def _accumulate(total: dict[str, float], after: dict[str, float], before: dict[str, float]) -> None:
+    for name in after:
+        total[name] = total.get(name, 0.0) + delta(after, before, name)
+
+
+def _means(totals: dict[str, float]) -> dict[str, float]:
+    requests = max(totals.get("bigmodel_request_duration_seconds_count", 0.0), 1)
+    batches = max(totals.get("bigmodel_compute_duration_seconds_count", 0.0), 1)
+    return {
+        "server_ms": 1000 * totals.get("bigmodel_request_duration_seconds_sum", 0.0) / requests,
+        "queue_ms": 1000 * totals.get("bigmodel_queue_duration_seconds_sum", 0.0) / requests,
+        "compute_ms": 1000 * totals.get("bigmodel_compute_duration_seconds_sum", 0.0) / batches,
+        "rows": totals.get("bigmodel_batch_size_sum", 0.0) / batches,
+    }
+
+
+def report(results, breakdown, limit, costs) -> None:
+    print(f"\n{'server':<22} {'conc':>4} {'req/s':>8} {'p50 ms':>8} {'p99 ms':>8} {'of limit':>9} {'errors':>6}")
+    for (name, concurrency), r in results.items():
+        frac = r["req_s"] / limit[32 if concurrency == 32 else 1]
+        print(f"{name:<22} {concurrency:>4} {r['req_s']:>8,.0f} {r['p50_ms']:>8.2f} {r['p99_ms']:>8.2f} "
+              f"{frac:>8.0%} {r['errors']:>6.0f}")
+    print("\nwhere the time goes (bigmodel serve, means per request; from its /metrics):")
+    for (name, concurrency), b in breakdown.items():
+        client = results[name, concurrency]["mean_ms"]
+        print(f"  {name:<16} c={concurrency:<3} client latency {client:6.2f} ms = server {b['server_ms']:5.2f} ms "
+              f"(queue wait {b['queue_ms']:5.2f}, one batch of {b['rows']:4.1f} rows computes in "
+              f"{b['compute_ms']:5.2f}) + HTTP/event loop/client {client - b['server_ms']:5.2f} ms")
+    print(f"  request decode+encode, 3x32x32 image: JSON {costs['json']:.0f} us, binary {costs['binary']:.0f} us "
+          f"(CPU the event loop spends per request on the tensors alone)")
+
+    ours, naive = results["bigmodel binary", 32], results["naive fastapi json", 32]
+    speedup = ours["req_s"] / naive["req_s"]
+    met32 = speedup >= 3 and ours["p99_ms"] < naive["p99_ms"]
+    print(f"\ngoal c=32: binary >= 3x naive req/s with lower p99 -> {'met' if met32 else 'NOT met'} "
+          f"({speedup:.1f}x, p99 {ours['p99_ms']:.1f} vs {naive['p99_ms']:.1f} ms)")
+    ours1, naive1 = results["bigmodel binary", 1], results["naive fastapi json", 1]
+    met1 = ours1["p50_ms"] <= naive1["p50_ms"]
+    print(f"goal c=1: p50 no worse than naive -> {'met' if met1 else 'NOT met'} "
+          f"(binary {ours1['p50_ms']:.2f} ms, JSON {results['bigmodel json', 1]['p50_ms']:.2f} ms, "
+          f"naive {naive1['p50_ms']:.2f} ms)")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,195 @@
+"""Dynamic batching: concurrent requests' rows stacked into one `session.run`, each caller given its own rows.
+
+    bigmodel serve runs/digits-cnn --max-batch-size 32 --max-queue-delay-ms 2 --max-queue 1024
+
+One asyncio task owns the queue. When a request is queued it takes every queued request that fits in
+`max_batch_size` rows and runs them as one batch in a worker thread (the event loop keeps answering
+HTTP meanwhile, and what arrives during a run forms the next batch). Before running a batch that is not
+full it waits for more rows, at most `max_queue_delay_ms` after the oldest request was queued, and only
+while other requests are being received (`expecting()`): a lone request is never delayed for
+company that is not coming. The queue holds at most `max_queue` requests; the next one is refused with
+503 so that a load balancer can retry elsewhere.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections import deque
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager, suppress
+from dataclasses import dataclass
+
+import numpy as np
+
+from bigmodel_cli.serving.metrics import ServerMetrics
+from bigmodel_cli.serving.model import LoadedModel
+from bigmodel_cli.serving.protocol import RequestError
+
+
+@dataclass
+class _Job:
+    inputs: dict[str, np.ndarray]
+    rows: int
+    future: asyncio.Future
+    enqueued: float  # loop.time()
+
+    @property
+    def row_shapes(self) -> tuple:
+        """Jobs stack into one batch only when every input's shape past the batch dimension agrees."""
+        return tuple((name, a.shape[1:]) for name, a in self.inputs.items())
+
+
+class DynamicBatcher:
+    """Queue requests, run them in merged batches, hand each caller its rows of every output."""
+
+    def __init__(self, model: LoadedModel, metrics: ServerMetrics, *, max_batch_size: int = 32,
+                 max_queue_delay_ms: float = 2.0, max_queue: int = 1024) -> None:
+        self.model = model
+        self.metrics = metrics
+        self.max_rows = max_batch_size
+        self.delay = max_queue_delay_ms / 1000
+        self.max_queue = max_queue
+        self.merge = model.batchable
+        self._queue: deque[_Job] = deque()
+        self._queued_rows = 0
+        self._arriving = 0  # requests being read or decoded: they may join the next batch
+        self._executor: ThreadPoolExecutor | None = None
+        self._task: asyncio.Task | None = None
+        self._wakeup = asyncio.Event()
+
+    @contextmanager
+    def expecting(self) -> Iterator[None]:
+        """Around reading and decoding a request: the batcher may wait for it to join the batch."""
+        self._arriving += 1
+        try:
+            yield
+        finally:
+            self._arriving -= 1
+            self._wakeup.set()
+
+    async def infer(self, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """This request's rows of every model output, computed in a batch with whatever else is queued."""
+        loop = asyncio.get_running_loop()
+        self._ensure_running(loop)
+        if len(self._queue) >= self.max_queue:
+            raise RequestError(503, f"server overloaded: {len(self._queue)} requests already queued "
+                                    f"(--max-queue {self.max_queue}); retry later")
+        job = _Job(inputs, next(iter(inputs.values())).shape[0], loop.create_future(), loop.time())
+        self._queue.append(job)
+        self._queued_rows += job.rows
+        self.metrics.queued.set(len(self._queue))
+        self._wakeup.set()
+        return await job.future
+
+    def _ensure_running(self, loop: asyncio.AbstractEventLoop) -> None:
+        if self._executor is None:
+            self._executor = ThreadPoolExecutor(1, thread_name_prefix="bigmodel-infer")
+        if self._task is None or self._task.done() or self._task.get_loop() is not loop:
+            self._wakeup = asyncio.Event()
+            self._task = loop.create_task(self._serve_queue(), name="bigmodel-batcher")
+
+    async def stop(self) -> None:
+        """End the batching task; requests still queued get 503 (graceful shutdown waits for them first)."""
+        if self._task is not None:
+            self._task.cancel()
+            with suppress(asyncio.CancelledError):
+                await self._task
+            self._task = None
+        self._fail(list(self._queue), RequestError(503, "server is shutting down"))
+        self._queue.clear()
+        self._queued_rows = 0
+        if self._executor is not None:
+            self._executor.shutdown(wait=False)
+            self._executor = None
+
+    async def _serve_queue(self) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            while not self._queue:
+                self._wakeup.clear()
+                await self._wakeup.wait()
+            await self._wait_for_more(loop)
+            batch = self._take()
+            if batch:
+                await self._run(batch, loop)
+
+    async def _wait_for_more(self, loop: asyncio.AbstractEventLoop) -> None:
+        """Until the batch is full, the delay has passed, or no other request is on its way."""
+        if not self.merge:
+            return
+        deadline = self._queue[0].enqueued + self.delay
+        while self._queued_rows < self.max_rows and self._arriving > 0:
+            remaining = deadline - loop.time()
+            if remaining <= 0:
+                return
+            self._wakeup.clear()
+            try:
+                await asyncio.wait_for(self._wakeup.wait(), remaining)
+            except asyncio.TimeoutError:
+                return
+
+    def _take(self) -> list[_Job]:
+        """The oldest queued request and the queued ones that stack with it, up to the row limit.
+
+        Requests whose rows have another shape (a dynamic dimension past the batch) stay queued, in order,
+        for a later batch.
+        """
+        batch: list[_Job] = []
+        rows = 0
+        left: deque[_Job] = deque()
+        while self._queue:
+            job = self._queue.popleft()
+            if job.future.done():  # the caller went away (disconnected) while queued
+                self._queued_rows -= job.rows
+                continue
+            if batch and (not self.merge or rows + job.rows > self.max_rows):
+                self._queue.appendleft(job)
+                break
+            if batch and job.row_shapes != batch[0].row_shapes:
+                left.append(job)
+                continue
+            self._queued_rows -= job.rows
+            batch.append(job)
+            rows += job.rows
+        self._queue.extendleft(reversed(left))
+        self.metrics.queued.set(len(self._queue))
+        return batch
+
+    async def _run(self, batch: list[_Job], loop: asyncio.AbstractEventLoop) -> None:
+        start = loop.time()
+        for job in batch:
+            self.metrics.queue_duration.observe(start - job.enqueued)
+        try:
+            outputs = await loop.run_in_executor(self._executor, self._compute, [job.inputs for job in batch])
+        except asyncio.CancelledError:  # stop() while a batch computes: its callers must not wait forever
+            self._fail(batch, RequestError(503, "server is shutting down"))
+            raise
+        except Exception as e:  # noqa: BLE001  (handed to every caller of this batch)
+            self._fail(batch, e if isinstance(e, RequestError) else RequestError(500, f"inference failed: {e}"))
+            return
+        offset = 0
+        for job in batch:
+            if not job.future.done():
+                job.future.set_result({name: value[offset:offset + job.rows] for name, value in outputs.items()})
+            offset += job.rows
+
+    @staticmethod
+    def _fail(batch: list[_Job], error: RequestError) -> None:
+        for job in batch:
+            if not job.future.done():
+                job.future.set_exception(error)
+
+    def _compute(self, inputs: list[dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
+        """Stack, run, time (in the worker thread)."""
+        if len(inputs) == 1:
+            feeds = inputs[0]
+        else:
+            feeds = {name: np.concatenate([one[name] for one in inputs]) for name in inputs[0]}
+        started = time.perf_counter()
+        outputs = self.model.run_batch(feeds)
+        self.metrics.compute_duration.observe(time.perf_counter() - started)
+        self.metrics.batch_size.observe(next(iter(feeds.values())).shape[0])
+        self.metrics.batch_requests.observe(len(inputs))
+        return outputs

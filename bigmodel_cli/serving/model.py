@@ -1,0 +1,209 @@
+"""The served model: an onnxruntime session, its tensors, the export's metadata, and batched runs.
+
+    model = LoadedModel.load(Path("runs/digits-cnn/model.onnx"), device="cpu", threads=2)
+    rows = model.run_batch({"input": x})        # every output, row-aligned with x
+
+`run_batch` is what the dynamic batcher calls with the rows of several requests stacked; the model is
+checked at load (a batch-2 warm-up) to really be row-wise, otherwise requests are never merged.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from bigmodel_cli.errors import UsageError
+from bigmodel_cli.serving.protocol import (
+    LABEL_OUTPUT,
+    ORT_V2,
+    V2_NUMPY,
+    ModelSignature,
+    RequestError,
+    TensorSpec,
+    labels,
+)
+
+MODEL_VERSION = "1"
+PLATFORM = "onnxruntime_onnx"
+_FLOAT_TYPES = ("FP16", "FP32", "FP64")
+
+
+def _spec(node: Any) -> TensorSpec:
+    shape = tuple(d if isinstance(d, int) and d >= 0 else -1 for d in (node.shape or []))
+    return TensorSpec(node.name, ORT_V2.get(node.type, node.type), shape)
+
+
+class LoadedModel:
+    """An onnxruntime session with its name, version "1", export metadata and tensor specs.
+
+    `ready` turns true once warm-up inferences (zeros, batch 1 and 2) have run; `batchable` says whether
+    rows of different requests may share one `session.run`.
+    """
+
+    def __init__(self, session: Any, *, name: str, path: Path | None = None, max_batch_size: int = 32) -> None:
+        self.session = session
+        self.name = name
+        self.version = MODEL_VERSION
+        self.path = path
+        self.max_batch_size = max_batch_size
+        self.metadata: dict[str, str] = dict(session.get_modelmeta().custom_metadata_map)
+        self.inputs = [_spec(node) for node in session.get_inputs()]
+        self.outputs = [_spec(node) for node in session.get_outputs()]
+        self.input_dtypes = {s.name: V2_NUMPY[s.datatype] for s in self.inputs if s.datatype in _FLOAT_TYPES}
+        self.providers: list[str] = list(session.get_providers())
+        self.batchable = False
+        self.ready = False
+        self.signature = ModelSignature(
+            inputs=self.inputs, outputs=self.outputs, input_dtypes=self.input_dtypes,
+            max_batch_size=max_batch_size, class_names=self.class_names, has_label=self._score_output() is not None,
+        )
+
+    @classmethod
+    def load(cls, path: Path, *, name: str | None = None, device: str = "auto", max_batch_size: int = 32,
+             threads: int = 0) -> LoadedModel:
+        """Open `path` with onnxruntime and warm it up; UsageError when it cannot be loaded or run."""
+        if max_batch_size < 1:
+            raise UsageError(f"--max-batch-size {max_batch_size}: must be at least 1")
+        session = _session(Path(path), device, threads)
+        meta = session.get_modelmeta().custom_metadata_map
+        model = cls(session, name=name or meta.get("recipe") or Path(path).stem, path=Path(path),
+                    max_batch_size=max_batch_size)
+        check_name(model.name)
+        unsupported = [f"{s.name} ({s.datatype})" for s in model.inputs if s.name not in model.input_dtypes]
+        if unsupported or not model.inputs:
+            raise UsageError(f"{path}: serving needs floating-point inputs, this model has {unsupported or 'none'}")
+        model.warm_up()
+        return model
+
+    def warm_up(self) -> None:
+        """Inference on zeros (dynamic dims as 1), so the first request does not pay for allocation; then a
+        batch of 2 to learn whether every output is row-aligned with the input (needed to merge requests)."""
+        try:
+            self.session.run(None, self._zeros(1))
+        except Exception as e:
+            raise UsageError(f"{self.path or self.name}: warm-up inference failed: {_one_line(e)}") from e
+        self.batchable = self.max_batch_size > 1 and self._rows_are_independent()
+        self.ready = True
+
+    def _zeros(self, rows: int) -> dict[str, np.ndarray]:
+        return {s.name: np.zeros([rows] + [1 if d < 0 else d for d in s.shape[1:]], self.input_dtypes[s.name])
+                for s in self.inputs}
+
+    def _rows_are_independent(self) -> bool:
+        if any(s.shape[:1] != (-1,) for s in self.inputs):
+            return False
+        try:
+            values = self.session.run(None, self._zeros(2))
+        except Exception:
+            return False
+        return all(np.ndim(v) >= 1 and np.shape(v)[0] == 2 for v in values)
+
+    @property
+    def task(self) -> str:
+        if self.metadata.get("task"):
+            return self.metadata["task"]
+        names = {s.name for s in self.outputs}
+        return "classification" if "probabilities" in names else "regression" if "prediction" in names else "unknown"
+
+    @property
+    def class_names(self) -> list[str] | None:
+        value = _json_or_none(self.metadata.get("class_names"))
+        return [str(c) for c in value] if isinstance(value, list) else None
+
+    def _score_output(self) -> str | None:
+        """The output the `label` output is the argmax of: probabilities (or logits) of a classifier."""
+        if self.task != "classification":
+            return None
+        names = [s.name for s in self.outputs]
+        return next((n for n in ("probabilities", "logits") if n in names), None)
+
+    def metadata_json(self) -> dict[str, Any]:
+        """The V2 model metadata document (the `label` output listed for classifiers)."""
+        parameters: dict[str, Any] = {"task": self.task, "class_names": self.class_names}
+        for key in ("recipe", "bigmodel_version"):
+            if key in self.metadata:
+                parameters[key] = self.metadata[key]
+        return {
+            "name": self.name,
+            "versions": [self.version],
+            "platform": PLATFORM,
+            "inputs": [s.metadata() for s in self.inputs],
+            "outputs": [s.metadata() for s in self._all_outputs()],
+            "parameters": parameters,
+        }
+
+    def config_json(self) -> dict[str, Any]:
+        """A Triton-style model configuration (dims without the batch dimension), as perf_analyzer reads it."""
+        config: dict[str, Any] = {
+            "name": self.name,
+            "platform": PLATFORM,
+            "backend": "onnxruntime",
+            "max_batch_size": self.max_batch_size,
+            "input": [s.config() for s in self.inputs],
+            "output": [s.config() for s in self._all_outputs()],
+        }
+        if self.batchable:
+            config["dynamic_batching"] = {}
+        return config
+
+    def _all_outputs(self) -> list[TensorSpec]:
+        label = [TensorSpec(LABEL_OUTPUT, "BYTES", (-1,))] if self.signature.has_label else []
+        return self.outputs + label
+
+    def run_batch(self, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """One `session.run` returning every output (blocking: call it from a worker thread)."""
+        try:
+            values = self.session.run(None, inputs)
+        except Exception as e:  # validated input: what is left is on our side (memory, device)
+            raise RequestError(500, f"inference failed: {_one_line(e)}") from e
+        return {spec.name: value for spec, value in zip(self.outputs, values, strict=True)}
+
+    def with_label(self, results: dict[str, np.ndarray], wanted: list[str]) -> dict[str, np.ndarray]:
+        """`results` plus the `label` output when `wanted` asks for it."""
+        score = self._score_output()
+        if LABEL_OUTPUT in wanted and score is not None:
+            return {**results, LABEL_OUTPUT: labels(results[score], self.class_names)}
+        return results
+
+
+def _session(path: Path, device: str, threads: int) -> Any:
+    import onnxruntime as ort
+
+    from bigmodel_cli.devices import ort_providers
+
+    if threads < 0:
+        raise UsageError(f"--threads {threads}: must be 0 (onnxruntime's choice) or more")
+    options = ort.SessionOptions()
+    options.log_severity_level = 3  # errors only: no provider chatter on stderr
+    options.intra_op_num_threads = threads
+    options.inter_op_num_threads = 1  # one graph at a time: the batcher runs batches one after the other
+    # no busy-waiting between inferences: the threads would take the CPU the HTTP event loop needs
+    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    try:
+        return ort.InferenceSession(str(path), sess_options=options, providers=ort_providers(device))
+    except UsageError:
+        raise
+    except Exception as e:
+        raise UsageError(f"{path}: onnxruntime cannot load this model: {_one_line(e)}") from e
+
+
+def check_name(name: str) -> None:
+    if not name or "/" in name or name.strip() != name:
+        raise UsageError(f"model name {name!r}: must be non-empty, without '/' or surrounding spaces")
+
+
+def _json_or_none(text: str | None) -> Any:
+    if not text:
+        return None
+    try:
+        return json.loads(text)
+    except ValueError:
+        return None
+
+
+def _one_line(e: BaseException) -> str:
+    text = str(e).strip()
+    return text.splitlines()[0] if text else type(e).__name__

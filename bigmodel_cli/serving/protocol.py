@@ -1,0 +1,362 @@
+"""The V2 inference protocol's tensors: request body -> numpy, numpy -> response body.
+
+    POST /v2/models/digits-cnn/infer
+    {"id": "r1", "inputs": [{"name": "input", "shape": [1, 1, 8, 8], "datatype": "FP32", "data": [...]}],
+     "outputs": [{"name": "probabilities"}, {"name": "label"}]}
+
+Both encodings of the KServe / Triton protocol are read and written:
+
+- JSON tensors: `data` flat or nested, row-major.
+- Triton's binary tensor data extension: the JSON header is the first `Inference-Header-Content-Length`
+  bytes of the body and each input with `parameters.binary_data_size` takes that many raw little-endian
+  bytes, in order, from what follows. Outputs are binary when the request's `binary_data_output` or the
+  output's `binary_data` parameter says so; the response then carries the same header.
+
+Every check a client can fail becomes a `RequestError` (400) here, before onnxruntime sees the data.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import struct
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+LABEL_OUTPUT = "label"  # extra BYTES output of classifiers: the class name of each row's top probability
+
+# V2 datatype <-> numpy; a request may send any numeric one, it is converted to the model's input dtype
+V2_NUMPY: dict[str, np.dtype] = {
+    name: np.dtype(t)
+    for name, t in {
+        "FP16": np.float16, "FP32": np.float32, "FP64": np.float64,
+        "INT8": np.int8, "INT16": np.int16, "INT32": np.int32, "INT64": np.int64,
+        "UINT8": np.uint8, "UINT16": np.uint16, "UINT32": np.uint32, "UINT64": np.uint64,
+    }.items()
+}
+NUMPY_V2 = {dtype: name for name, dtype in V2_NUMPY.items()} | {np.dtype(np.bool_): "BOOL"}
+ORT_V2 = {
+    "tensor(float16)": "FP16", "tensor(float)": "FP32", "tensor(double)": "FP64",
+    "tensor(int8)": "INT8", "tensor(int16)": "INT16", "tensor(int32)": "INT32", "tensor(int64)": "INT64",
+    "tensor(uint8)": "UINT8", "tensor(uint16)": "UINT16", "tensor(uint32)": "UINT32", "tensor(uint64)": "UINT64",
+    "tensor(bool)": "BOOL", "tensor(string)": "BYTES",
+}
+_UNSUPPORTED_INPUT_TYPES = {"BYTES", "BOOL"}
+
+
+class RequestError(Exception):
+    """A request the server refuses: becomes `{"error": message}` with `status_code`."""
+
+    def __init__(self, status_code: int, message: str) -> None:
+        super().__init__(message)
+        self.status_code = status_code
+        self.message = message
+
+
+@dataclass(frozen=True)
+class TensorSpec:
+    """One model input or output; `shape` has -1 for dynamic dims, the first one is the batch."""
+
+    name: str
+    datatype: str  # V2 name: FP32, INT64, BYTES...
+    shape: tuple[int, ...]
+
+    def metadata(self) -> dict[str, Any]:
+        return {"name": self.name, "datatype": self.datatype, "shape": list(self.shape)}
+
+    def config(self) -> dict[str, Any]:
+        data_type = "TYPE_STRING" if self.datatype == "BYTES" else f"TYPE_{self.datatype}"
+        return {"name": self.name, "data_type": data_type, "dims": list(self.shape[1:])}
+
+
+@dataclass
+class InferRequest:
+    """A decoded, validated inference request: numpy inputs in the model's dtypes, the outputs it wants."""
+
+    inputs: dict[str, np.ndarray]
+    outputs: list[str]  # names in the order of the response; may include LABEL_OUTPUT
+    binary_outputs: set[str] = field(default_factory=set)  # names to send as binary tensor data
+    id: str | None = None
+    parameters: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def batch_size(self) -> int:
+        return next(iter(self.inputs.values())).shape[0]
+
+
+@dataclass(frozen=True)
+class ModelSignature:
+    """What the codec needs to know of a model: its tensors, dtypes, row limit and class names."""
+
+    inputs: list[TensorSpec]
+    outputs: list[TensorSpec]  # the model's own outputs (without LABEL_OUTPUT)
+    input_dtypes: dict[str, np.dtype]  # the numpy dtype session.run wants for each input
+    max_batch_size: int
+    class_names: list[str] | None = None
+    has_label: bool = False  # a classifier: LABEL_OUTPUT may be asked for
+
+    @property
+    def output_names(self) -> list[str]:
+        return [s.name for s in self.outputs] + ([LABEL_OUTPUT] if self.has_label else [])
+
+
+# ---------------------------------------------------------------------------------------------- decode
+
+
+def split_body(body: bytes, header_length: str | None) -> tuple[bytes, memoryview]:
+    """The JSON header and the binary tensor data that follows it (empty without the header)."""
+    if header_length is None:
+        return body, memoryview(b"")
+    if not header_length.strip().isdigit():
+        raise RequestError(400, f"Inference-Header-Content-Length {header_length!r} is not a byte count")
+    length = int(header_length)
+    if not 0 < length <= len(body):
+        raise RequestError(400, f"Inference-Header-Content-Length {length} does not fit the body of "
+                                f"{len(body)} bytes")
+    view = memoryview(body)
+    return bytes(view[:length]), view[length:]
+
+
+def decode_infer_request(body: bytes, signature: ModelSignature, header_length: str | None = None) -> InferRequest:
+    """Parse and validate a V2 infer request (JSON, or JSON header + binary tensors); RequestError(400)."""
+    header, binary = split_body(body, header_length)
+    try:
+        doc = json.loads(header)
+    except (ValueError, RecursionError) as e:  # JSONDecodeError, UnicodeDecodeError, too deeply nested
+        raise RequestError(400, f"request body is not valid JSON: {_one_line(e)}") from None
+    if not isinstance(doc, dict):
+        raise RequestError(400, "request body must be a JSON object with 'inputs'")
+    request_id = doc.get("id")
+    if request_id is not None and not isinstance(request_id, str):
+        raise RequestError(400, "'id' must be a string")
+    parameters = doc.get("parameters") or {}
+    if not isinstance(parameters, dict):
+        raise RequestError(400, "'parameters' must be an object")
+
+    inputs = _decode_inputs(doc.get("inputs"), signature, binary)
+    outputs, binary_outputs = _requested_outputs(doc.get("outputs"), parameters, signature)
+    return InferRequest(inputs=inputs, outputs=outputs, binary_outputs=binary_outputs, id=request_id,
+                        parameters=parameters)
+
+
+def _decode_inputs(tensors: Any, signature: ModelSignature, binary: memoryview) -> dict[str, np.ndarray]:
+    if not isinstance(tensors, list) or not tensors:
+        raise RequestError(400, "request needs 'inputs': a non-empty list of tensors")
+    expected = {s.name: s for s in signature.inputs}
+    inputs: dict[str, np.ndarray] = {}
+    offset = 0
+    for tensor in tensors:
+        if not isinstance(tensor, dict) or not isinstance(tensor.get("name"), str):
+            raise RequestError(400, "each input must be an object with a string 'name'")
+        name = tensor["name"]
+        if name not in expected:
+            raise RequestError(400, f"unknown input '{name}' (model inputs: {', '.join(expected)})")
+        if name in inputs:
+            raise RequestError(400, f"input '{name}' given twice")
+        inputs[name], used = _decode_tensor(tensor, expected[name], signature, binary[offset:])
+        offset += used
+    if offset != len(binary):
+        raise RequestError(400, f"{len(binary) - offset} bytes of binary tensor data after the inputs' "
+                                f"binary_data_size (sum {offset})")
+    missing = [n for n in expected if n not in inputs]
+    if missing:
+        raise RequestError(400, f"missing input(s): {', '.join(missing)}")
+    batches = {a.shape[0] for a in inputs.values()}
+    if len(batches) > 1:
+        raise RequestError(400, f"inputs disagree on the batch size: {sorted(batches)}")
+    return inputs
+
+
+def _decode_tensor(tensor: dict[str, Any], spec: TensorSpec, signature: ModelSignature,
+                   binary: memoryview) -> tuple[np.ndarray, int]:
+    """One input as the model's dtype, and how many bytes of binary data it took."""
+    name = spec.name
+    datatype = _datatype(tensor, name)
+    shape = _shape(tensor, spec, signature.max_batch_size)
+    params = tensor.get("parameters")
+    if params is not None and not isinstance(params, dict):
+        raise RequestError(400, f"input '{name}': 'parameters' must be an object")
+    if params and "binary_data_size" in params:
+        if "data" in tensor:
+            raise RequestError(400, f"input '{name}': has both 'data' and binary_data_size")
+        array, used = _binary_tensor(params["binary_data_size"], binary, datatype, shape, name)
+    else:
+        array, used = _json_tensor(tensor, datatype, shape, name), 0
+    with np.errstate(over="ignore", invalid="ignore"):
+        array = array.astype(signature.input_dtypes[name], copy=False).reshape(shape)
+    if array.dtype.kind == "f" and not np.isfinite(array).all():
+        raise RequestError(400, f"input '{name}': values must be finite (no NaN or infinity, within the "
+                                f"range of {datatype} and of the model's {spec.datatype})")
+    return array, used
+
+
+def _datatype(tensor: dict[str, Any], name: str) -> str:
+    datatype = tensor.get("datatype")
+    if not isinstance(datatype, str):
+        raise RequestError(400, f"input '{name}': 'datatype' must be a string such as \"FP32\"")
+    if datatype in _UNSUPPORTED_INPUT_TYPES:
+        raise RequestError(400, f"input '{name}': datatype {datatype} is not supported (send numbers, e.g. FP32)")
+    if datatype not in V2_NUMPY:
+        raise RequestError(400, f"input '{name}': unknown datatype {datatype!r} (expected one of "
+                                f"{', '.join(V2_NUMPY)})")
+    return datatype
+
+
+def _shape(tensor: dict[str, Any], spec: TensorSpec, max_batch_size: int) -> list[int]:
+    name, shape = spec.name, tensor.get("shape")
+    if not isinstance(shape, list) or not all(isinstance(d, int) and not isinstance(d, bool) and d >= 0
+                                              for d in shape):
+        raise RequestError(400, f"input '{name}': 'shape' must be a list of non-negative integers")
+    if not shape or len(shape) != len(spec.shape) or any(want not in (-1, got)
+                                                         for want, got in zip(spec.shape, shape, strict=True)):
+        raise RequestError(400, f"input '{name}': shape {shape} does not match the model's {list(spec.shape)}")
+    if shape[0] < 1:
+        raise RequestError(400, f"input '{name}': the batch dimension must be at least 1")
+    if shape[0] > max_batch_size:
+        raise RequestError(400, f"input '{name}': batch of {shape[0]} is over max_batch_size {max_batch_size}")
+    if math.prod(shape) > 1 << 31:
+        raise RequestError(400, f"input '{name}': shape {shape} is too large")
+    return shape
+
+
+def _binary_tensor(size: Any, binary: memoryview, datatype: str, shape: list[int],
+                   name: str) -> tuple[np.ndarray, int]:
+    if not isinstance(size, int) or isinstance(size, bool) or size < 0:
+        raise RequestError(400, f"input '{name}': binary_data_size must be a non-negative integer")
+    dtype = V2_NUMPY[datatype]
+    expected = math.prod(shape) * dtype.itemsize
+    if size != expected:
+        raise RequestError(400, f"input '{name}': binary_data_size {size} but shape {shape} of {datatype} "
+                                f"needs {expected} bytes")
+    if size > len(binary):
+        raise RequestError(400, f"input '{name}': binary_data_size {size} but only {len(binary)} bytes of "
+                                f"binary data are left in the body (is Inference-Header-Content-Length set?)")
+    array = np.frombuffer(binary[:size], dtype=dtype.newbyteorder("<"))  # the extension is little-endian
+    return array, size
+
+
+def _json_tensor(tensor: dict[str, Any], datatype: str, shape: list[int], name: str) -> np.ndarray:
+    if "data" not in tensor:
+        raise RequestError(400, f"input '{name}': no 'data' (nor binary_data_size)")
+    data = tensor["data"]
+    if not isinstance(data, list):
+        raise RequestError(400, f"input '{name}': 'data' must be a list of numbers (flat or nested)")
+    try:
+        array = np.asarray(data)
+    except (ValueError, TypeError, OverflowError, RecursionError):
+        raise RequestError(400, f"input '{name}': 'data' must be a list of numbers, nested lists must be "
+                                f"rectangular") from None
+    if array.size and array.dtype.kind not in "iuf":  # bool, str, None, objects; [] is float64
+        raise RequestError(400, f"input '{name}': 'data' must hold only numbers")
+    expected_count = math.prod(shape)
+    if array.size != expected_count:
+        raise RequestError(400, f"input '{name}': 'data' has {array.size} elements, shape {shape} needs "
+                                f"{expected_count}")
+    declared = V2_NUMPY[datatype]
+    if declared.kind in "iu":
+        if array.dtype.kind == "f":
+            raise RequestError(400, f"input '{name}': datatype {datatype} needs integers in 'data'")
+        limits = np.iinfo(declared)
+        if array.size and (array.min() < limits.min or array.max() > limits.max):
+            raise RequestError(400, f"input '{name}': values out of range for {datatype}")
+    with np.errstate(over="ignore", invalid="ignore"):
+        return array.astype(declared)
+
+
+def _requested_outputs(requested: Any, parameters: dict[str, Any],
+                       signature: ModelSignature) -> tuple[list[str], set[str]]:
+    """The output names, in order, and which of them go out as binary tensor data."""
+    binary_default = _flag(parameters, "binary_data_output", "request parameter")
+    known = signature.output_names
+    if requested is None or requested == []:
+        names = [s.name for s in signature.outputs]  # the model's own outputs; 'label' only when asked for
+        return names, set(names) if binary_default else set()
+    if not isinstance(requested, list):
+        raise RequestError(400, "'outputs' must be a list of {\"name\": ...} objects")
+    names, binary = [], set()
+    for item in requested:
+        if not isinstance(item, dict) or not isinstance(item.get("name"), str):
+            raise RequestError(400, "each requested output must be an object with a string 'name'")
+        name = item["name"]
+        if name not in known:
+            raise RequestError(400, f"unknown output '{name}' (model outputs: {', '.join(known)})")
+        if name in names:
+            raise RequestError(400, f"output '{name}' requested twice")
+        params = item.get("parameters") or {}
+        if not isinstance(params, dict):
+            raise RequestError(400, f"output '{name}': 'parameters' must be an object")
+        if "classification" in params:
+            raise RequestError(400, f"output '{name}': the classification extension is not supported; ask for "
+                                    f"the '{LABEL_OUTPUT}' output instead")
+        wants_binary = _flag(params, "binary_data", f"output '{name}' parameter")
+        if wants_binary or (wants_binary is None and binary_default):
+            binary.add(name)
+        names.append(name)
+    return names, binary
+
+
+def _flag(params: dict[str, Any], key: str, where: str) -> bool | None:
+    value = params.get(key)
+    if value is not None and not isinstance(value, bool):
+        raise RequestError(400, f"{where} '{key}' must be true or false")
+    return value
+
+
+# ---------------------------------------------------------------------------------------------- encode
+
+
+def labels(scores: np.ndarray, class_names: list[str] | None) -> np.ndarray:
+    """The class name of each row's highest score (its index as text when the model has no names)."""
+    top = np.asarray(scores).reshape(len(scores), -1).argmax(axis=1)
+    names = class_names or []
+    return np.array([names[i] if i < len(names) else str(int(i)) for i in top], dtype=object)
+
+
+def encode_infer_response(model_name: str, model_version: str, request: InferRequest,
+                          results: dict[str, np.ndarray]) -> tuple[bytes, int | None]:
+    """The V2 response body and, when some outputs are binary, the length of its JSON header.
+
+    RequestError(400) when the model produced NaN or infinity for this request's rows.
+    """
+    outputs, chunks = [], []
+    for name in request.outputs:
+        value = np.asarray(results[name])
+        if value.dtype.kind == "f" and not np.isfinite(value).all():
+            raise RequestError(400, f"the model produced NaN or infinite values in '{name}' for this input "
+                                    f"(are the inputs scaled as the model expects?)")
+        datatype = "BYTES" if value.dtype == object else NUMPY_V2.get(value.dtype)
+        if datatype is None:  # float types onnxruntime returns that V2 cannot name: send as FP32
+            value, datatype = value.astype(np.float32), "FP32"
+        tensor: dict[str, Any] = {"name": name, "datatype": datatype, "shape": list(value.shape)}
+        if name in request.binary_outputs:
+            raw = _bytes_tensor(value) if datatype == "BYTES" else value.astype(value.dtype.newbyteorder("<"),
+                                                                                 copy=False).tobytes()
+            tensor["parameters"] = {"binary_data_size": len(raw)}
+            chunks.append(raw)
+        else:
+            tensor["data"] = [str(v) for v in value.ravel()] if datatype == "BYTES" else value.ravel().tolist()
+        outputs.append(tensor)
+    doc: dict[str, Any] = {"model_name": model_name, "model_version": model_version}
+    if request.id is not None:
+        doc["id"] = request.id
+    doc["outputs"] = outputs
+    header = json.dumps(doc, separators=(",", ":"), allow_nan=False).encode()
+    if not chunks:
+        return header, None
+    return b"".join([header, *chunks]), len(header)
+
+
+def _bytes_tensor(value: np.ndarray) -> bytes:
+    """Triton's BYTES serialisation: each element as a 4-byte little-endian length and its UTF-8 bytes."""
+    parts = []
+    for item in value.ravel():
+        raw = item if isinstance(item, bytes) else str(item).encode()
+        parts += [struct.pack("<I", len(raw)), raw]
+    return b"".join(parts)
+
+
+def _one_line(e: BaseException) -> str:
+    text = str(e).strip()
+    return text.splitlines()[0] if text else type(e).__name__
