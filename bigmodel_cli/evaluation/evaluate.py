@@ -1,168 +1,296 @@
-"""`bigmodel eval`: metrics, per-class report, confusion matrix, predictions CSV and plots.
+"""`bigmodel eval`: metrics, per-class report, confusion matrix, predictions CSV, plots and gates.
 
     bigmodel eval runs/digits-cnn --fail-under accuracy=0.95
-    bigmodel eval runs/digits-cnn --onnx runs/digits-cnn/model.onnx --split val --json
+    bigmodel eval runs/breast-cancer-mlp --threshold-search f1 --ci 0.95 --json | jq .ci
+    bigmodel eval runs/digits-cnn --onnx --split val          # RUN_DIR/model.onnx, plus agreement with PyTorch
 
-Writes `RUN_DIR/eval/<split>.json`, `<split>_predictions.csv` and the plots, each atomically.
+    report = evaluate("runs/digits-cnn", Options(split="val", ci=0.95))
+
+An evaluation is planned first (run, data, schema, model and gates all checked: any bad
+input is exit 2 before anything is computed), then executed: the split is streamed from its
+memory-mapped arrays through the model in batches, scored with scikit-learn, and
+`RUN_DIR/eval/<split>.json`, `<split>_predictions.csv` and the plots are written to
+temporary names and renamed together at the end (`--data DIR` writes to `eval/<DIR name>/`).
 """
 
 from __future__ import annotations
 
-import csv
-import difflib
-import io
+import contextlib
 import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from bigmodel_cli import atomic, console
-from bigmodel_cli.data import manifest as manifests
-from bigmodel_cli.errors import UsageError
+from bigmodel_cli.errors import JobFailed, UsageError
+from bigmodel_cli.evaluation import gates as G
 from bigmodel_cli.evaluation import metrics as M
-from bigmodel_cli.evaluation import plots
-from bigmodel_cli.run import load_network, load_run
+from bigmodel_cli.evaluation.dataset import load_eval_split
+from bigmodel_cli.run import Run, load_network, load_run
 
 
-def parse_gates(items: list[str]) -> dict[str, float]:
-    gates = {}
-    for item in items:
-        name, sep, raw = item.partition("=")
-        try:
-            gates[name.strip()] = float(raw)
-        except ValueError:
-            sep = ""
-        if not sep or not name.strip():
-            raise UsageError(f"--fail-under '{item}': expected METRIC=VALUE, e.g. --fail-under accuracy=0.9")
-    return gates
+@dataclass
+class Options:
+    """What the command line can change; None keeps the recipe's `eval` section."""
+
+    split: str | None = None
+    checkpoint: str | None = None
+    data: Path | None = None
+    threshold: float | None = None
+    threshold_search: str | None = None
+    ci: float | None = None
+    plots: bool | None = None
+    fail_under: dict[str, float] = field(default_factory=dict)
+    fail_over: dict[str, float] = field(default_factory=dict)
 
 
-def resolve_gates(run, cli_gates: dict[str, float]) -> dict[str, float]:
-    """Recipe gates (eval.fail_under) overridden by --fail-under; unknown metric names are exit 2."""
-    gates = {**run.recipe.eval.fail_under, **cli_gates}
-    known = list(M.metric_names(run.recipe.task))
-    for name in gates:
-        if name not in known:
-            near = difflib.get_close_matches(name, known, n=1)
-            hint = f"; did you mean '{near[0]}'?" if near else f"; metrics: {', '.join(known)}"
-            raise UsageError(f"--fail-under {name}: unknown metric{hint}")
-    return gates
+@dataclass
+class Plan:
+    """One checked evaluation: everything needed to run it, nothing computed or written yet."""
+
+    label: str
+    run: Run
+    cfg: Any  # schema.EvalSection with the command line's values applied
+    split: str
+    x: np.ndarray
+    y: np.ndarray
+    data_dir: Path
+    other_data: Path | None  # --data DIR, or None for the run's own prepared data
+    out_dir: Path
+    gates: list[G.Gate]
+    outputs: Callable[[np.ndarray], np.ndarray]  # raw model outputs for raw inputs, batched
+    source: dict[str, str]  # {"checkpoint": path} or {"model": path}
+    reference: Callable[[np.ndarray], np.ndarray] | None = None  # the PyTorch model, when evaluating ONNX
+    reference_path: str | None = None
+    threshold_source: str = "eval.threshold"
 
 
-def check_gates(metrics: dict[str, Any], gates: dict[str, float]) -> list[dict[str, Any]]:
-    results = []
-    for name, threshold in gates.items():
-        value = metrics.get(name)
-        passed = value is not None and value >= threshold
-        results.append({"metric": name, "threshold": threshold, "value": value, "passed": passed})
-        mark = "[green]pass[/green]" if passed else "[red]FAIL[/red]"
-        console.info(f"gate {name} >= {threshold}: {mark} ({_fmt(value)})")
-    return results
-
-
-def _onnx_outputs(path: Path, x: np.ndarray, task: str, batch_size: int) -> np.ndarray:
-    import onnxruntime as ort
-
-    from bigmodel_cli.devices import ort_providers
-
-    if not path.is_file():
-        raise UsageError(f"--onnx {path}: file not found; create it with bigmodel export")
-    try:
-        session = ort.InferenceSession(str(path), providers=ort_providers("auto"))
-    except Exception as e:
-        raise UsageError(f"--onnx {path}: onnxruntime cannot load it ({str(e).splitlines()[0]})") from None
-    want = "logits" if task == "classification" else "prediction"
-    names = [o.name for o in session.get_outputs()]
-    if want not in names:
-        raise UsageError(f"--onnx {path}: no '{want}' output (outputs: {', '.join(names)})")
-    chunks = [session.run([want], {"input": np.ascontiguousarray(x[i : i + batch_size], dtype=np.float32)})[0]
-              for i in range(0, len(x), batch_size)]
-    return np.concatenate(chunks).reshape(len(x), -1)
-
-
-def evaluate(run_dir: str | Path, split: str | None = None, checkpoint: str | None = None,
-             onnx_path: Path | None = None, fail_under: dict[str, float] | None = None) -> dict[str, Any]:
-    """Evaluate a run; the report's `gates` lists each quality gate and whether it passed."""
+def plan(run_dir: str | Path, options: Options | None = None, onnx: Path | None = None) -> Plan:
+    """Check everything an evaluation needs; exit-2 errors name the flag, file or column."""
+    options = options or Options()
     run = load_run(run_dir)
-    gates = resolve_gates(run, fail_under or {})
-    recipe, manifest = run.recipe, run.manifest
-    split = split or recipe.eval.split
-    if split not in manifests.SPLITS:
-        raise UsageError(f"--split {split}: expected one of {', '.join(manifests.SPLITS)}")
-    x, y = manifests.load_split(recipe.prepared_dir, split)
-    if len(y) == 0:
-        raise UsageError(f"split '{split}' of {recipe.prepared_dir} is empty; nothing to evaluate")
+    cfg = _effective_config(run, options)
+    classes = run.manifest["classes"] if run.recipe.task == "classification" else None
+    known = M.metric_names(run.recipe.task, len(classes or []), cfg.top_k)
+    gates = G.resolve(cfg, options.fail_under, options.fail_over, known)
+    split = options.split or cfg.split
+    x, y, _ = load_eval_split(run, split, options.data)
+    data_dir = Path(options.data or run.recipe.prepared_dir)
+    out_dir = run.path / "eval" / (options.data.resolve().name if options.data else "")
+    common = dict(label=str(run_dir), run=run, cfg=cfg, split=split, x=x, y=y, data_dir=data_dir,
+                  other_data=options.data, out_dir=out_dir, gates=gates,
+                  threshold_source="--threshold" if options.threshold is not None else "eval.threshold")
+    binary_only = options.threshold is not None or options.threshold_search not in (None, "none")
+    if binary_only and len(classes or []) != 2:
+        console.warn("--threshold and --threshold-search apply to binary classification only; ignored")
+    checkpoint = options.checkpoint or cfg.checkpoint
+    rows = batch_rows(cfg.batch_size, x)
+    if onnx is None:
+        outputs, path = _torch_model(run, checkpoint, rows)
+        return Plan(outputs=outputs, source={"checkpoint": str(path)}, **common)
+    from bigmodel_cli.evaluation.predict import OnnxModel
+
+    expect = {"input_shape": run.manifest["input_shape"]}
+    if classes is not None:
+        expect["class_names"] = classes
+    model = OnnxModel(onnx, run.recipe.task, expect)
+    try:
+        reference, path = _torch_model(run, checkpoint, rows)
+    except UsageError as e:
+        console.warn(f"no agreement with PyTorch reported: {e}")
+        reference, path = None, None
+    return Plan(outputs=lambda inputs: model.predict(inputs, rows), source={"model": str(onnx)},
+                reference=reference, reference_path=str(path) if path else None, **common)
+
+
+def _effective_config(run: Run, options: Options):
+    """The recipe's eval section with the command line's values, validated like the recipe."""
+    from pydantic import ValidationError
+
+    flags = {"threshold": ("--threshold", options.threshold), "threshold_search": ("--threshold-search",
+             options.threshold_search), "ci": ("--ci", options.ci), "plots": ("--plots", options.plots)}
+    updates = {key: value for key, (_, value) in flags.items() if value is not None}
+    section = type(run.recipe.eval)
+    try:
+        return section.model_validate({**run.recipe.eval.model_dump(), **updates})
+    except ValidationError as e:
+        error = e.errors()[0]
+        key = str(error["loc"][0])
+        raise UsageError(f"{flags.get(key, (f'eval.{key}',))[0]} {updates.get(key)}: {error['msg']}") from None
+
+
+def batch_rows(batch_size: int | None, x: np.ndarray) -> int:
+    """eval.batch_size, or as many rows as make about 8 MiB of float32 input (64 to 8192 rows).
+
+    Large batches keep per-batch overhead (and thread synchronisation on a busy CPU) small;
+    the cap keeps the memory of one batch's activations bounded.
+    """
+    if batch_size:
+        return batch_size
+    row_bytes = 4 * max(1, int(np.prod(x.shape[1:])))
+    return int(np.clip(8 * 2**20 // row_bytes, 64, 8192))
+
+
+def _torch_model(run: Run, checkpoint: str, batch_size: int):
+    from bigmodel_cli import devices
+    from bigmodel_cli.evaluation.predict import predict
+
+    net, norm, path = load_network(run, checkpoint)
+    device = devices.resolve("auto")  # the GPU when there is one
+    net, norm = net.to(device), norm.to(device)
+    return (lambda inputs: predict(net, norm, inputs, device, batch_size)), path
+
+
+def evaluate(run_dir: str | Path, options: Options | None = None, onnx: Path | None = None) -> dict[str, Any]:
+    """Plan and execute one evaluation; the report's `gates` says whether each quality gate held."""
+    return execute(plan(run_dir, options, onnx))
+
+
+def execute(p: Plan) -> dict[str, Any]:
+    from bigmodel_cli.evaluation.report import print_report
 
     started = time.perf_counter()
-    if onnx_path is not None:
-        outputs = _onnx_outputs(Path(onnx_path), x, recipe.task, recipe.eval.batch_size)
-        source = {"model": str(onnx_path)}
+    task = p.run.recipe.task
+    outputs = p.outputs(p.x)
+    _check_finite(outputs, p.split)
+    y = np.asarray(p.y)
+    report: dict[str, Any] = {"run": p.label, "split": p.split, "n": int(len(y)), **p.source, "task": task,
+                              "data": str(p.data_dir), "warnings": []}
+    if task == "classification":
+        scores, pred = _classify(p, outputs, y, report)
     else:
-        import torch
-
-        from bigmodel_cli.evaluation.predict import predict
-
-        net, norm, path = load_network(run, checkpoint or recipe.eval.checkpoint)
-        outputs = predict(net, norm, x, torch.device("cpu"), recipe.eval.batch_size)
-        source = {"checkpoint": str(path)}
-
-    y = np.asarray(y)
-    report: dict[str, Any] = {"split": split, "n": int(len(y)), **source, "task": recipe.task}
-    out_dir = run.path / "eval"
-    rows = io.StringIO()
-    writer = csv.writer(rows)
-    if recipe.task == "classification":
-        from bigmodel_cli.evaluation.predict import softmax
-
-        classes = manifest["classes"]
-        proba = softmax(outputs)
-        values, per_class, cm = M.classification(y, proba, classes)
-        pred = proba.argmax(axis=1)
-        report.update(metrics=values, per_class=per_class, confusion_matrix=cm, classes=classes)
-        writer.writerow(["y_true", "y_pred", *[f"p_{c}" for c in classes]])
-        for t, p, probs in zip(y, pred, proba, strict=True):
-            writer.writerow([classes[t], classes[p], *[f"{v:.6g}" for v in probs]])
-        written = plots.classification_plots(y, proba, classes, cm, out_dir, split)
-    else:
-        pred = outputs[:, 0]
-        values = M.regression(y, pred)
-        report.update(metrics=values, per_class={}, confusion_matrix=None)
-        writer.writerow(["y_true", "y_pred"])
-        for t, p in zip(y, pred, strict=True):
-            writer.writerow([f"{t:.6g}", f"{p:.6g}"])
-        written = plots.regression_plots(y, pred, out_dir, split)
-    report["undefined_metrics"] = M.undefined(values)
-    for name in report["undefined_metrics"]:
-        console.warn(f"{name} is undefined on split '{split}' (e.g. a class is absent); reported as null")
+        scores, pred = None, outputs[:, 0]
+        report.update(metrics=M.regression(y, pred), per_class={}, confusion_matrix=None)
+    _explain_undefined(report, y)
+    if p.cfg.ci is not None:
+        _confidence(p, report, y, scores, pred)
+    if p.reference is not None:
+        report["onnx"] = _agreement(p, outputs)
+    report["gates"] = G.check(p.gates, report["metrics"])
     report["time_s"] = time.perf_counter() - started
-    report["files"] = {"report": str(out_dir / f"{split}.json"),
-                       "predictions": str(out_dir / f"{split}_predictions.csv"), "plots": written}
-    _print(report)
-    report["gates"] = check_gates(values, gates)
-    atomic.write_text(out_dir / f"{split}_predictions.csv", rows.getvalue())
-    atomic.write_json(out_dir / f"{split}.json", report)
+    _write(p, report, y, pred, scores)
+    print_report(report)
     return report
 
 
-def _fmt(value: Any) -> str:
-    return "null" if value is None else f"{value:.4f}" if isinstance(value, float) else str(value)
+def _check_finite(outputs: np.ndarray, split: str) -> None:
+    """A model that outputs NaN/inf has failed; metrics of it would be silently wrong."""
+    bad = np.flatnonzero(~np.isfinite(outputs).all(axis=1))
+    if len(bad):
+        raise JobFailed(f"the model's outputs are NaN or infinite on {len(bad)} of {len(outputs)} rows of split "
+                        f"'{split}' (first: row {bad[0]}); nothing written")
 
 
-def _print(report: dict[str, Any]) -> None:
-    if console.is_quiet():
-        return
-    from rich.table import Table
+def _warn(report: dict[str, Any], message: str) -> None:
+    console.warn(message)
+    report["warnings"].append(message)
 
-    what = report.get("checkpoint") or report.get("model")
-    console.info(f"eval on split '{report['split']}' ({report['n']} rows) of {what}")
-    table = Table("metric", "value", box=None)
-    for name, value in report["metrics"].items():
-        table.add_row(name, _fmt(value))
-    console.console.print(table)
-    if report["per_class"]:
-        per = Table("class", "precision", "recall", "f1", "support", box=None)
-        for name, row in report["per_class"].items():
-            per.add_row(name, _fmt(row["precision"]), _fmt(row["recall"]), _fmt(row["f1"]), str(row["support"]))
-        console.console.print(per)
-    console.info(f"wrote {report['files']['report']}")
+
+def _classify(p: Plan, outputs: np.ndarray, y: np.ndarray, report: dict[str, Any]):
+    from bigmodel_cli.evaluation.predict import softmax
+
+    classes = p.run.manifest["classes"]
+    proba = softmax(outputs)
+    threshold = None
+    if len(classes) == 2:
+        threshold = _threshold(p, report)
+    values, per_class, cm = M.classification(y, proba, classes, threshold=threshold, top_k=p.cfg.top_k)
+    report.update(classes=classes, metrics=values, per_class=per_class, confusion_matrix=cm,
+                  confusion_matrix_normalized=M.normalized_confusion(cm))
+    return proba, M.decide(proba, threshold)
+
+
+def _threshold(p: Plan, report: dict[str, Any]) -> float:
+    """eval.threshold, or the one maximising eval.threshold_search on the validation split."""
+    value, source = p.cfg.threshold, p.threshold_source
+    criterion = p.cfg.threshold_search
+    if criterion != "none":
+        found = _search_threshold(p, criterion, report)
+        if found is not None:
+            value, source = found["threshold"], f"best {criterion} on the val split"
+            report["threshold_search"] = found
+    report["threshold"] = {"value": value, "source": source, "positive_class": p.run.manifest["classes"][1]}
+    return value
+
+
+def _search_threshold(p: Plan, criterion: str, report: dict[str, Any]) -> dict[str, Any] | None:
+    from bigmodel_cli.evaluation.predict import softmax
+
+    if p.split == "val":
+        _warn(report, "the threshold is searched on the split being evaluated (val): its metrics are optimistic")
+    try:
+        x_val, y_val, _ = load_eval_split(p.run, "val", p.other_data)
+    except UsageError as e:
+        _warn(report, f"--threshold-search {criterion}: {e}; keeping {p.cfg.threshold}")
+        return None
+    found = M.best_threshold(np.asarray(y_val), softmax(p.outputs(x_val))[:, 1], criterion)
+    if found is None:
+        _warn(report, f"--threshold-search {criterion}: the val split has one class only; keeping {p.cfg.threshold}")
+        return None
+    return {"criterion": criterion, "threshold": found[0], "val_score": found[1], "val_rows": int(len(y_val))}
+
+
+def _explain_undefined(report: dict[str, Any], y: np.ndarray) -> None:
+    report["undefined_metrics"] = M.undefined(report["metrics"])
+    for name in report["undefined_metrics"]:
+        reason = M.why_undefined(name, y, report.get("classes"))
+        _warn(report, f"{name} is undefined on split '{report['split']}' ({reason}); reported as null")
+
+
+def _confidence(p: Plan, report: dict[str, Any], y: np.ndarray, scores, pred) -> None:
+    from bigmodel_cli.evaluation.bootstrap import confidence_intervals
+
+    task = p.run.recipe.task
+    names = tuple(m for m in M.HEADLINE[task] if report["metrics"].get(m) is not None)
+    intervals = confidence_intervals(task, y, scores, pred, p.cfg.ci, p.cfg.ci_resamples, p.run.recipe.seed, names)
+    report["ci"] = {"level": p.cfg.ci, "resamples": p.cfg.ci_resamples, "seed": p.run.recipe.seed,
+                    "method": "percentile bootstrap", "intervals": intervals}
+    for name, interval in intervals.items():
+        if interval is None:
+            _warn(report, f"no confidence interval for {name}: undefined on most resamples")
+
+
+def _agreement(p: Plan, outputs: np.ndarray) -> dict[str, Any]:
+    """How closely the ONNX model matches the PyTorch checkpoint on the same rows."""
+    from bigmodel_cli.evaluation.predict import softmax
+
+    reference = p.reference(p.x)
+    out: dict[str, Any] = {"checkpoint": p.reference_path}
+    if p.run.recipe.task == "classification":
+        got, want = softmax(outputs), softmax(reference)
+        threshold = p.cfg.threshold if got.shape[1] == 2 else None
+        out["agreement"] = float(np.mean(M.decide(got, threshold) == M.decide(want, threshold)))
+        out["compared"] = "probabilities"
+    else:
+        got, want = outputs, reference
+        out["compared"] = "prediction"
+    out["max_abs_difference"] = float(np.max(np.abs(got - want))) if got.size else 0.0
+    return out
+
+
+def _write(p: Plan, report: dict[str, Any], y: np.ndarray, pred: np.ndarray, scores) -> None:
+    """Predictions CSV, plots and the JSON report, renamed into place together only if all succeed."""
+    from bigmodel_cli.evaluation import plots, predictions_csv
+
+    out, split = p.out_dir, p.split
+    report["files"] = {"report": str(out / f"{split}.json"), "predictions": str(out / f"{split}_predictions.csv"),
+                       "plots": []}
+    with contextlib.ExitStack() as stack:
+
+        @contextlib.contextmanager
+        def deferred(dest: Path) -> Iterator[Path]:
+            yield stack.enter_context(atomic.atomic_path(dest))
+
+        with deferred(out / f"{split}_predictions.csv") as tmp:
+            predictions_csv.write(tmp, y, pred, scores, report.get("classes"))
+        if p.cfg.plots:
+            if scores is not None:
+                report["files"]["plots"] = plots.classification_plots(y, scores, report["classes"],
+                                                                      report["confusion_matrix"], out, split, deferred)
+            else:
+                report["files"]["plots"] = plots.regression_plots(y, pred, out, split, deferred)
+        with deferred(out / f"{split}.json") as tmp:
+            atomic.write_json(tmp, report)

@@ -1,0 +1,83 @@
+"""The split an evaluation reads: the run's own prepared data, or another one (`--data DIR`).
+
+    x, y, manifest = load_eval_split(run, "test")                        # data/<name>/test
+    x, y, manifest = load_eval_split(run, "test", Path("data/2026-11"))  # a fresh month, same schema
+
+Another prepared dataset must have the schema the run was trained on: same task, kind,
+target, features in the same order, input shape and dtype. Its classes may be a subset of
+the run's (a class absent this month); labels are then mapped onto the run's class indices.
+Anything else is an exit-2 error naming the column. The run's own fitted normalisation is
+what the model applies, whatever the other dataset's manifest says.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from bigmodel_cli.data import manifest as manifests
+from bigmodel_cli.errors import UsageError
+
+
+def load_eval_split(run, split: str, data_dir: Path | None = None) -> tuple[np.ndarray, np.ndarray, dict[str, Any]]:
+    """Memory-mapped x, labels as the run's class indices (or float targets), and the data's manifest."""
+    if split not in manifests.SPLITS:
+        raise UsageError(f"--split {split}: expected one of {', '.join(manifests.SPLITS)}")
+    folder = data_dir or Path(run.recipe.prepared_dir)
+    manifest = run.manifest if data_dir is None else manifests.read(data_dir)
+    remap = None if data_dir is None else check_schema(run.manifest, manifest, data_dir)
+    x, y = manifests.load_split(folder, split)
+    if len(y) == 0:
+        raise UsageError(f"split '{split}' of {folder} is empty; nothing to evaluate")
+    if run.manifest["task"] == "classification":
+        y = _class_indices(y, manifest, folder / split / "y.npy", remap)
+    return x, y, manifest
+
+
+def check_schema(trained: dict[str, Any], other: dict[str, Any], data_dir: Path) -> np.ndarray | None:
+    """Raise naming the first difference; returns the map data class index -> run class index, if any."""
+    where = f"--data {data_dir}"
+    for key in ("task", "kind", "target"):
+        if other.get(key) != trained.get(key):
+            raise UsageError(f"{where}: {key} is {other.get(key)!r}, the run was trained with {trained.get(key)!r}")
+    _check_features(trained.get("features") or [], other.get("features") or [], where)
+    for key in ("input_shape", "input_dtype"):
+        if other.get(key) != trained.get(key):
+            raise UsageError(f"{where}: {key} is {other.get(key)}, the run was trained with {trained.get(key)}")
+    if trained["task"] != "classification":
+        return None
+    known = {name: i for i, name in enumerate(trained["classes"])}
+    for name in other["classes"]:
+        if name not in known:
+            raise UsageError(f"{where}: class '{name}' of column '{other.get('target')}' is not one the run knows "
+                             f"({', '.join(trained['classes'])})")
+    if other["classes"] == trained["classes"]:
+        return None
+    return np.array([known[name] for name in other["classes"]], dtype=np.int64)
+
+
+def _check_features(trained: list[str], other: list[str], where: str) -> None:
+    missing = [f for f in trained if f not in other]
+    if missing:
+        raise UsageError(f"{where}: feature column '{missing[0]}' the run was trained on is missing")
+    extra = [f for f in other if f not in trained]
+    if extra:
+        raise UsageError(f"{where}: feature column '{extra[0]}' is not one the run was trained on")
+    for i, (want, got) in enumerate(zip(trained, other, strict=True)):
+        if want != got:
+            raise UsageError(f"{where}: feature column '{got}' is at position {i}, where the run expects '{want}'")
+
+
+def _class_indices(y: np.ndarray, manifest: dict[str, Any], path: Path, remap: np.ndarray | None) -> np.ndarray:
+    """Labels as int64 run class indices; a label outside the manifest's classes names its row."""
+    y = np.asarray(y)
+    if not np.issubdtype(y.dtype, np.integer):
+        raise UsageError(f"{path}: class labels must be integers, found {y.dtype}")
+    n_classes = len(manifest["classes"])
+    bad = np.flatnonzero((y < 0) | (y >= n_classes))
+    if len(bad):
+        raise UsageError(f"{path}: row {bad[0]} has class index {y[bad[0]]}, expected 0..{n_classes - 1}")
+    y = y.astype(np.int64, copy=False)
+    return remap[y] if remap is not None else y
