@@ -6,12 +6,18 @@ e.g. 32x32 CIFAR or 8x8 digits) a stride-1 stem without the early max-pool, as i
 from __future__ import annotations
 
 from torch import nn
-from torchvision import models as tvm
 
 from bigmodel_cli.errors import UsageError
 from bigmodel_cli.models.registry import register_model
 
 SMALL = 64  # images up to this size keep their resolution in the stem
+
+
+def _tvm():
+    """torchvision.models, imported on first use: it costs seconds (torch._dynamo) that tabular runs never pay."""
+    from torchvision import models
+
+    return models
 
 
 def _conv_like(conv: nn.Conv2d, in_channels: int, stride: int | None = None, kernel: int | None = None) -> nn.Conv2d:
@@ -34,19 +40,19 @@ def _resnet(factory, num_classes: int, input_shape: list[int], zero_init_residua
 @register_model("resnet18", kinds=("image",))
 def resnet18(num_classes: int, input_shape: list[int], zero_init_residual: bool = False) -> nn.Module:
     """torchvision ResNet-18 (11M parameters); 3x3 stride-1 stem for small images."""
-    return _resnet(tvm.resnet18, num_classes, input_shape, zero_init_residual)
+    return _resnet(_tvm().resnet18, num_classes, input_shape, zero_init_residual)
 
 
 @register_model("resnet34", kinds=("image",))
 def resnet34(num_classes: int, input_shape: list[int], zero_init_residual: bool = False) -> nn.Module:
     """torchvision ResNet-34 (21M parameters); 3x3 stride-1 stem for small images."""
-    return _resnet(tvm.resnet34, num_classes, input_shape, zero_init_residual)
+    return _resnet(_tvm().resnet34, num_classes, input_shape, zero_init_residual)
 
 
 @register_model("resnet50", kinds=("image",))
 def resnet50(num_classes: int, input_shape: list[int], zero_init_residual: bool = False) -> nn.Module:
     """torchvision ResNet-50 (24M parameters); 3x3 stride-1 stem for small images."""
-    return _resnet(tvm.resnet50, num_classes, input_shape, zero_init_residual)
+    return _resnet(_tvm().resnet50, num_classes, input_shape, zero_init_residual)
 
 
 def _adapt_first_conv(block: nn.Sequential, input_shape: list[int]) -> None:
@@ -61,7 +67,7 @@ def _adapt_first_conv(block: nn.Sequential, input_shape: list[int]) -> None:
 @register_model("mobilenet_v3_small", kinds=("image",))
 def mobilenet_v3_small(num_classes: int, input_shape: list[int], dropout: float = 0.2) -> nn.Module:
     """torchvision MobileNetV3-Small (1.5M parameters); stride-1 stem for small images."""
-    net = tvm.mobilenet_v3_small(weights=None, num_classes=num_classes, dropout=dropout)
+    net = _tvm().mobilenet_v3_small(weights=None, num_classes=num_classes, dropout=dropout)
     _adapt_first_conv(net.features[0], input_shape)
     return net
 
@@ -69,7 +75,7 @@ def mobilenet_v3_small(num_classes: int, input_shape: list[int], dropout: float 
 @register_model("efficientnet_b0", kinds=("image",))
 def efficientnet_b0(num_classes: int, input_shape: list[int], dropout: float = 0.2) -> nn.Module:
     """torchvision EfficientNet-B0 (4M parameters); stride-1 stem for small images."""
-    net = tvm.efficientnet_b0(weights=None, num_classes=num_classes, dropout=dropout)
+    net = _tvm().efficientnet_b0(weights=None, num_classes=num_classes, dropout=dropout)
     _adapt_first_conv(net.features[0], input_shape)
     return net
 
@@ -93,7 +99,7 @@ def vit_b_16(num_classes: int, input_shape: list[int], patch_size: int | None = 
     patch = patch_size or _patch_for(height)
     if height % patch:
         raise UsageError(f"vit_b_16: model.args.patch_size {patch} does not divide the image size {height}")
-    net = tvm.VisionTransformer(image_size=height, patch_size=patch, num_layers=num_layers, num_heads=num_heads,
+    net = _tvm().VisionTransformer(image_size=height, patch_size=patch, num_layers=num_layers, num_heads=num_heads,
                                 hidden_dim=hidden_dim, mlp_dim=mlp_dim, dropout=dropout,
                                 attention_dropout=attention_dropout, num_classes=num_classes)
     if channels != 3:
