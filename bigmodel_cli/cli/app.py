@@ -13,7 +13,7 @@ import typer
 
 from bigmodel_cli import __version__
 from bigmodel_cli.cli import eval as eval_cmd
-from bigmodel_cli.cli import export, info, prepare_data, recipes, serve, train
+from bigmodel_cli.cli import benchmark, export, info, prepare_data, recipes, serve, train
 
 app = typer.Typer(
     name="bigmodel",
@@ -29,7 +29,7 @@ app.command("prepare-data")(prepare_data.prepare_data)
 app.command("train")(train.train)
 app.command("eval")(eval_cmd.eval_run)
 app.command("export")(export.export)
-app.command("benchmark")(export.benchmark)
+app.command("benchmark")(benchmark.benchmark)
 app.command("serve")(serve.serve)
 
 

@@ -1,7 +1,9 @@
-"""`bigmodel export`: a verified ONNX model (bigmodel_cli.export.onnx_export).
+"""`bigmodel export`: a verified ONNX model, optionally fp16/int8, or TorchScript (bigmodel_cli.export).
 
     bigmodel export runs/digits-cnn                  # -> runs/digits-cnn/model.onnx + export.json
+    bigmodel export runs/digits-cnn --quantize int8  # static QDQ int8, fails when accuracy drops > 1 point
     bigmodel export runs/digits-cnn --out /tmp/digits.onnx --opset 18 --json
+    bigmodel export runs/digits-cnn --format torchscript   # -> runs/digits-cnn/model.pt for libtorch
 """
 
 from __future__ import annotations
@@ -16,14 +18,22 @@ from bigmodel_cli.cli.common import JSON, finish, start
 def export(
     run_dir: Path = typer.Argument(..., help="A run directory written by `bigmodel train`."),
     checkpoint: str = typer.Option("best", "--checkpoint", help="best | last | PATH."),
-    out: Path | None = typer.Option(None, "--out", help="Where to write the model (default RUN_DIR/model.onnx)."),
-    quantize: str | None = typer.Option(None, "--quantize", help="none (fp16 and int8 are not available yet)."),
+    out: Path | None = typer.Option(None, "--out", help="Where to write the model (default RUN_DIR/model.onnx, "
+                                                        "or model.pt for torchscript)."),
+    quantize: str | None = typer.Option(None, "--quantize", help="none | fp16 | int8 (default: export.quantize)."),
+    fmt: str | None = typer.Option(None, "--format", help="onnx | torchscript (default: export.format)."),
     opset: int | None = typer.Option(None, "--opset", help="ONNX opset (default: the recipe's export.opset)."),
+    no_verify: bool = typer.Option(False, "--no-verify", help="Skip the comparison with PyTorch."),
+    verify_samples: int | None = typer.Option(None, "--verify-samples",
+                                              help="Validation rows compared (default: export.verify.samples)."),
     as_json: bool = JSON,
 ) -> None:
-    """Export the trained model to ONNX, check it with onnx.checker and compare it with PyTorch."""
+    """Export the trained model (ONNX or TorchScript), check it and compare it with PyTorch before keeping it."""
     from bigmodel_cli.export.onnx_export import export_run
 
     start(as_json)
-    report = export_run(run_dir, checkpoint=checkpoint, out=out, quantize=quantize, opset=opset)
+    report = export_run(run_dir, checkpoint=checkpoint, out=out, quantize=quantize, opset=opset,
+                        verify_model=not no_verify, fmt=fmt, verify_samples=verify_samples)
     finish(report, as_json)
+
+

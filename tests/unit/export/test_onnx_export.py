@@ -80,8 +80,10 @@ def test_falls_back_to_the_torchscript_exporter(run, monkeypatch):
 def test_bad_export_requests(run, tmp_path):
     with pytest.raises(UsageError, match="does not exist"):
         oe.export_run(run, out=tmp_path / "missing/dir/model.onnx")
-    with pytest.raises(UsageError, match="--quantize int8"):
-        oe.export_run(run, quantize="int8")
+    with pytest.raises(UsageError, match="--quantize int4: expected one of none, fp16, int8"):
+        oe.export_run(run, quantize="int4")
+    with pytest.raises(UsageError, match="--format onnx2"):
+        oe.export_run(run, fmt="onnx2")
     with pytest.raises(UsageError, match="--opset 7"):
         oe.export_run(run, opset=7)
     broken = run / "broken.pt"

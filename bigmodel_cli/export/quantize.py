@@ -1,0 +1,174 @@
+"""fp16 and int8 versions of an exported fp32 ONNX model, and the metric check that guards int8.
+
+    to_fp16(Path("fp32.onnx"), Path("model.onnx"))                            # bigmodel export RUN --quantize fp16
+    method = to_int8(Path("fp32.onnx"), Path("model.onnx"), calib, "resnet18")  # ... --quantize int8
+
+fp16 keeps float32 inputs and outputs (`keep_io_types`), so clients and `bigmodel serve` send
+the same tensors as to the fp32 model. int8 is onnxruntime's static quantisation (QDQ,
+per-channel int8 weights, uint8 activations calibrated on train batches) after ORT's
+quantisation pre-processing; for tables and text (`mlp`, `transformer_encoder`, `lstm`),
+whose time goes into MatMul/LSTM rather than convolutions, dynamic quantisation is used: it
+needs no calibration and is faster there. (Dynamic quantisation of convolutions is slower
+than fp32 on CPU, so it is never used for image models.)
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from bigmodel_cli.errors import JobFailed
+
+DYNAMIC_MODELS = {"mlp", "transformer_encoder", "lstm"}
+CALIBRATION_BATCH = 32
+
+
+def int8_method(model_name: str | None, kind: str) -> str:
+    """'dynamic' for tables and text (MatMul/LSTM-bound), 'static' (QDQ) for images."""
+    return "dynamic" if model_name in DYNAMIC_MODELS or kind in ("tabular", "text") else "static"
+
+
+def to_fp16(src: Path, dest: Path) -> None:
+    """fp16 weights and activations, float32 at the edges (Cast nodes added around the converted graph).
+
+    onnxconverter-common's own `keep_io_types` mis-types a tensor that is both a graph output and
+    the input of another node (`logits` feeding the softmax), so the casts are added here.
+    """
+    import onnx
+    from onnx import TensorProto, helper
+    from onnxconverter_common import float16
+
+    model = onnx.load(str(src))
+    model.graph.ClearField("value_info")  # the exporter's float32 annotations would contradict the fp16 types
+    model = float16.convert_float_to_float16(model, keep_io_types=False)
+    graph = model.graph
+    casts = []
+    for value in graph.input:
+        if value.type.tensor_type.elem_type == TensorProto.FLOAT16:
+            _rename_uses(graph, value.name, f"{value.name}_fp16", producers=False)
+            casts.append(helper.make_node("Cast", [value.name], [f"{value.name}_fp16"], to=TensorProto.FLOAT16))
+            value.type.tensor_type.elem_type = TensorProto.FLOAT
+    tail = []
+    for value in graph.output:
+        if value.type.tensor_type.elem_type == TensorProto.FLOAT16:
+            _rename_uses(graph, value.name, f"{value.name}_fp16", producers=True)
+            tail.append(helper.make_node("Cast", [f"{value.name}_fp16"], [value.name], to=TensorProto.FLOAT))
+            value.type.tensor_type.elem_type = TensorProto.FLOAT
+    nodes = casts + list(graph.node) + tail
+    del graph.node[:]
+    graph.node.extend(nodes)
+    onnx.save(model, str(dest))
+
+
+def _rename_uses(graph, old: str, new: str, producers: bool) -> None:
+    """Point every node input (and, with `producers`, output) named `old` at `new`."""
+    for node in graph.node:
+        node.input[:] = [new if name == old else name for name in node.input]
+        if producers:
+            node.output[:] = [new if name == old else name for name in node.output]
+
+
+class _Batches:
+    """onnxruntime's CalibrationDataReader protocol over fixed batches of raw train rows."""
+
+    def __init__(self, x: np.ndarray, name: str):
+        self.batches = iter([{name: x[i : i + CALIBRATION_BATCH]} for i in range(0, len(x), CALIBRATION_BATCH)])
+
+    def get_next(self) -> dict[str, np.ndarray] | None:
+        return next(self.batches, None)
+
+    def rewind(self) -> None:  # pragma: no cover - only called by ORT's entropy/percentile calibrators
+        pass
+
+
+def calibration_rows(x_train: np.ndarray, batches: int, seed: int, dtype) -> np.ndarray:
+    """`batches` x 32 rows drawn (without replacement) from the prepared train split."""
+    count = min(len(x_train), batches * CALIBRATION_BATCH)
+    pick = np.sort(np.random.default_rng(seed).choice(len(x_train), size=count, replace=False))
+    return np.ascontiguousarray(x_train[pick], dtype=dtype)
+
+
+def _softmax_nodes(path: Path) -> list[str]:
+    import onnx
+
+    return [n.name for n in onnx.load(str(path)).graph.node if n.op_type == "Softmax"]
+
+
+def to_int8(src: Path, dest: Path, calibration: np.ndarray | None, method: str) -> None:
+    """Pre-process `src` (shape inference + ORT graph optimisation) and quantise it into `dest`."""
+    from onnxruntime.quantization import QuantFormat, QuantType, quantize_dynamic, quantize_static
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+
+    logging.getLogger().setLevel(logging.ERROR)  # ORT's quantiser logs every skipped node at INFO/WARNING
+    with tempfile.TemporaryDirectory(prefix="bigmodel-int8-") as work:
+        pre = Path(work) / "pre.onnx"
+        try:
+            quant_pre_process(str(src), str(pre), skip_symbolic_shape=method == "static")
+        except Exception:  # symbolic shape inference cannot take every graph; quantise the model as exported
+            pre = src
+        try:
+            if method == "dynamic":
+                quantize_dynamic(str(pre), str(dest), weight_type=QuantType.QInt8, per_channel=False,
+                                 op_types_to_quantize=["MatMul", "Gemm", "LSTM", "Attention"])
+            else:
+                quantize_static(str(pre), str(dest), _Batches(calibration, "input"), quant_format=QuantFormat.QDQ,
+                                per_channel=True, activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
+                                nodes_to_exclude=_softmax_nodes(pre))
+        except Exception as e:
+            raise JobFailed(f"int8 quantisation failed: {str(e).strip().splitlines()[0] if str(e).strip() else e}")\
+                from None
+
+
+def session(path: Path):
+    import onnxruntime as ort
+
+    return ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+
+
+def predict(sess, x: np.ndarray, dtype, batch_size: int = 256) -> np.ndarray:
+    """The graph's first output (logits or prediction) for every row of `x`."""
+    first = sess.get_outputs()[0].name
+    out = [sess.run([first], {"input": np.ascontiguousarray(x[i : i + batch_size], dtype=dtype)})[0]
+           for i in range(0, len(x), batch_size)]
+    return np.concatenate(out).astype(np.float32) if out else np.zeros((0, 1), np.float32)
+
+
+def main_metric(task: str, outputs: np.ndarray, y: np.ndarray) -> tuple[str, float]:
+    """accuracy (classification) or r2 (regression), both as fractions."""
+    if task == "classification":
+        return "accuracy", float((outputs.argmax(1) == np.asarray(y)).mean()) if len(y) else 1.0
+    pred, y = outputs.reshape(len(y), -1)[:, 0], np.asarray(y, np.float64).reshape(-1)
+    denom = float(((y - y.mean()) ** 2).sum()) or 1.0
+    return "r2", 1.0 - float(((pred - y) ** 2).sum()) / denom
+
+
+def compare_metric(fp32: Path, quantized: Path, x: np.ndarray, y: np.ndarray, task: str, dtype) -> dict[str, Any]:
+    """The main metric of both models on the same validation rows, and the drop in points."""
+    name, base = main_metric(task, predict(session(fp32), x, dtype), y)
+    _, quant = main_metric(task, predict(session(quantized), x, dtype), y)
+    return {"metric": name, "rows": int(len(y)), "fp32": base, "quantized": quant, "drop_points": (base - quant) * 100}
+
+
+def latency_ms(sess, batch: np.ndarray, repeats: int = 10) -> float:
+    """Median wall time of one session.run on `batch`."""
+    feed = {"input": batch}
+    with contextlib.suppress(Exception):
+        sess.run(None, feed)
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        sess.run(None, feed)
+        times.append(time.perf_counter() - start)
+    return float(np.median(times) * 1000)
+
+
+def speedup(fp32: Path, quantized: Path, x: np.ndarray, dtype, batch: int = 64) -> float:
+    """fp32 time / quantised time at `batch` rows (repeated when the split is smaller): > 1 is faster."""
+    rows = np.ascontiguousarray(np.resize(np.asarray(x, dtype), (batch, *x.shape[1:])))
+    return latency_ms(session(fp32), rows) / max(latency_ms(session(quantized), rows), 1e-9)
