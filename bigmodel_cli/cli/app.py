@@ -12,8 +12,8 @@ import sys
 import typer
 
 from bigmodel_cli import __version__
-from bigmodel_cli.cli import eval as eval_cmd
 from bigmodel_cli.cli import benchmark, export, info, prepare_data, recipes, serve, train
+from bigmodel_cli.cli import eval as eval_cmd
 
 app = typer.Typer(
     name="bigmodel",

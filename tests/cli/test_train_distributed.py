@@ -75,7 +75,8 @@ def test_ddp_two_processes_equal_one_process_with_the_global_batch(work, ddp_run
     sizes = json.loads((work / "data/breast-cancer-mlp/manifest.json").read_text())["splits"]
     assert sizes["val"] % 2 == 1  # padding a sampler with a duplicate would change the metrics
     one = resolve("breast-cancer-mlp", {"data.prepared": str(work / "data/breast-cancer-mlp")},
-                  ["train.epochs=3", "train.batch_size=32", "model.args.dropout=0", "train.early_stopping.patience=null"])
+                  ["train.epochs=3", "train.batch_size=32", "model.args.dropout=0",
+                   "train.early_stopping.patience=null"])
     fit(one, work / "runs/one")
     summary = ddp_run.json()  # one JSON document, from rank 0 only
     assert summary["processes"] == 2 and summary["effective_batch_size"] == 32
