@@ -1,4 +1,5 @@
-"""Ctrl-C during `bigmodel train`: a resumable checkpoint, exit 130, and `--resume` finishes the run."""
+"""Ctrl-C during `bigmodel train`: a resumable checkpoint, exit 130, and `--resume` finishes the run;
+and a deterministic run repeats bit for bit."""
 
 import json
 import os
@@ -30,3 +31,15 @@ def test_sigint_saves_exits_130_and_resume_completes(tmp_path):
     epochs = [json.loads(line)["epoch"] for line in (run / "metrics.jsonl").read_text().splitlines()]
     assert epochs == list(range(1, len(epochs) + 1)) and len(epochs) >= 2
     assert resumed.json()["epochs_run"] == len(epochs)
+
+
+def test_deterministic_training_repeats_exactly(tmp_path):
+    assert run_cli("prepare-data", "-r", "breast-cancer-mlp", cwd=tmp_path).code == 0
+    args = ["train", "-r", "breast-cancer-mlp", "--set", "train.epochs=2", "--set", "train.deterministic=true"]
+    for run in ("a", "b"):
+        assert run_cli(*args, "--run-dir", run, cwd=tmp_path).code == 0
+    import torch
+
+    a = torch.load(tmp_path / "a/checkpoints/last.pt", weights_only=True)["model"]
+    b = torch.load(tmp_path / "b/checkpoints/last.pt", weights_only=True)["model"]
+    assert all(torch.equal(a[k], b[k]) for k in a)
