@@ -334,8 +334,8 @@ def _fit(recipe, run_dir: Path, resume: bool, recipe_ref: str | None, arrays: Ar
                                 f"at step {state['step'] + 1} (epoch {epoch + 1}, batch {b + 1}); lower "
                                 "train.optimizer.lr or set train.clip_grad_norm"))
                         # the mean over the global batch, whatever each rank's share of it
-                        weight = len(idx) * dist.world / len(chunk) if dist.enabled else 1.0
-                        scaler.scale(loss * weight / cfg.accumulate).backward()
+                        weight = (len(idx) * dist.world / len(chunk) if dist.enabled else 1.0) / cfg.accumulate
+                        scaler.scale(loss * weight if weight != 1.0 else loss).backward()
                     state["loss_sum"] += loss_sum
                     state["loss_rows"] += int(rows)
                     samples_seen += int(rows)
