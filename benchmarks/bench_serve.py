@@ -101,8 +101,9 @@ def start_bigmodel(path: Path, log: Path) -> tuple[subprocess.Popen, str]:
     """`bigmodel serve` with its defaults (access log on, to a file); its URL from the banner line."""
     env = {**os.environ, "CI": "1"}
     with log.open("w") as err:
+        extra = os.environ.get("BENCH_SERVE_ARGS", "").split()  # e.g. "--max-queue-delay-ms 5" to try settings
         proc = subprocess.Popen([sys.executable, "-m", "bigmodel_cli", "serve", str(path), "--port", "0",
-                                 "--device", "cpu"], stdout=subprocess.DEVNULL, stderr=err, env=env)
+                                 "--device", "cpu", *extra], stdout=subprocess.DEVNULL, stderr=err, env=env)
     deadline = time.monotonic() + 90
     while time.monotonic() < deadline:
         match = re.search(r"http://127\.0\.0\.1:(\d+)", log.read_text())
