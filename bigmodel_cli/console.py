@@ -49,6 +49,13 @@ def warn(message: str) -> None:
     console.print(f"[yellow]warning:[/yellow] {message}")
 
 
+def fmt(value: Any) -> str:
+    """A metric for people: 4 decimals for floats, `null` for undefined (as in the JSON reports)."""
+    if value is None:
+        return "null"
+    return f"{value:.4f}" if isinstance(value, float) else str(value)
+
+
 def print_json(document: Any) -> None:
     """Print one JSON document on stdout, nothing else."""
     sys.stdout.write(json.dumps(document, indent=2, default=_default, allow_nan=False) + "\n")

@@ -11,15 +11,10 @@ from __future__ import annotations
 from typing import Any
 
 from bigmodel_cli import console
+from bigmodel_cli.console import fmt
 from bigmodel_cli.evaluation.metrics import lower_is_better
 
 MAX_CONFUSION_CLASSES = 12  # larger matrices are in the JSON and the PNG only
-
-
-def fmt(value: Any) -> str:
-    if value is None:
-        return "null"
-    return f"{value:.4f}" if isinstance(value, float) else str(value)
 
 
 def print_report(report: dict[str, Any]) -> None:

@@ -16,6 +16,7 @@ from typing import Any
 import numpy as np
 
 from bigmodel_cli import atomic, console
+from bigmodel_cli.console import fmt
 from bigmodel_cli.data import manifest as manifests
 from bigmodel_cli.errors import UsageError
 from bigmodel_cli.training.trainer import Arrays, fit, load_arrays
@@ -78,11 +79,7 @@ def _print(report: dict[str, Any]) -> None:
     names = list(report["metrics"])
     table = Table("fold", *names, box=None)
     for r in report["per_fold"]:
-        table.add_row(str(r["fold"]), *[_fmt(r["metrics"].get(n)) for n in names])
-    table.add_row("mean ± std", *[f"{_fmt(report['metrics'][n]['mean'])} ± {_fmt(report['metrics'][n]['std'])}"
+        table.add_row(str(r["fold"]), *[fmt(r["metrics"].get(n)) for n in names])
+    table.add_row("mean ± std", *[f"{fmt(report['metrics'][n]['mean'])} ± {fmt(report['metrics'][n]['std'])}"
                                   for n in names])
     console.console.print(table)
-
-
-def _fmt(value: Any) -> str:
-    return "null" if value is None else f"{value:.4f}"

@@ -6,10 +6,7 @@ import contextlib
 from typing import Any
 
 from bigmodel_cli import console
-
-
-def fmt(value: Any) -> str:
-    return f"{value:.4f}" if isinstance(value, float) else str(value)
+from bigmodel_cli.console import fmt
 
 
 class PlainLog:

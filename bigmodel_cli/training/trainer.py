@@ -30,6 +30,7 @@ from torch import nn
 
 from bigmodel_cli import __version__, atomic, console, devices
 from bigmodel_cli.config.recipe import dump
+from bigmodel_cli.console import fmt
 from bigmodel_cli.data import manifest as manifests
 from bigmodel_cli.data.transform import augmentation, normalizer
 from bigmodel_cli.errors import Interrupted, JobFailed, UsageError
@@ -39,7 +40,7 @@ from bigmodel_cli.models.registry import build_from_recipe, freeze, load_pretrai
 from bigmodel_cli.training import checkpoint, distributed
 from bigmodel_cli.training.losses import TaskLoss, class_weights, l1_penalty, resolve_loss
 from bigmodel_cli.training.optim import create_optimizer, create_schedule
-from bigmodel_cli.training.progress import fmt, plot_curves, progress
+from bigmodel_cli.training.progress import plot_curves, progress
 from bigmodel_cli.training.runtime import StopFlag, TensorBoard, ToDtype, rng_state, set_rng_state
 
 VAL_METRICS = {"classification": ("accuracy", "f1", "roc_auc"), "regression": ("mse", "mae", "r2")}
