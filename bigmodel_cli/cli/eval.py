@@ -6,6 +6,7 @@
     bigmodel eval runs/digits-cnn --onnx                       # RUN_DIR/model.onnx
     bigmodel eval runs/digits-cnn --onnx /tmp/digits.onnx      # a model file named after its run
     bigmodel eval runs/a runs/b --data data/2026-11            # two runs side by side on fresh data
+    bigmodel eval runs/tabular-csv --data new.csv              # raw labelled rows, preprocessed as in training
 
 `--onnx` is a flag, because Typer options cannot take an optional value: alone it means each
 run's `model.onnx`; a `.onnx` path written after a RUN_DIR (`--onnx PATH` reads naturally) is
@@ -31,7 +32,9 @@ def eval_run(
                               "RUN_DIR/model.onnx, or the .onnx path given after RUN_DIR. Adds agreement with "
                               "PyTorch."),
     data: Path | None = typer.Option(None, "--data", help="Evaluate on another prepared dataset with the run's "
-                                     "schema (written to RUN_DIR/eval/<DIR name>/)."),
+                                     "schema, or on a raw CSV/Parquet/JSONL file with the target column (tabular and "
+                                     "text runs: the run's fitted preprocessing is applied); written to "
+                                     "RUN_DIR/eval/<name>/."),
     threshold: float | None = typer.Option(None, "--threshold", help="Binary: decision threshold on the positive "
                                            "class's probability (default: eval.threshold, 0.5)."),
     threshold_search: str | None = typer.Option(None, "--threshold-search", help="Binary: f1 | youden | none - "

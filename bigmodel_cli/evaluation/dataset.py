@@ -1,7 +1,12 @@
-"""The split an evaluation reads: the run's own prepared data, or another one (`--data DIR`).
+"""The split an evaluation reads: the run's own prepared data, another one (`--data DIR`), or raw rows.
 
     x, y, manifest = load_eval_split(run, "test")                        # data/<name>/test
     x, y, manifest = load_eval_split(run, "test", Path("data/2026-11"))  # a fresh month, same schema
+    x, y, manifest = load_eval_split(run, "test", Path("new.csv"))       # raw rows with their labels
+
+A raw table file (CSV, Parquet, JSONL) of a tabular or text run goes through the preprocessing the
+run fitted on its train split (`preprocess.apply`: imputation, encoding, bins, tokenizer); every row
+is evaluated and needs the target column, with labels the run knows.
 
 Another prepared dataset must have the schema the run was trained on: same task, kind,
 target, features in the same order, input shape and dtype. Its classes may be a subset of
@@ -25,6 +30,8 @@ def load_eval_split(run, split: str, data_dir: Path | None = None) -> tuple[np.n
     """Memory-mapped x, labels as the run's class indices (or float targets), and the data's manifest."""
     if split not in manifests.SPLITS:
         raise UsageError(f"--split {split}: expected one of {', '.join(manifests.SPLITS)}")
+    if data_dir is not None and data_dir.is_file():
+        return *raw_rows(run, data_dir), run.manifest
     folder = data_dir or Path(run.recipe.prepared_dir)
     manifest = run.manifest if data_dir is None else manifests.read(data_dir)
     remap = None if data_dir is None else check_schema(run.manifest, manifest, data_dir)
@@ -34,6 +41,60 @@ def load_eval_split(run, split: str, data_dir: Path | None = None) -> tuple[np.n
     if run.manifest["task"] == "classification":
         y = _class_indices(y, manifest, folder / split / "y.npy", remap)
     return x, y, manifest
+
+
+def raw_rows(run, path: Path) -> tuple[np.ndarray, np.ndarray]:
+    """Model inputs and targets of a raw table file, through the run's fitted preprocessing."""
+    from bigmodel_cli.data import preprocess
+    from bigmodel_cli.data.sources import TABLE_SUFFIXES, read_source
+
+    manifest, where = run.manifest, f"--data {path}"
+    if manifest["kind"] not in ("tabular", "text") or path.suffix.lower() not in TABLE_SUFFIXES:
+        raise UsageError(f"{where}: give a folder written by prepare-data, or (tabular and text runs) a raw "
+                         f"{'/'.join(TABLE_SUFFIXES)} file; this run is {manifest['kind']}")
+    table = read_source(str(path), run.recipe.data).table
+    target = manifest["target"]
+    if target not in table.column_names:
+        raise UsageError(f"{where}: no target column '{target}' (columns: {', '.join(table.column_names[:20])})")
+    if table.num_rows == 0:
+        raise UsageError(f"{where}: no rows; nothing to evaluate")
+    try:
+        x = preprocess.apply(manifest, table)
+    except UsageError as e:
+        raise UsageError(f"{where}: {e}") from None
+    values = table[target].to_pylist()
+    if manifest["task"] != "classification":
+        y = np.array([np.nan if v is None or isinstance(v, str) and not _is_number(v) else float(v) for v in values])
+        bad = np.flatnonzero(~np.isfinite(y))
+        if len(bad):
+            raise UsageError(f"{where}: row {bad[0] + 1}: target '{target}' is {values[bad[0]]!r}, not a number")
+        return x, y.astype(np.float32)
+    known = {name: i for i, name in enumerate(manifest["classes"])}
+    y = np.empty(len(values), dtype=np.int64)
+    for row, value in enumerate(values):
+        label = _label(value)
+        if label not in known:
+            raise UsageError(f"{where}: row {row + 1}: target '{target}' is {value!r}, not a class the run knows "
+                             f"({', '.join(manifest['classes'][:20])})")
+        y[row] = known[label]
+    return x, y
+
+
+def _is_number(text: str) -> bool:
+    try:
+        float(text)
+    except ValueError:
+        return False
+    return True
+
+
+def _label(value) -> str | None:
+    """A raw label as prepare-data names classes: integral numbers without '.0', strings as they are."""
+    if value is None or isinstance(value, str):
+        return value
+    if isinstance(value, bool):
+        return str(value).lower()
+    return str(int(value)) if float(value).is_integer() else repr(float(value))
 
 
 def check_schema(trained: dict[str, Any], other: dict[str, Any], data_dir: Path) -> np.ndarray | None:

@@ -79,7 +79,7 @@ def plan(run_dir: str | Path, options: Options | None = None, onnx: Path | None 
     split = options.split or cfg.split
     x, y, _ = load_eval_split(run, split, options.data)
     data_dir = Path(options.data or run.recipe.prepared_dir)
-    out_dir = run.path / "eval" / (options.data.resolve().name if options.data else "")
+    out_dir = run.path / "eval" / (options.data.resolve().stem if options.data else "")
     common = dict(label=str(run_dir), run=run, cfg=cfg, split=split, x=x, y=y, data_dir=data_dir,
                   other_data=options.data, out_dir=out_dir, gates=gates,
                   threshold_source="--threshold" if options.threshold is not None else "eval.threshold")
@@ -222,7 +222,8 @@ def _search_threshold(p: Plan, criterion: str, report: dict[str, Any]) -> dict[s
     if p.split == "val":
         _warn(report, "the threshold is searched on the split being evaluated (val): its metrics are optimistic")
     try:
-        x_val, y_val, _ = load_eval_split(p.run, "val", p.other_data)
+        other = p.other_data if p.other_data is None or p.other_data.is_dir() else None  # raw file: the run's val
+        x_val, y_val, _ = load_eval_split(p.run, "val", other)
     except UsageError as e:
         _warn(report, f"--threshold-search {criterion}: {e}; keeping {p.cfg.threshold}")
         return None
