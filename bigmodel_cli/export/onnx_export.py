@@ -114,6 +114,8 @@ def _add_metadata(path: Path, run, exporter: str, opset: int, quantize: str = "n
         "input_kind": manifest["kind"],
         "exporter": exporter,
         "quantize": quantize,
+        **({"text_preprocessing": json.dumps(manifest["preprocessing"]["text"])}  # what serve tokenises with
+           if manifest["kind"] == "text" else {}),
     }
     del model.metadata_props[:]
     for key, value in props.items():

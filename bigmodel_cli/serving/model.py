@@ -5,11 +5,15 @@
 
 `run_batch` is what the dynamic batcher calls with the rows of several requests stacked; the model is
 checked at load (a batch-2 warm-up) to really be row-wise, otherwise requests are never merged.
+
+A text model (an export with the `text_preprocessing` metadata: the tokenizer fitted by prepare-data)
+takes token ids or raw strings for its input; `signature.text` tokenises with that tokenizer.
 """
 
 from __future__ import annotations
 
 import json
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -23,12 +27,13 @@ from bigmodel_cli.serving.protocol import (
     ModelSignature,
     RequestError,
     TensorSpec,
+    TextInput,
     labels,
 )
 
 MODEL_VERSION = "1"
 PLATFORM = "onnxruntime_onnx"
-_FLOAT_TYPES = ("FP16", "FP32", "FP64")
+TEXT_METADATA = "text_preprocessing"  # the manifest's text spec (tokenizer JSON, max_length, pad_id...)
 
 
 def _spec(node: Any) -> TensorSpec:
@@ -52,13 +57,15 @@ class LoadedModel:
         self.metadata: dict[str, str] = dict(session.get_modelmeta().custom_metadata_map)
         self.inputs = [_spec(node) for node in session.get_inputs()]
         self.outputs = [_spec(node) for node in session.get_outputs()]
-        self.input_dtypes = {s.name: V2_NUMPY[s.datatype] for s in self.inputs if s.datatype in _FLOAT_TYPES}
+        self.input_dtypes = {s.name: V2_NUMPY[s.datatype] for s in self.inputs if s.datatype in V2_NUMPY}
+        self.text = _text_input(self.metadata, self.inputs, path or name)
         self.providers: list[str] = list(session.get_providers())
         self.batchable = False
         self.ready = False
         self.signature = ModelSignature(
             inputs=self.inputs, outputs=self.outputs, input_dtypes=self.input_dtypes,
             max_batch_size=max_batch_size, class_names=self.class_names, has_label=self._score_output() is not None,
+            text=self.text,
         )
 
     @classmethod
@@ -74,7 +81,7 @@ class LoadedModel:
         check_name(model.name)
         unsupported = [f"{s.name} ({s.datatype})" for s in model.inputs if s.name not in model.input_dtypes]
         if unsupported or not model.inputs:
-            raise UsageError(f"{path}: serving needs floating-point inputs, this model has {unsupported or 'none'}")
+            raise UsageError(f"{path}: serving needs numeric inputs, this model has {unsupported or 'none'}")
         model.warm_up()
         return model
 
@@ -82,6 +89,8 @@ class LoadedModel:
         """Inference on zeros (dynamic dims as 1), so the first request does not pay for allocation; then a
         batch of 2 to learn whether every output is row-aligned with the input (needed to merge requests)."""
         try:
+            if self.text is not None:  # builds the tokenizer now, not on the first request
+                self.text.tokenize(["warm up"])
             self.session.run(None, self._zeros(1))
         except Exception as e:
             raise UsageError(f"{self.path or self.name}: warm-up inference failed: {_one_line(e)}") from e
@@ -89,8 +98,13 @@ class LoadedModel:
         self.ready = True
 
     def _zeros(self, rows: int) -> dict[str, np.ndarray]:
-        return {s.name: np.zeros([rows] + [1 if d < 0 else d for d in s.shape[1:]], self.input_dtypes[s.name])
-                for s in self.inputs}
+        """Zeros as requests will come: dynamic dims as 1, text ids at their padded length."""
+        zeros = {s.name: np.zeros([rows] + [1 if d < 0 else d for d in s.shape[1:]], self.input_dtypes[s.name])
+                 for s in self.inputs}
+        if self.text is not None:
+            zeros[self.text.name] = np.full((rows, self.text.max_length), self.text.pad_id,
+                                            self.input_dtypes[self.text.name])
+        return zeros
 
     def _rows_are_independent(self) -> bool:
         if any(s.shape[:1] != (-1,) for s in self.inputs):
@@ -126,6 +140,8 @@ class LoadedModel:
         for key in ("recipe", "bigmodel_version"):
             if key in self.metadata:
                 parameters[key] = self.metadata[key]
+        if self.text is not None:  # `inputs` stays the real tensor (ids); strings are accepted too
+            parameters["text_input"] = self._text_metadata()
         return {
             "name": self.name,
             "versions": [self.version],
@@ -147,7 +163,14 @@ class LoadedModel:
         }
         if self.batchable:
             config["dynamic_batching"] = {}
+        if self.text is not None:
+            config["parameters"] = {"text_input": {"string_value": json.dumps(self._text_metadata())}}
         return config
+
+    def _text_metadata(self) -> dict[str, Any]:
+        assert self.text is not None
+        datatype = next(s.datatype for s in self.inputs if s.name == self.text.name)
+        return self.text.metadata(datatype)
 
     def _all_outputs(self) -> list[TensorSpec]:
         label = [TensorSpec(LABEL_OUTPUT, "BYTES", (-1,))] if self.signature.has_label else []
@@ -188,6 +211,25 @@ def _session(path: Path, device: str, threads: int) -> Any:
         raise
     except Exception as e:
         raise UsageError(f"{path}: onnxruntime cannot load this model: {_one_line(e)}") from e
+
+
+def _text_input(metadata: dict[str, str], inputs: list[TensorSpec], where: object) -> TextInput | None:
+    """The tokenizer of a text export (None for other models); UsageError when the metadata is unusable."""
+    if TEXT_METADATA not in metadata:
+        return None
+    spec = _json_or_none(metadata[TEXT_METADATA])
+    keys = ("tokenizer", "max_length", "vocab_size", "pad_id")
+    if not isinstance(spec, dict) or any(k not in spec for k in keys):
+        raise UsageError(f"{where}: metadata '{TEXT_METADATA}' is not a text spec with {', '.join(keys)}; "
+                         f"export the run again")
+    if len(inputs) != 1 or len(inputs[0].shape) != 2 or V2_NUMPY.get(inputs[0].datatype, np.dtype("f4")).kind != "i":
+        raise UsageError(f"{where}: metadata '{TEXT_METADATA}' needs one integer input [batch, sequence], the model "
+                         f"has {[f'{s.name} {s.datatype} {list(s.shape)}' for s in inputs]}")
+    from bigmodel_cli.data.preprocess import apply_text
+
+    info = {"tokenizer": spec.get("tokenizer_kind"), "lowercase": spec.get("lowercase")}
+    return TextInput(name=inputs[0].name, max_length=int(spec["max_length"]), vocab_size=int(spec["vocab_size"]),
+                     pad_id=int(spec["pad_id"]), tokenize=partial(apply_text, spec), info=info)
 
 
 def check_name(name: str) -> None:

@@ -12,6 +12,16 @@ Both encodings of the KServe / Triton protocol are read and written:
   bytes, in order, from what follows. Outputs are binary when the request's `binary_data_output` or the
   output's `binary_data` parameter says so; the response then carries the same header.
 
+Text models (a `TextInput` in the signature) take their token-id input in two forms, both ending as
+ids [N, max_length] padded with pad_id, so that every text request stacks with every other in a batch:
+
+    {"name": "input", "shape": [2, 5], "datatype": "INT64", "data": [[5, 9, 2, 0, 0], [7, 3, 3, 8, 1]]}
+    {"name": "input", "shape": [2], "datatype": "BYTES", "data": ["a fine film", "dull"]}   # or [2, 1]
+
+BYTES in binary form is Triton's: per string a 4-byte little-endian length and its UTF-8 bytes (what
+tritonclient sends for `InferInput("input", [2], "BYTES")`). Strings are tokenised on the server with the
+tokenizer fitted by prepare-data (exported into the model's metadata).
+
 Every check a client can fail becomes a `RequestError` (400) here, before onnxruntime sees the data.
 """
 
@@ -20,6 +30,7 @@ from __future__ import annotations
 import json
 import math
 import struct
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -43,7 +54,7 @@ ORT_V2 = {
     "tensor(uint8)": "UINT8", "tensor(uint16)": "UINT16", "tensor(uint32)": "UINT32", "tensor(uint64)": "UINT64",
     "tensor(bool)": "BOOL", "tensor(string)": "BYTES",
 }
-_UNSUPPORTED_INPUT_TYPES = {"BYTES", "BOOL"}
+_UNSUPPORTED_INPUT_TYPES = {"BYTES", "BOOL"}  # BYTES: only for a text model's input (raw strings)
 
 
 class RequestError(Exception):
@@ -71,6 +82,26 @@ class TensorSpec:
         return {"name": self.name, "data_type": data_type, "dims": list(self.shape[1:])}
 
 
+@dataclass(frozen=True)
+class TextInput:
+    """A text model's token-id input, which also takes raw strings (BYTES) tokenised on the server."""
+
+    name: str  # the model input holding the ids [N, L]
+    max_length: int  # L at most; every request is padded to it
+    vocab_size: int  # ids must be in [0, vocab_size)
+    pad_id: int
+    tokenize: Callable[[list[str]], np.ndarray]  # texts -> integer ids [N, max_length], padded and truncated
+    info: dict[str, Any] = field(default_factory=dict)  # tokenizer kind, lowercase: shown in the model metadata
+
+    def metadata(self, ids_datatype: str) -> dict[str, Any]:
+        """How a client may send this input (the `text_input` parameter of the model metadata)."""
+        return {"name": self.name,
+                "strings": {"datatype": "BYTES", "shape": [-1], "also_shape": [-1, 1], "encoding": "UTF-8"},
+                "token_ids": {"datatype": ids_datatype, "shape": [-1, -1], "max_length": self.max_length,
+                              "vocab_size": self.vocab_size, "pad_id": self.pad_id},
+                **self.info}
+
+
 @dataclass
 class InferRequest:
     """A decoded, validated inference request: numpy inputs in the model's dtypes, the outputs it wants."""
@@ -96,6 +127,7 @@ class ModelSignature:
     max_batch_size: int
     class_names: list[str] | None = None
     has_label: bool = False  # a classifier: LABEL_OUTPUT may be asked for
+    text: TextInput | None = None  # a text model: its id input also takes strings
 
     @property
     def output_names(self) -> list[str]:
@@ -173,34 +205,55 @@ def _decode_tensor(tensor: dict[str, Any], spec: TensorSpec, signature: ModelSig
                    binary: memoryview) -> tuple[np.ndarray, int]:
     """One input as the model's dtype, and how many bytes of binary data it took."""
     name = spec.name
-    datatype = _datatype(tensor, name)
-    shape = _shape(tensor, spec, signature.max_batch_size)
+    model_dtype = signature.input_dtypes[name]
+    text = signature.text if signature.text is not None and signature.text.name == name else None
+    datatype = _datatype(tensor, spec, model_dtype, text)
     params = tensor.get("parameters")
     if params is not None and not isinstance(params, dict):
         raise RequestError(400, f"input '{name}': 'parameters' must be an object")
-    if params and "binary_data_size" in params:
-        if "data" in tensor:
-            raise RequestError(400, f"input '{name}': has both 'data' and binary_data_size")
-        array, used = _binary_tensor(params["binary_data_size"], binary, datatype, shape, name)
+    binary_size = params.get("binary_data_size") if params and "binary_data_size" in params else None
+    if binary_size is not None and "data" in tensor:
+        raise RequestError(400, f"input '{name}': has both 'data' and binary_data_size")
+    if datatype == "BYTES":
+        assert text is not None  # _datatype refuses BYTES elsewhere
+        return _string_tensor(tensor, text, signature, binary_size, binary, model_dtype)
+    shape = _shape(tensor, spec, signature.max_batch_size)
+    if text is not None and not 1 <= shape[1] <= text.max_length:
+        raise RequestError(400, f"input '{name}': {shape[1]} token ids per row, the model takes 1 to "
+                                f"{text.max_length} (send strings to have longer texts truncated)")
+    if binary_size is not None:
+        array, used = _binary_tensor(binary_size, binary, datatype, shape, name)
     else:
         array, used = _json_tensor(tensor, datatype, shape, name), 0
+    if model_dtype.kind in "iu":
+        _check_int_range(array, model_dtype, name, datatype, text)
     with np.errstate(over="ignore", invalid="ignore"):
-        array = array.astype(signature.input_dtypes[name], copy=False).reshape(shape)
+        array = array.astype(model_dtype, copy=False).reshape(shape)
     if array.dtype.kind == "f" and not np.isfinite(array).all():
         raise RequestError(400, f"input '{name}': values must be finite (no NaN or infinity, within the "
                                 f"range of {datatype} and of the model's {spec.datatype})")
+    if text is not None:
+        array = _pad_ids(array, text)
     return array, used
 
 
-def _datatype(tensor: dict[str, Any], name: str) -> str:
+def _datatype(tensor: dict[str, Any], spec: TensorSpec, model_dtype: np.dtype, text: TextInput | None) -> str:
+    name = spec.name
     datatype = tensor.get("datatype")
     if not isinstance(datatype, str):
-        raise RequestError(400, f"input '{name}': 'datatype' must be a string such as \"FP32\"")
+        raise RequestError(400, f"input '{name}': 'datatype' must be a string such as \"{spec.datatype}\"")
+    if datatype == "BYTES" and text is not None:
+        return datatype
     if datatype in _UNSUPPORTED_INPUT_TYPES:
-        raise RequestError(400, f"input '{name}': datatype {datatype} is not supported (send numbers, e.g. FP32)")
+        what = "numbers, e.g. FP32" if model_dtype.kind == "f" else f"integer ids, e.g. {spec.datatype}"
+        raise RequestError(400, f"input '{name}': datatype {datatype} is not supported (send {what})")
     if datatype not in V2_NUMPY:
         raise RequestError(400, f"input '{name}': unknown datatype {datatype!r} (expected one of "
-                                f"{', '.join(V2_NUMPY)})")
+                                f"{', '.join(V2_NUMPY)}{', BYTES' if text else ''})")
+    if model_dtype.kind in "iu" and V2_NUMPY[datatype].kind == "f":
+        strings = " or BYTES strings" if text else ""
+        raise RequestError(400, f"input '{name}': the model takes {spec.datatype} ids; datatype {datatype} is not "
+                                f"accepted (send INT32 or INT64{strings})")
     return datatype
 
 
@@ -256,13 +309,104 @@ def _json_tensor(tensor: dict[str, Any], datatype: str, shape: list[int], name: 
                                 f"{expected_count}")
     declared = V2_NUMPY[datatype]
     if declared.kind in "iu":
-        if array.dtype.kind == "f":
+        if array.size and array.dtype.kind == "f":  # [] is float64, and fine
             raise RequestError(400, f"input '{name}': datatype {datatype} needs integers in 'data'")
         limits = np.iinfo(declared)
         if array.size and (array.min() < limits.min or array.max() > limits.max):
             raise RequestError(400, f"input '{name}': values out of range for {datatype}")
     with np.errstate(over="ignore", invalid="ignore"):
         return array.astype(declared)
+
+
+def _check_int_range(array: np.ndarray, model_dtype: np.dtype, name: str, datatype: str,
+                     text: TextInput | None) -> None:
+    """Integers for an integer input: within the model's dtype and, for token ids, the vocabulary."""
+    if not array.size:
+        return
+    low, high = int(array.min()), int(array.max())
+    if text is not None and (low < 0 or high >= text.vocab_size):
+        bad = low if low < 0 else high
+        raise RequestError(400, f"input '{name}': token id {bad} is outside the vocabulary (0 to "
+                                f"{text.vocab_size - 1})")
+    limits = np.iinfo(model_dtype)
+    if low < limits.min or high > limits.max:
+        raise RequestError(400, f"input '{name}': {datatype} values out of range for the model's "
+                                f"{NUMPY_V2[model_dtype]}")
+
+
+def _pad_ids(ids: np.ndarray, text: TextInput) -> np.ndarray:
+    """Token ids [N, L] (1 <= L <= max_length) -> [N, max_length], padded with pad_id at the end."""
+    length = ids.shape[1]
+    if length == text.max_length:
+        return ids
+    out = np.full((ids.shape[0], text.max_length), text.pad_id, dtype=ids.dtype)
+    out[:, :length] = ids
+    return out
+
+
+def _string_tensor(tensor: dict[str, Any], text: TextInput, signature: ModelSignature, binary_size: Any,
+                   binary: memoryview, model_dtype: np.dtype) -> tuple[np.ndarray, int]:
+    """Raw strings [N] or [N, 1] (JSON or Triton's binary BYTES) -> token ids [N, max_length]."""
+    name, shape = text.name, tensor.get("shape")
+    if not isinstance(shape, list) or not all(isinstance(d, int) and not isinstance(d, bool) for d in shape) \
+            or len(shape) not in (1, 2) or (len(shape) == 2 and shape[1] != 1):
+        raise RequestError(400, f"input '{name}': BYTES strings need shape [N] or [N, 1], got {shape!r}")
+    rows = shape[0]
+    if rows < 1:
+        raise RequestError(400, f"input '{name}': the batch dimension must be at least 1")
+    if rows > signature.max_batch_size:
+        raise RequestError(400, f"input '{name}': batch of {rows} is over max_batch_size {signature.max_batch_size}")
+    if binary_size is not None:
+        texts, used = _binary_strings(binary_size, binary, rows, name)
+    else:
+        texts, used = _json_strings(tensor, rows, name), 0
+    ids = np.asarray(text.tokenize(texts))
+    return ids.astype(model_dtype, copy=False).reshape(rows, text.max_length), used
+
+
+def _json_strings(tensor: dict[str, Any], rows: int, name: str) -> list[str]:
+    data = tensor.get("data")
+    if not isinstance(data, list):
+        raise RequestError(400, f"input '{name}': 'data' must be a list of strings (or binary_data_size)")
+    texts = [item[0] if isinstance(item, list) and len(item) == 1 else item for item in data]  # [[s], [s]]
+    if not all(isinstance(t, str) for t in texts):
+        raise RequestError(400, f"input '{name}': BYTES 'data' must hold only strings")
+    if len(texts) != rows:
+        raise RequestError(400, f"input '{name}': 'data' has {len(texts)} strings, shape needs {rows}")
+    for i, t in enumerate(texts):
+        try:
+            t.encode("utf-8")
+        except UnicodeEncodeError:  # a lone surrogate such as "\ud800"
+            raise RequestError(400, f"input '{name}': string {i + 1} is not valid Unicode") from None
+    return texts
+
+
+def _binary_strings(size: Any, binary: memoryview, rows: int, name: str) -> tuple[list[str], int]:
+    """Triton's BYTES encoding: per element a 4-byte little-endian length, then that many UTF-8 bytes."""
+    if not isinstance(size, int) or isinstance(size, bool) or size < 0:
+        raise RequestError(400, f"input '{name}': binary_data_size must be a non-negative integer")
+    if size > len(binary):
+        raise RequestError(400, f"input '{name}': binary_data_size {size} but only {len(binary)} bytes of "
+                                f"binary data are left in the body (is Inference-Header-Content-Length set?)")
+    raw, texts, offset = binary[:size], [], 0
+    while offset < size:
+        if len(texts) == rows:
+            raise RequestError(400, f"input '{name}': more than the {rows} strings of its shape in its "
+                                    f"binary_data_size {size}")
+        if offset + 4 > size:
+            raise RequestError(400, f"input '{name}': string {len(texts) + 1} is cut off in its 4-byte length")
+        (length,) = struct.unpack_from("<I", raw, offset)
+        if offset + 4 + length > size:
+            raise RequestError(400, f"input '{name}': string {len(texts) + 1} of {length} bytes runs past "
+                                    f"binary_data_size {size}")
+        try:
+            texts.append(str(raw[offset + 4:offset + 4 + length], "utf-8"))
+        except UnicodeDecodeError:
+            raise RequestError(400, f"input '{name}': string {len(texts) + 1} is not valid UTF-8") from None
+        offset += 4 + length
+    if len(texts) != rows:
+        raise RequestError(400, f"input '{name}': binary data holds {len(texts)} strings, shape needs {rows}")
+    return texts, size
 
 
 def _requested_outputs(requested: Any, parameters: dict[str, Any],
