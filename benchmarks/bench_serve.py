@@ -11,7 +11,10 @@ compute-bound on 2 cores) and width 8 (5.8 MFLOP, where the serving overhead sho
 - the naive endpoint of benchmarks/naive_serve.py (FastAPI, JSON, one session.run per request).
 
 An aiohttp closed-loop load generator (this process, same cores as the servers) sends a bounded
-number of requests at concurrency 32 and 1 after a warm-up. Goals (issue 8): at concurrency 32 with
+number of requests at concurrency 32 and 1 after a warm-up. Where the time goes: latency from the
+server's /metrics (queue wait, batch compute), the tensors' decode + encode cost, and CPU per request
+read from /proc (server event loop, server threads, load generator), which other jobs on the cores
+disturb far less than req/s does. Goals (issue 8): at concurrency 32 with
 binary tensors at least 3x the naive endpoint's req/s with a lower p99; at concurrency 1 a p50 no worse.
 """
 
@@ -73,19 +76,20 @@ def build_model(folder: Path, width: int = 32) -> Path:
     return path
 
 
-def in_process(path: Path, batch: int, seconds: float = 2.0) -> float:
-    """Samples/s of session.run at `batch`, with the session options `bigmodel serve` uses."""
+def in_process(path: Path, batch: int, seconds: float = 2.0) -> tuple[float, float]:
+    """Samples/s of session.run at `batch`, with the session options `bigmodel serve` uses, and the CPU
+    microseconds per sample (all threads; unlike samples/s, not lowered by other processes on the cores)."""
     from bigmodel_cli.serving.model import LoadedModel
 
     model = LoadedModel.load(path, device="cpu", max_batch_size=batch)
     x = {"input": np.random.default_rng(0).integers(0, 256, [batch, *SHAPE]).astype(np.float32)}
     for _ in range(20):
         model.run_batch(x)
-    runs, start = 0, time.perf_counter()
+    runs, start, cpu = 0, time.perf_counter(), time.process_time()
     while time.perf_counter() - start < seconds:
         model.run_batch(x)
         runs += 1
-    return runs * batch / (time.perf_counter() - start)
+    return runs * batch / (time.perf_counter() - start), (time.process_time() - cpu) / (runs * batch) * 1e6
 
 
 # ---------------------------------------------------------------------------------------------- servers
@@ -241,11 +245,26 @@ def delta(after: dict[str, float], before: dict[str, float], name: str) -> float
     return after.get(name, 0.0) - before.get(name, 0.0)
 
 
+def cpu_seconds(pid: int) -> dict[str, float]:
+    """CPU seconds (user + system) of a server process: its main thread (the event loop) and the rest
+    (onnxruntime's threads, the batcher's worker, thread pools, ended threads too); empty without /proc."""
+
+    def seconds(stat: str) -> float:
+        fields = Path(stat).read_text().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+    try:
+        process, loop = seconds(f"/proc/{pid}/stat"), seconds(f"/proc/{pid}/task/{pid}/stat")
+    except (OSError, AttributeError, ValueError):
+        return {}
+    return {"loop": loop, "threads": process - loop}
+
+
 # ---------------------------------------------------------------------------------------------- report
 
 
 def codec_costs(path: Path, x: np.ndarray) -> dict[str, float]:
-    """Microseconds of server-side decode + encode of one request, JSON vs binary (in this process)."""
+    """CPU microseconds of server-side decode + encode of one request, JSON vs binary (in this process)."""
     from bigmodel_cli.serving.model import LoadedModel
     from bigmodel_cli.serving.protocol import decode_infer_request, encode_infer_response
 
@@ -254,11 +273,11 @@ def codec_costs(path: Path, x: np.ndarray) -> dict[str, float]:
     costs = {}
     for name, (body, headers) in {"json": json_request(x), "binary": binary_request(x)}.items():
         header = headers.get("Inference-Header-Content-Length")
-        start, n = time.perf_counter(), 300
+        start, n = time.process_time(), 300  # CPU time: what it takes from the cores, whatever else runs
         for _ in range(n):
             request = decode_infer_request(body, model.signature, header)
             encode_infer_response(model.name, model.version, request, results)
-        costs[name] = (time.perf_counter() - start) / n * 1e6
+        costs[name] = (time.process_time() - start) / n * 1e6
     return costs
 
 
@@ -280,7 +299,7 @@ def bench(width: int) -> None:
 
         reference = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
         expected = np.stack([reference.run(["probabilities"], {"input": x})[0] for x in images])
-        limit = {batch: in_process(path, batch) for batch in (32, 1)}
+        first = {batch: in_process(path, batch) for batch in (32, 1)}
 
         bodies = {"binary": [binary_request(x) for x in images], "json": [json_request(x) for x in images]}
         ours, ours_url = start_bigmodel(path, Path(tmp) / "serve.log")
@@ -295,24 +314,32 @@ def bench(width: int) -> None:
                     load(url, bodies[encoding], concurrency, expected, WARMUP)
                 for _ in range(ROUNDS):
                     for name, url, encoding in entries:
+                        pid = ours.pid if url == ours_url else naive.pid
                         before = metrics(url) if url == ours_url else {}
+                        cpu_before, client_before = cpu_seconds(pid), time.process_time()
                         lat, elapsed, errors = load(url, bodies[encoding], concurrency, expected,
                                                     REQUESTS[concurrency] // ROUNDS)
+                        cpu_after = cpu_seconds(pid)
+                        cpu_after["client"] = time.process_time() - client_before
                         run = pooled.setdefault((name, concurrency), [[], 0.0, 0])
                         run[0] += lat
                         run[1] += elapsed
                         run[2] += errors
-                        if url == ours_url:
-                            _accumulate(breakdown.setdefault((name, concurrency), {}), metrics(url), before)
+                        after = metrics(url) if url == ours_url else {}
+                        after.update({f"cpu_{k}": v - cpu_before.get(k, 0.0) for k, v in cpu_after.items()})
+                        after["requests"] = REQUESTS[concurrency] // ROUNDS
+                        _accumulate(breakdown.setdefault((name, concurrency), {}), after, before)
         finally:
             stop(ours)
             stop(naive)
-        limit = {batch: max(limit[batch], in_process(path, batch)) for batch in (32, 1)}  # best of before/after
+        last = {batch: in_process(path, batch) for batch in (32, 1)}
+        limit = {batch: max(first[batch][0], last[batch][0]) for batch in (32, 1)}  # best of before/after
+        compute_us = min(first[32][1], last[32][1])
         costs = codec_costs(path, images[0])
     print(f"in-process onnxruntime: {limit[32]:,.0f} samples/s at batch 32, {limit[1]:,.0f} at batch 1 "
           f"(best of before and after the servers ran)")
     results = {key: summary(*run) for key, run in pooled.items()}
-    report(results, {key: _means(b) for key, b in breakdown.items()}, limit, costs)
+    report(results, {key: _means(b) for key, b in breakdown.items()}, limit, costs, compute_us)
 
 
 def _accumulate(total: dict[str, float], after: dict[str, float], before: dict[str, float]) -> None:
@@ -323,7 +350,9 @@ def _accumulate(total: dict[str, float], after: dict[str, float], before: dict[s
 def _means(totals: dict[str, float]) -> dict[str, float]:
     requests = max(totals.get("bigmodel_request_duration_seconds_count", 0.0), 1)
     batches = max(totals.get("bigmodel_compute_duration_seconds_count", 0.0), 1)
+    sent = max(totals.get("requests", 0.0), 1)
     return {
+        **{f"{k[4:]}_us": 1e6 * v / sent for k, v in totals.items() if k.startswith("cpu_")},
         "server_ms": 1000 * totals.get("bigmodel_request_duration_seconds_sum", 0.0) / requests,
         "queue_ms": 1000 * totals.get("bigmodel_queue_duration_seconds_sum", 0.0) / requests,
         "compute_ms": 1000 * totals.get("bigmodel_compute_duration_seconds_sum", 0.0) / batches,
@@ -331,7 +360,7 @@ def _means(totals: dict[str, float]) -> dict[str, float]:
     }
 
 
-def report(results, breakdown, limit, costs) -> None:
+def report(results, breakdown, limit, costs, compute_us: float) -> None:
     print(f"\n{'server':<22} {'conc':>4} {'req/s':>8} {'p50 ms':>8} {'p99 ms':>8} {'of limit':>9} {'errors':>6}")
     for (name, concurrency), r in results.items():
         frac = r["req_s"] / limit[32 if concurrency == 32 else 1]
@@ -339,13 +368,14 @@ def report(results, breakdown, limit, costs) -> None:
               f"{frac:>8.0%} {r['errors']:>6.0f}")
     print("\nwhere the time goes (bigmodel serve, means per request; from its /metrics):")
     for (name, concurrency), b in breakdown.items():
+        if "server_ms" not in b or not b.get("rows"):
+            continue
         client = results[name, concurrency]["mean_ms"]
         print(f"  {name:<16} c={concurrency:<3} client latency {client:6.2f} ms = server {b['server_ms']:5.2f} ms "
               f"(queue wait {b['queue_ms']:5.2f}, one batch of {b['rows']:4.1f} rows computes in "
               f"{b['compute_ms']:5.2f}) + HTTP/event loop/client {client - b['server_ms']:5.2f} ms")
     print(f"  request decode+encode, 3x32x32 image: JSON {costs['json']:.0f} us, binary {costs['binary']:.0f} us "
           f"(CPU the event loop spends per request on the tensors alone)")
-
     ours, naive = results["bigmodel binary", 32], results["naive fastapi json", 32]
     speedup = ours["req_s"] / naive["req_s"]
     met32 = speedup >= 3 and ours["p99_ms"] < naive["p99_ms"]
@@ -356,6 +386,30 @@ def report(results, breakdown, limit, costs) -> None:
     print(f"goal c=1: p50 no worse than naive -> {'met' if met1 else 'NOT met'} "
           f"(binary {ours1['p50_ms']:.2f} ms, JSON {results['bigmodel json', 1]['p50_ms']:.2f} ms, "
           f"naive {naive1['p50_ms']:.2f} ms)")
+
+    cpu_report(breakdown, costs, compute_us)
+
+
+def cpu_report(breakdown, costs, compute_us: float) -> None:
+    """CPU microseconds per request: server event loop, server threads, the load generator; what they add up
+    to against the cores (the throughput ceiling if nothing else ran) and the share the event loop spends
+    on HTTP (everything but the tensors' decode + encode)."""
+    if not any("loop_us" in b for b in breakdown.values()):
+        return
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    print(f"\nCPU per request, us (user+system, all {cores} cores; onnxruntime in-process at batch 32: "
+          f"{compute_us:.0f} us per image):")
+    print(f"  {'server':<22} {'conc':>4} {'event loop':>10} {'no codec':>8} {'threads':>8} {'client':>7} "
+          f"{'sum':>6} {'cores/sum':>10}")
+    for (name, concurrency), b in breakdown.items():
+        loop, total = b.get("loop_us", 0), b.get("loop_us", 0) + b.get("threads_us", 0) + b.get("client_us", 0)
+        rest = f"{loop - costs['binary' if 'binary' in name else 'json']:.0f}" if name.startswith("bigmodel") else "-"
+        print(f"  {name:<22} {concurrency:>4} {loop:>10.0f} {rest:>8} {b.get('threads_us', 0):>8.0f} "
+              f"{b.get('client_us', 0):>7.0f} {total:>6.0f} {cores * 1e6 / max(total, 1):>8,.0f}/s")
+    print("  event loop: the server's main thread (HTTP parsing and writing, routing, tensor decode + encode, "
+          "batching, metrics, access log);\n  no codec: the event loop without the decode + encode measured above "
+          "(HTTP and the server's own bookkeeping); threads: onnxruntime and worker threads;\n  client: this "
+          "load generator; cores/sum: the req/s these costs allow when nothing else runs on the cores")
 
 
 if __name__ == "__main__":

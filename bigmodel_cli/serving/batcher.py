@@ -67,7 +67,8 @@ class DynamicBatcher:
             yield
         finally:
             self._arriving -= 1
-            self._wakeup.set()
+            if not self._arriving:  # the only change of `_arriving` that a waiting batch acts on
+                self._wakeup.set()
 
     async def infer(self, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         """This request's rows of every model output, computed in a batch with whatever else is queued."""
@@ -80,7 +81,8 @@ class DynamicBatcher:
         self._queue.append(job)
         self._queued_rows += job.rows
         self.metrics.queued.set(len(self._queue))
-        self._wakeup.set()
+        if len(self._queue) == 1 or self._queued_rows >= self.max_rows:  # the batcher idles, or a batch is full
+            self._wakeup.set()
         return await job.future
 
     def _ensure_running(self, loop: asyncio.AbstractEventLoop) -> None:
@@ -125,10 +127,11 @@ class DynamicBatcher:
             if remaining <= 0:
                 return
             self._wakeup.clear()
+            timer = loop.call_later(remaining, self._wakeup.set)  # cheaper than wait_for's task per wait
             try:
-                await asyncio.wait_for(self._wakeup.wait(), remaining)
-            except asyncio.TimeoutError:
-                return
+                await self._wakeup.wait()
+            finally:
+                timer.cancel()
 
     def _take(self) -> list[_Job]:
         """The oldest queued request and the queued ones that stack with it, up to the row limit.

@@ -190,3 +190,32 @@ def test_stop_answers_every_waiting_caller(cls_path: Path) -> None:
 
     answers = asyncio.run(main())
     assert all(isinstance(a, RequestError) and a.status_code == 503 for a in answers)
+
+
+def test_full_batch_runs_at_once_while_others_are_still_arriving(cls_path: Path) -> None:
+    batcher = _batcher(cls_path, max_batch_size=2, max_queue_delay_ms=2000)
+    x = np.ones((1, 4), np.float32)
+
+    async def main() -> float:
+        arriving = asyncio.Event()
+
+        async def slow_request() -> None:  # being received all along: a batch that is not full would wait
+            with batcher.expecting():
+                await arriving.wait()
+            await batcher.infer({"input": x})
+
+        slow = asyncio.ensure_future(slow_request())
+        await asyncio.sleep(0)
+        start = time.perf_counter()
+        first = asyncio.ensure_future(batcher.infer({"input": x}))
+        await asyncio.sleep(0.05)  # the batcher holds the first row back for the slow request
+        await asyncio.gather(first, batcher.infer({"input": x}))  # the second fills the batch: it runs now
+        elapsed = time.perf_counter() - start
+        arriving.set()
+        await slow
+        await batcher.stop()
+        return elapsed
+
+    assert asyncio.run(main()) < 1.0  # not the 2 s delay
+    runs, merged, _ = _histogram(batcher, "bigmodel_batch_requests")
+    assert (runs, merged) == (2, 3)

@@ -467,6 +467,71 @@ def test_access_log_one_json_line_per_request(cls_model: LoadedModel) -> None:
     assert first["bytes_in"] > 0 and first["bytes_out"] > 0 and first["ms"] >= 0 and first["ts"].endswith("Z")
 
 
+def test_access_log_is_written_while_serving_in_the_same_format(cls_model: LoadedModel) -> None:
+    import io
+    import time
+
+    stream = io.StringIO()
+    with TestClient(create_app(cls_model, access_log=True, log_stream=stream)) as c:
+        c.post(INFER, json=_tensor())
+        deadline = time.monotonic() + 5
+        while not stream.getvalue() and time.monotonic() < deadline:  # flushed at the end of a loop step
+            time.sleep(0.01)
+        written = stream.getvalue()
+    line = json.loads(written)
+    assert written.endswith("\n") and list(line) == ["ts", "client", "method", "path", "status", "ms", "bytes_in",
+                                                       "bytes_out"]
+    assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z", line["ts"]) and line["status"] == 200
+
+
+def _asgi(app, path: str, chunks: list[bytes], disconnect: bool = False,
+          client: tuple[str, int] = ("127.0.0.1", 1)) -> tuple[int, bytes]:
+    """POST `chunks` (as separate ASGI body messages) straight to the app; its status and body."""
+    import asyncio
+
+    messages = [{"type": "http.request", "body": c, "more_body": i < len(chunks) - 1} for i, c in enumerate(chunks)]
+    if disconnect:
+        messages[-1]["more_body"] = True
+        messages.append({"type": "http.disconnect"})
+    sent: list[dict] = []
+
+    async def receive() -> dict:
+        return messages.pop(0)
+
+    async def send(message: dict) -> None:
+        sent.append(message)
+
+    scope = {"type": "http", "method": "POST", "path": path, "headers": [], "client": client,
+             "query_string": b"", "root_path": ""}
+    asyncio.run(app(scope, receive, send))
+    return sent[0]["status"], b"".join(m.get("body", b"") for m in sent[1:])
+
+
+def test_infer_path_reads_a_body_in_pieces_and_survives_a_disconnect(cls_model: LoadedModel) -> None:
+    body = json.dumps(_body(X)).encode()
+    app = create_app(cls_model)
+    status, content = _asgi(app, INFER, [body[:10], body[10:30], body[30:]])
+    first = json.loads(content)["outputs"][0]
+    assert status == 200 and np.allclose(np.reshape(first["data"], first["shape"]),
+                                         cls_model.run_batch({"input": X})[first["name"]], atol=1e-5)
+    status, content = _asgi(app, INFER, [body[:10]], disconnect=True)
+    assert status == 400 and "disconnected" in json.loads(content)["error"]
+    status, _ = _asgi(app, f"/v2/models/{CLS}/versions/1/infer", [body])
+    assert status == 200
+
+
+def test_access_log_lines_stay_json_whatever_the_client_and_path(cls_model: LoadedModel) -> None:
+    import io
+
+    stream = io.StringIO()
+    app = create_app(cls_model, access_log=True, log_stream=stream)
+    _asgi(app, f'/v2/models/{CLS}/x"y\\z/infer', [b"{}"], client=('10.0.0.1", "evil": "1', 5))
+    app.flush()  # what the event loop would have done at the end of its step
+    line = json.loads(stream.getvalue())
+    assert line["client"] == '10.0.0.1", "evil": "1:5' and line["path"] == f'/v2/models/{CLS}/x"y\\z/infer'
+    assert line["status"] == 404 and "evil" not in line
+
+
 # ------------------------------------------------------------------------------------------ fuzz
 
 _json_values = st.recursive(
