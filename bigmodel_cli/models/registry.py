@@ -181,6 +181,15 @@ def freeze(net, prefixes: list[str]) -> int:
     return frozen
 
 
+def frozen_norm_layers(net) -> list[Any]:
+    """BatchNorm layers whose parameters are all frozen: train keeps them in eval mode, so that their running
+    statistics (part of the frozen backbone) stay as loaded instead of drifting to the new data's batches."""
+    from torch.nn.modules.batchnorm import _BatchNorm
+
+    return [m for m in net.modules() if isinstance(m, _BatchNorm) and any(True for _ in m.parameters())
+            and not any(p.requires_grad for p in m.parameters())]
+
+
 def load_pretrained(net, path: str) -> dict[str, Any]:
     """Load local weights (state dict or safetensors); tensors whose shape differs (a new head) are skipped."""
     from pathlib import Path

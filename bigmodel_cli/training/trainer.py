@@ -36,7 +36,7 @@ from bigmodel_cli.data.transform import augmentation, normalizer
 from bigmodel_cli.errors import Interrupted, JobFailed, UsageError
 from bigmodel_cli.evaluation import metrics as M
 from bigmodel_cli.evaluation.predict import predict, softmax
-from bigmodel_cli.models.registry import build_from_recipe, freeze, load_pretrained
+from bigmodel_cli.models.registry import build_from_recipe, freeze, frozen_norm_layers, load_pretrained
 from bigmodel_cli.training import checkpoint, distributed
 from bigmodel_cli.training.losses import TaskLoss, class_weights, l1_penalty, resolve_loss
 from bigmodel_cli.training.optim import create_optimizer, create_schedule
@@ -185,6 +185,7 @@ def _fit(recipe, run_dir: Path, resume: bool, recipe_ref: str | None, arrays: Ar
         skipped = f", skipped {', '.join(loaded['skipped_shape'])} (shape)" if loaded["skipped_shape"] else ""
         console.info(f"loaded {loaded['loaded']} tensors from {recipe.model.weights}{skipped}")
     frozen = freeze(net, recipe.model.freeze) if recipe.model.freeze else 0
+    frozen_norms = frozen_norm_layers(net) if frozen else []  # their running statistics stay as loaded
     meta = model_meta(recipe, manifest)
     norm = normalizer(manifest).to(device)
     augment = augmentation(manifest)  # declared by prepare-data, applied on the fly to training batches only
@@ -306,6 +307,8 @@ def _fit(recipe, run_dir: Path, resume: bool, recipe_ref: str | None, arrays: Ar
                 epoch = state["epoch"]
                 order = epoch_order(recipe.seed, epoch, n).to(x_train.device)
                 net.train()
+                for layer in frozen_norms:
+                    layer.eval()
                 epoch_start, rows_at_start = time.perf_counter(), state["loss_rows"]
                 bar.start_epoch(epoch, state["batch"])
                 for b in range(state["batch"], batches_per_epoch):
