@@ -3,7 +3,6 @@ from pathlib import Path
 import pytest
 import yaml
 
-from bigmodel_cli.config import catalog
 from bigmodel_cli.config.recipe import RecipeError, dump, locate, parse_set, problems, resolve
 from bigmodel_cli.errors import UsageError
 
@@ -12,21 +11,6 @@ def write(tmp_path: Path, text: str, name: str = "r.yaml") -> Path:
     path = tmp_path / name
     path.write_text(text)
     return path
-
-
-def test_shipped_recipes_are_listed_and_valid():
-    names = catalog.names()
-    assert {"digits-cnn", "breast-cancer-mlp"} <= set(names)
-    for name in names:
-        assert problems(catalog.path_of(name)) == []
-        assert catalog.summary(catalog.path_of(name))["description"]
-
-
-def test_every_shipped_recipe_starts_with_the_commands_that_use_it():
-    for name in catalog.names():
-        text = catalog.path_of(name).read_text()
-        assert text.startswith("#")
-        assert f"bigmodel prepare-data -r {name}" in text and f"bigmodel train -r {name}" in text
 
 
 def test_precedence_defaults_recipe_flags_set(tmp_path):
