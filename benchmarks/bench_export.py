@@ -8,7 +8,11 @@ PyTorch eager, ONNX Runtime fp32 and ONNX Runtime int8 on the same validation ro
 same process. Goals (CPU, ratios of p50 latencies measured in this run):
 - cnn_small, batch 1: ONNX Runtime fp32 >= 5x faster than PyTorch eager;
 - resnet18, batch 64: int8 >= 2.5x faster than fp32, with <= 1 point accuracy drop.
-Timings on a shared 2-core machine are noisy: run it 2-3 times and read the range.
+Timings on a shared 2-core machine are noisy: run it 2-3 times and read the range. The
+backends take turns (benchmark.ROUNDS), so load from other jobs falls on all of them, but it
+still moves the batch-1 ratio: PyTorch's two OpenMP threads wait for each other at every op
+when one is descheduled, onnxruntime's caller thread picks up its pool's work, so a loaded
+machine shows a larger ratio than an idle one.
 """
 
 from __future__ import annotations

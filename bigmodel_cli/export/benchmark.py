@@ -8,6 +8,12 @@ quantisation as `export --quantize int8`) and ONNX Runtime fp16 (GPU only: on CP
 slower than fp32, so it is listed as skipped). The models are exported into a scratch folder;
 the run directory is not touched. For every backend: latency p50/p99 per batch size,
 throughput, model size, the validation metric, and speed-ups against PyTorch and fp32.
+
+Fairness: PyTorch runs the same module as the ONNX graph (normalisation and softmax included)
+in eval mode under `torch.inference_mode`; both runtimes get the same number of threads
+(PyTorch's, by default one per core), onnxruntime with its default thread spinning (what an
+`InferenceSession` gives users; `bigmodel serve` turns spinning off). The backends are timed
+in turn, ROUNDS times over, so a burst of load from other jobs falls on all of them alike.
 """
 
 from __future__ import annotations
@@ -23,8 +29,10 @@ import torch
 from bigmodel_cli import console
 from bigmodel_cli.errors import GateFailed, UsageError
 
-MIN_SECONDS = 0.3  # per backend and batch size, after warm-up
+MIN_SECONDS = 0.3  # per backend and batch size (all rounds together), after warm-up
 MAX_SECONDS = 3.0
+ROUNDS = 3  # every backend is timed in turn, this many times over, for each batch size
+SETTLE_S = 0.1  # pause before each turn: the previous backend's threads stop spinning (onnxruntime: ~50 ms)
 
 
 def parse_batch_sizes(text: str) -> list[int]:
@@ -38,14 +46,16 @@ def parse_batch_sizes(text: str) -> list[int]:
     return sizes
 
 
-def time_calls(call, batch, iterations: int) -> list[float]:
-    """Wall times (ms) of `call(batch)`: 3 warm-up calls, then at least `iterations` calls or MIN_SECONDS."""
-    for _ in range(3):
+def time_calls(call, batch, iterations: int, warmup: int = 3, least: int = 5, min_s: float = MIN_SECONDS,
+               max_s: float = MAX_SECONDS) -> list[float]:
+    """Wall times (ms) of `call(batch)` after `warmup` calls: at least `least` calls, then more until both
+    `iterations` calls and `min_s` seconds are reached (but not past `max_s` seconds)."""
+    for _ in range(warmup):
         call(batch)
     times: list[float] = []
     begin = time.perf_counter()
-    while len(times) < 5 or (time.perf_counter() - begin < MAX_SECONDS
-                             and (len(times) < iterations or time.perf_counter() - begin < MIN_SECONDS)):
+    while len(times) < least or (time.perf_counter() - begin < max_s
+                                 and (len(times) < iterations or time.perf_counter() - begin < min_s)):
         start = time.perf_counter()
         call(batch)
         times.append((time.perf_counter() - start) * 1000)
@@ -71,10 +81,23 @@ def _torch_backend(module, device: str, size_bytes: int) -> Backend:
     return Backend("pytorch", call, size_bytes)
 
 
+def ort_options(threads: int):
+    """The session options every onnxruntime backend gets: `threads` intra-op threads (PyTorch's count), one graph
+    at a time, and onnxruntime's default thread spinning (the fastest at batch 1; see the module docstring)."""
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.log_severity_level = 3
+    options.intra_op_num_threads = threads
+    options.inter_op_num_threads = 1
+    options.add_session_config_entry("session.intra_op.allow_spinning", "1")
+    return options
+
+
 def _ort_backend(name: str, path: Path, providers: list[str]) -> Backend:
     import onnxruntime as ort
 
-    session = ort.InferenceSession(str(path), providers=providers)
+    session = ort.InferenceSession(str(path), sess_options=ort_options(torch.get_num_threads()), providers=providers)
     first = session.get_outputs()[0].name
     return Backend(name, lambda batch: session.run([first], {"input": batch})[0], path.stat().st_size)
 
@@ -116,14 +139,23 @@ def _backends(run, module, ckpt_path: Path, work: Path, device: str, notes: list
     return backends
 
 
-def _measure(backend: Backend, rows: np.ndarray, batch_sizes: list[int], iterations: int) -> dict[str, Any]:
-    result = {}
+def _measure(backends: list[Backend], rows: np.ndarray, batch_sizes: list[int],
+             iterations: int) -> dict[str, dict[str, Any]]:
+    """Latency per backend and batch size; the backends take turns (ROUNDS blocks each) on the same batch."""
+    result: dict[str, dict[str, Any]] = {b.name: {} for b in backends}
     for size in batch_sizes:
         batch = np.ascontiguousarray(np.resize(rows, (size, *rows.shape[1:])))
-        times = time_calls(backend.call, batch, iterations)
-        p50 = float(np.percentile(times, 50))
-        result[str(size)] = {"p50_ms": p50, "p99_ms": float(np.percentile(times, 99)), "calls": len(times),
-                             "throughput_per_s": size / (p50 / 1000)}
+        times: dict[str, list[float]] = {b.name: [] for b in backends}
+        for turn in range(ROUNDS):
+            for backend in backends:
+                time.sleep(SETTLE_S)
+                times[backend.name] += time_calls(backend.call, batch, -(-iterations // ROUNDS),
+                                                  warmup=3 if turn == 0 else 1, least=2,
+                                                  min_s=MIN_SECONDS / ROUNDS, max_s=MAX_SECONDS / ROUNDS)
+        for name, got in times.items():
+            p50 = float(np.percentile(got, 50))
+            result[name][str(size)] = {"p50_ms": p50, "p99_ms": float(np.percentile(got, 99)), "calls": len(got),
+                                       "throughput_per_s": size / (p50 / 1000)}
     return result
 
 
@@ -161,13 +193,19 @@ def benchmark_run(run_dir: str | Path, batch_sizes: list[int] | None = None, dev
     notes: list[str] = []
     results: dict[str, Any] = {}
     with tempfile.TemporaryDirectory(prefix="bigmodel-bench-") as work:
-        for backend in _backends(run, module, ckpt_path, Path(work), device, notes):
-            console.info(f"benchmarking {backend.name}")
+        backends = _backends(run, module, ckpt_path, Path(work), device, notes)
+        for backend in backends:
+            console.info(f"validation metric: {backend.name}")
             name, value = _metric(backend, rows, labels, run.recipe.task)
-            results[backend.name] = {"size_bytes": backend.size_bytes, "metric": {name: value},
-                                     "latency": _measure(backend, rows, batch_sizes, iterations)}
+            results[backend.name] = {"size_bytes": backend.size_bytes, "metric": {name: value}}
+        console.info(f"timing {len(backends)} backends in turn ({ROUNDS} rounds per batch size)")
+        for name, latency in _measure(backends, rows, batch_sizes, iterations).items():
+            results[name]["latency"] = latency
+    threads = torch.get_num_threads()
+    notes.append(f"threads: {threads} for PyTorch and for each onnxruntime session (intra-op, spinning on)")
     report = {"run": str(run.path), "device": device, "batch_sizes": batch_sizes, "rows": int(len(rows)),
-              "threads": torch.get_num_threads(), "backends": results,
+              "threads": threads, "ort_session": {"intra_op_threads": threads, "allow_spinning": True},
+              "backends": results,
               "speedups": _speedups(results, batch_sizes, notes), "notes": notes}
     report["gates"] = _gates(results, fail_under or {})
     return report

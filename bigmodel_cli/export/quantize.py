@@ -110,7 +110,12 @@ def to_int8(src: Path, dest: Path, calibration: np.ndarray | None, method: str) 
         pre = Path(work) / "pre.onnx"
         try:
             quant_pre_process(str(src), str(pre), skip_symbolic_shape=method == "static")
-        except Exception:  # symbolic shape inference cannot take every graph; quantise the model as exported
+        except Exception as e:  # symbolic shape inference cannot take every graph; quantise the model as exported
+            from bigmodel_cli import console
+
+            reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            console.warn(f"int8: onnxruntime's quantisation pre-processing failed ({reason[:200]}); "
+                         f"quantising the graph as exported")
             pre = src
         try:
             if method == "dynamic":
