@@ -20,13 +20,13 @@ import tempfile
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
-from bench_train import write_prepared  # noqa: E402
+from bench_train import WIDTH, write_prepared  # noqa: E402
 
 
 def train(root: Path, processes: int, epochs: int, global_batch: int) -> float:
     recipe = root / "bench.yaml"
     recipe.write_text(json.dumps({"name": "bench", "data": {"prepared": str(root / "data")},
-                                  "model": {"name": "cnn_small"},
+                                  "model": {"name": "cnn_small", "args": {"width": WIDTH}},
                                   "train": {"epochs": epochs, "batch_size": global_batch // processes}}))
     run = root / f"run{processes}"
     env = {**os.environ, "CI": "1"}

@@ -23,6 +23,7 @@ import numpy as np
 import torch
 
 BATCH = 128
+WIDTH = 32  # cnn_small's first-stage channels: 584k parameters, compute-bound (the registry default is 8)
 LR = 1e-3
 
 
@@ -50,7 +51,8 @@ def bigmodel(prepared: Path, epochs: int) -> list[float]:
     from bigmodel_cli.training.trainer import fit
 
     console.quiet(True)
-    recipe = validate({"name": "bench", "data": {"prepared": str(prepared)}, "model": {"name": "cnn_small"},
+    recipe = validate({"name": "bench", "data": {"prepared": str(prepared)},
+                       "model": {"name": "cnn_small", "args": {"width": WIDTH}},
                        "train": {"epochs": epochs, "batch_size": BATCH, "optimizer": {"name": "adamw", "lr": LR}}},
                       "bench")
     with tempfile.TemporaryDirectory() as run:
@@ -69,7 +71,7 @@ def hand_written(prepared: Path, epochs: int) -> list[float]:
     norm = normalizer(read(prepared))
     x = torch.from_numpy(np.load(prepared / "train/x.npy"))
     y = torch.from_numpy(np.load(prepared / "train/y.npy"))
-    model = create_model("cnn_small", num_classes=10, input_shape=[3, 32, 32])
+    model = create_model("cnn_small", num_classes=10, input_shape=[3, 32, 32], width=WIDTH)
     opt = torch.optim.AdamW(model.parameters(), lr=LR)
     loss_fn = torch.nn.CrossEntropyLoss()
     speeds = []
@@ -100,7 +102,7 @@ def lightning(prepared: Path, epochs: int) -> list[float]:
         def __init__(self):
             super().__init__()
             self.norm = normalizer(read(prepared))
-            self.model = create_model("cnn_small", num_classes=10, input_shape=[3, 32, 32])
+            self.model = create_model("cnn_small", num_classes=10, input_shape=[3, 32, 32], width=WIDTH)
 
         def training_step(self, batch, _):
             x, y = batch
