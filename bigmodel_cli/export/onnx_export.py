@@ -151,7 +151,7 @@ def compare(got: np.ndarray, want: np.ndarray, task: str, cfg) -> dict[str, Any]
 def reference(module: nn.Module, batch: np.ndarray) -> np.ndarray:
     """PyTorch's last output (probabilities or prediction) for one batch of raw rows."""
     with torch.inference_mode():
-        ref = module(torch.from_numpy(batch))
+        ref = module(torch.from_numpy(np.array(batch)))  # a copy: memory-mapped rows are read-only
     return (ref[-1] if isinstance(ref, tuple) else ref).numpy()
 
 
