@@ -59,6 +59,21 @@ def _error(status_code: int, message: str, headers: dict[str, str] | None = None
 Endpoint = Callable[[Request], Awaitable[Response]]
 
 
+def _failure(method: str, path: str, e: Exception) -> tuple[int, str]:
+    """The status and message a failed request gets: a RequestError's own; anything unexpected is a 400
+    (logged, with a traceback under --debug), never a 500 for what a client sent."""
+    if isinstance(e, RequestError):
+        if e.status_code >= 500 and e.status_code != 503:
+            warn(f"{method} {path}: {e.message}")
+        return e.status_code, e.message
+    warn(f"{method} {path}: unexpected {type(e).__name__}: {_one_line(e)}")
+    if debug_enabled():
+        import traceback
+
+        traceback.print_exc()
+    return 400, f"bad request: {type(e).__name__}: {_one_line(e)}"
+
+
 def _endpoint(handler: Endpoint) -> Endpoint:
     """RequestError -> its status; anything unexpected -> 400 (logged), never a 500 for client input."""
 
@@ -66,17 +81,8 @@ def _endpoint(handler: Endpoint) -> Endpoint:
     async def wrapped(request: Request) -> Response:
         try:
             return await handler(request)
-        except RequestError as e:
-            if e.status_code >= 500 and e.status_code != 503:
-                warn(f"{request.method} {request.url.path}: {e.message}")
-            return _error(e.status_code, e.message)
         except Exception as e:
-            warn(f"{request.method} {request.url.path}: unexpected {type(e).__name__}: {_one_line(e)}")
-            if debug_enabled():
-                import traceback
-
-                traceback.print_exc()
-            return _error(400, f"bad request: {type(e).__name__}: {_one_line(e)}")
+            return _error(*_failure(request.method, request.url.path, e))
 
     return wrapped
 
@@ -160,17 +166,8 @@ class InferEndpoint:
     async def _answer(self, scope: Scope, receive: Receive) -> tuple[int, bytes, list[tuple[bytes, bytes]]]:
         try:
             return await self._infer(scope, receive)
-        except RequestError as e:
-            if e.status_code >= 500 and e.status_code != 503:
-                warn(f"{scope['method']} {scope['path']}: {e.message}")
-            return _error_body(e.status_code, e.message)
         except Exception as e:
-            warn(f"{scope['method']} {scope['path']}: unexpected {type(e).__name__}: {_one_line(e)}")
-            if debug_enabled():
-                import traceback
-
-                traceback.print_exc()
-            return _error_body(400, f"bad request: {type(e).__name__}: {_one_line(e)}")
+            return _error_body(*_failure(scope["method"], scope["path"], e))
 
     async def _infer(self, scope: Scope, receive: Receive) -> tuple[int, bytes, list[tuple[bytes, bytes]]]:
         state = self.state
