@@ -250,14 +250,15 @@ def _encode_target(column, task: str, names: list[str] | None, target: str, wher
         if np.any(uniq != np.round(uniq)) or (len(uniq) > MAX_CLASSES_FROM_NUMBERS and len(uniq) > len(values) / 10):
             raise UsageError(f"{where}: target column '{target}' has {len(uniq)} distinct numeric values; "
                              f"set task: regression (or make it a column of class labels)")
-        return np.searchsorted(uniq, values).astype(np.int64), [_label(u) for u in uniq]
+        return np.searchsorted(uniq, values).astype(np.int64), [number_label(u) for u in uniq]
     text = preprocess.strings(column)
     classes = sorted(v for v in pc.unique(text).to_pylist() if v is not None)
     index = pc.index_in(text, value_set=pa.array(classes, pa.string()))
     return np.asarray(index.to_numpy(), dtype=np.int64), classes
 
 
-def _label(value: float) -> str:
+def number_label(value: float) -> str:
+    """A numeric class value as its class name: integral numbers without '.0' (eval --data reads labels so too)."""
     return str(int(value)) if float(value).is_integer() else repr(float(value))
 
 

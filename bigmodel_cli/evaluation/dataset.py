@@ -89,12 +89,15 @@ def _is_number(text: str) -> bool:
 
 
 def _label(value) -> str | None:
-    """A raw label as prepare-data names classes: integral numbers without '.0', strings as they are."""
+    """A raw label as prepare-data names classes: strings as they are, booleans as true/false, numbers by
+    `prepare.number_label`."""
+    from bigmodel_cli.data.prepare import number_label
+
     if value is None or isinstance(value, str):
         return value
     if isinstance(value, bool):
         return str(value).lower()
-    return str(int(value)) if float(value).is_integer() else repr(float(value))
+    return number_label(value)
 
 
 def check_schema(trained: dict[str, Any], other: dict[str, Any], data_dir: Path) -> np.ndarray | None:

@@ -265,27 +265,36 @@ def _shape(tensor: dict[str, Any], spec: TensorSpec, max_batch_size: int) -> lis
     if not shape or len(shape) != len(spec.shape) or any(want not in (-1, got)
                                                          for want, got in zip(spec.shape, shape, strict=True)):
         raise RequestError(400, f"input '{name}': shape {shape} does not match the model's {list(spec.shape)}")
-    if shape[0] < 1:
-        raise RequestError(400, f"input '{name}': the batch dimension must be at least 1")
-    if shape[0] > max_batch_size:
-        raise RequestError(400, f"input '{name}': batch of {shape[0]} is over max_batch_size {max_batch_size}")
+    _check_batch(shape[0], max_batch_size, name)
     if math.prod(shape) > 1 << 31:
         raise RequestError(400, f"input '{name}': shape {shape} is too large")
     return shape
 
 
-def _binary_tensor(size: Any, binary: memoryview, datatype: str, shape: list[int],
-                   name: str) -> tuple[np.ndarray, int]:
+def _check_batch(rows: int, max_batch_size: int, name: str) -> None:
+    if rows < 1:
+        raise RequestError(400, f"input '{name}': the batch dimension must be at least 1")
+    if rows > max_batch_size:
+        raise RequestError(400, f"input '{name}': batch of {rows} is over max_batch_size {max_batch_size}")
+
+
+def _check_binary_size(size: Any, binary: memoryview, name: str) -> None:
+    """`binary_data_size` is a byte count that the binary data left in the body can hold."""
     if not isinstance(size, int) or isinstance(size, bool) or size < 0:
         raise RequestError(400, f"input '{name}': binary_data_size must be a non-negative integer")
+    if size > len(binary):
+        raise RequestError(400, f"input '{name}': binary_data_size {size} but only {len(binary)} bytes of "
+                                f"binary data are left in the body (is Inference-Header-Content-Length set?)")
+
+
+def _binary_tensor(size: Any, binary: memoryview, datatype: str, shape: list[int],
+                   name: str) -> tuple[np.ndarray, int]:
+    _check_binary_size(size, binary, name)
     dtype = V2_NUMPY[datatype]
     expected = math.prod(shape) * dtype.itemsize
     if size != expected:
         raise RequestError(400, f"input '{name}': binary_data_size {size} but shape {shape} of {datatype} "
                                 f"needs {expected} bytes")
-    if size > len(binary):
-        raise RequestError(400, f"input '{name}': binary_data_size {size} but only {len(binary)} bytes of "
-                                f"binary data are left in the body (is Inference-Header-Content-Length set?)")
     array = np.frombuffer(binary[:size], dtype=dtype.newbyteorder("<"))  # the extension is little-endian
     return array, size
 
@@ -352,10 +361,7 @@ def _string_tensor(tensor: dict[str, Any], text: TextInput, signature: ModelSign
             or len(shape) not in (1, 2) or (len(shape) == 2 and shape[1] != 1):
         raise RequestError(400, f"input '{name}': BYTES strings need shape [N] or [N, 1], got {shape!r}")
     rows = shape[0]
-    if rows < 1:
-        raise RequestError(400, f"input '{name}': the batch dimension must be at least 1")
-    if rows > signature.max_batch_size:
-        raise RequestError(400, f"input '{name}': batch of {rows} is over max_batch_size {signature.max_batch_size}")
+    _check_batch(rows, signature.max_batch_size, name)
     if binary_size is not None:
         texts, used = _binary_strings(binary_size, binary, rows, name)
     else:
@@ -383,11 +389,7 @@ def _json_strings(tensor: dict[str, Any], rows: int, name: str) -> list[str]:
 
 def _binary_strings(size: Any, binary: memoryview, rows: int, name: str) -> tuple[list[str], int]:
     """Triton's BYTES encoding: per element a 4-byte little-endian length, then that many UTF-8 bytes."""
-    if not isinstance(size, int) or isinstance(size, bool) or size < 0:
-        raise RequestError(400, f"input '{name}': binary_data_size must be a non-negative integer")
-    if size > len(binary):
-        raise RequestError(400, f"input '{name}': binary_data_size {size} but only {len(binary)} bytes of "
-                                f"binary data are left in the body (is Inference-Header-Content-Length set?)")
+    _check_binary_size(size, binary, name)
     raw, texts, offset = binary[:size], [], 0
     while offset < size:
         if len(texts) == rows:
