@@ -63,7 +63,7 @@ def write_prepared(dest: Path, n_test: int, seed: int = 0) -> Path:
 def train_run(prepared: Path, run_dir: Path) -> Path:
     from bigmodel_cli import console
     from bigmodel_cli.config.recipe import resolve
-    from bigmodel_cli.training.trainer import fit
+    from bigmodel_cli.training.loop import fit
 
     console.quiet(True)
     recipe = resolve("breast-cancer-mlp", {"data.prepared": str(prepared)},
@@ -81,7 +81,7 @@ def hand_written(run_dir: Path, prepared: Path) -> dict[str, float]:
 
     state = torch.load(run_dir / "checkpoints/best.pt", map_location="cpu", weights_only=True)
     model = mlp(2, [FEATURES], hidden=[64, 32], dropout=0.1)
-    model.load_state_dict(state["model"])
+    model.load_state_dict(state["networks"]["model"])
     model.eval()
     x = np.load(prepared / "test/x.npy", mmap_mode="r")
     y = np.load(prepared / "test/y.npy", mmap_mode="r")

@@ -22,24 +22,19 @@ import sys
 import tempfile
 from pathlib import Path
 
-import numpy as np
-
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 
 def train(root: Path, model: str, rows: int, epochs: int, data: Path) -> Path:
     from bigmodel_cli.config.recipe import resolve
-    from bigmodel_cli.data import manifest as manifests
     from bigmodel_cli.data.prepare import prepare
-    from bigmodel_cli.training.trainer import Arrays, fit
+    from bigmodel_cli.training.loop import fit, load_data
 
     recipe = resolve("digits-cnn", {"data.prepared": str(data), "data.image.size": 32, "data.image.channels": 3,
                                     "model.name": model, "model.args": {}}, [f"train.epochs={epochs}"])
     if not data.is_dir():
         prepare(recipe)
-    (xt, yt), (xv, yv) = (manifests.load_split(data, s) for s in ("train", "val"))
-    fit(recipe, root / model, arrays=Arrays(np.array(xt[:rows]), np.array(yt[:rows]), np.array(xv),
-                                            np.array(yv)))
+    fit(recipe, root / model, data=load_data(recipe).subset(rows))
     return root / model
 
 

@@ -48,7 +48,7 @@ def write_prepared(root: Path, rows: int, val_rows: int) -> Path:
 def bigmodel(prepared: Path, epochs: int) -> list[float]:
     from bigmodel_cli import console
     from bigmodel_cli.config.recipe import validate
-    from bigmodel_cli.training.trainer import fit
+    from bigmodel_cli.training.loop import fit
 
     console.quiet(True)
     recipe = validate({"name": "bench", "data": {"prepared": str(prepared)},

@@ -1,4 +1,4 @@
-"""`bigmodel train`: train the recipe's model on its prepared data (bigmodel_cli.training.trainer).
+"""`bigmodel train`: train the recipe's task on its prepared data (bigmodel_cli.training.loop).
 
     bigmodel train -r digits-cnn
     bigmodel train -r digits-cnn --set train.epochs=3 --run-dir runs/quick --json
@@ -55,7 +55,7 @@ def train(
         distributed.launch(worker, resolved.train.processes, nnodes, node_rank, master_addr, master_port,
                            rdzv_endpoint)
         return
-    from bigmodel_cli.training.trainer import fit
+    from bigmodel_cli.training.loop import fit
 
     summary = fit(resolved, run_dir, resume=resume, recipe_ref=recipe)
     if os.environ.get("RANK", "0") == "0":

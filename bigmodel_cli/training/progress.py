@@ -74,8 +74,9 @@ def plot_curves(history: list[dict[str, Any]], monitor: str, dest) -> None:
     from bigmodel_cli import atomic
 
     epochs = [r["epoch"] for r in history]
-    panels = [("loss", ["train_loss", "val_loss"])]
-    if monitor not in ("train_loss", "val_loss"):
+    losses = [k for k in history[-1] if k.startswith("train_")] + (["val_loss"] if "val_loss" in history[-1] else [])
+    panels = [("loss", losses)]
+    if monitor not in losses:
         panels.append((monitor, [monitor]))
     fig, axes = plt.subplots(1, len(panels), figsize=(5.5 * len(panels), 4), squeeze=False)
     for ax, (title, keys) in zip(axes[0], panels, strict=True):

@@ -13,7 +13,7 @@ import torch
 
 from bigmodel_cli.config.recipe import resolve
 from bigmodel_cli.data.prepare import prepare
-from bigmodel_cli.training.trainer import fit
+from bigmodel_cli.training.loop import fit
 from tests.conftest import run_cli
 
 pytestmark = pytest.mark.slow

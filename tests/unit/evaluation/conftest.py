@@ -40,7 +40,7 @@ def write_prepared(dest: Path, task: str, splits: dict[str, tuple[np.ndarray, np
 
 def train(prepared: Path, run_dir: Path, task: str = "classification", *sets: str) -> Path:
     from bigmodel_cli.config.recipe import resolve
-    from bigmodel_cli.training.trainer import fit
+    from bigmodel_cli.training.loop import fit
 
     recipe = resolve("breast-cancer-mlp", {"data.prepared": str(prepared), "task": task},
                      ["train.epochs=3", "train.early_stopping.patience=null", "eval.fail_under={}", *sets])
