@@ -112,7 +112,8 @@ class StepContext:
         self.weight = 1.0
         self.rows = 0  # real rows of this rank in the current micro-batch
         self.pending_rows = 0  # rows since the last optimizer step
-        self.sums: dict[str, torch.Tensor] = {}
+        self.sums: dict[str, torch.Tensor] = {}  # per loss term: sum of (value x rows), on the device
+        self.counts: dict[str, int] = {}  # per loss term: rows it was logged for
 
     def autocast(self):
         precision = self.recipe.train.precision
@@ -146,6 +147,7 @@ class StepContext:
         for name, value in terms.items():
             value = value.detach().float() * self.rows
             self.sums[name] = self.sums[name] + value if name in self.sums else value
+            self.counts[name] = self.counts.get(name, 0) + self.rows
 
 
 class Trainer:
@@ -184,7 +186,8 @@ class Trainer:
         self.terms = self.task.terms(recipe)
         self.state: dict[str, Any] = {"epoch": 0, "batch": 0, "step": 0, "best": None, "best_epoch": None,
                                       "bad_epochs": 0, "history": [], "stopped_early": False,
-                                      "sums": {t: 0.0 for t in self.terms}, "rows": 0}
+                                      "sums": {t: 0.0 for t in self.terms}, "counts": {t: 0 for t in self.terms},
+                                      "rows": 0}
         self.ckpt_dir = run_dir / "checkpoints"
 
     # ------------------------------------------------------------------ setup
@@ -340,20 +343,24 @@ class Trainer:
         """The one host synchronisation of an optimizer step: losses, divergence and stop requests, all ranks."""
         state = self.state
         self.scaler.update()
-        sums = [step.sums.get(t, torch.zeros((), device=self.device)) for t in self.terms]
-        local = torch.stack([*[s.to(torch.float64) for s in sums],
-                             torch.tensor(float(step.pending_rows), dtype=torch.float64, device=self.device),
-                             torch.tensor(float(bool(stop.requested)), dtype=torch.float64, device=self.device)])
+        zero = torch.zeros((), dtype=torch.float64, device=self.device)
+        sums = [step.sums[t].to(torch.float64) if t in step.sums else zero for t in self.terms]
+        counts = [float(step.counts.get(t, 0)) for t in self.terms]
+        local = torch.cat([torch.stack(sums), torch.tensor([*counts, float(step.pending_rows),
+                                                            float(bool(stop.requested))],
+                                                           dtype=torch.float64, device=self.device)])
         totals = self.dist.sum_tensor(local).tolist()
-        *term_sums, rows, stopping = totals
-        step.sums, step.pending_rows = {}, 0
+        k = len(self.terms)
+        term_sums, term_counts, (rows, stopping) = totals[:k], totals[k:2 * k], totals[2 * k:]
+        step.sums, step.counts, step.pending_rows = {}, {}, 0
         if not all(math.isfinite(v) for v in term_sums):
             bad, value = next((t, v) for t, v in zip(self.terms, term_sums, strict=True) if not math.isfinite(v))
             self._stop_all(JobFailed(f"training diverged: {bad} is {'nan' if math.isnan(value) else 'inf'} at step "
                                      f"{state['step'] + 1} (epoch {state['epoch'] + 1}, batch {b + 1}); lower "
                                      "train.optimizer.lr or set train.clip_grad_norm"))
-        for term, value in zip(self.terms, term_sums, strict=True):
+        for term, value, count in zip(self.terms, term_sums, term_counts, strict=True):
             state["sums"][term] += value
+            state["counts"][term] += int(count)
         state["rows"] += int(rows)
         self.samples_seen += int(rows)
         state["step"] += 1
@@ -365,20 +372,22 @@ class Trainer:
             self._save("last")
             self._stop_all(Interrupted(f"{stop.requested}: saved {self.ckpt_dir / 'last.pt'} at step "
                                        f"{state['step']}; continue with --resume"))
-        return term_sums[0] / rows if rows else float("nan")
+        return term_sums[0] / term_counts[0] if term_counts[0] else float("nan")
 
     def _end_epoch(self, stop: StopFlag, bar) -> None:
         state, epoch = self.state, self.state["epoch"]
         train_time, seen = time.perf_counter() - self.epoch_start, state["rows"] - self.rows_at_start
         row: dict[str, Any] = {"epoch": epoch + 1, "step": state["step"]}
         for term in self.terms:
-            row[f"train_{term}"] = state["sums"][term] / max(1, state["rows"])
+            count = state["counts"][term]
+            row[f"train_{term}"] = state["sums"][term] / count if count else None
         row.update(self.task.validate(self.parts, self.data.val, self.ctx))
         row.update(self._lrs())
         row.update({"samples_per_s": seen / train_time if train_time > 0 and seen else None,
                     "time_s": time.perf_counter() - self.epoch_start})
         state["history"].append(row)
-        state.update(epoch=epoch + 1, batch=0, sums={t: 0.0 for t in self.terms}, rows=0)
+        state.update(epoch=epoch + 1, batch=0, sums={t: 0.0 for t in self.terms}, counts={t: 0 for t in self.terms},
+                     rows=0)
         for _, schedule in self.optimizers.values():
             schedule.step_epoch(row.get(self.monitor))
         improved = self._update_best(row.get(self.monitor), epoch + 1)

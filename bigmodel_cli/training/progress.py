@@ -24,7 +24,8 @@ class PlainLog:
     def end_epoch(self, row: dict[str, Any], improved: bool) -> None:
         metrics = " ".join(f"{k}={fmt(v)}" for k, v in row.items() if k.startswith(("train_", "val_")))
         sps = row.get("samples_per_s") or 0.0
-        console.info(f"epoch {row['epoch']}/{self.epochs} {metrics} lr={row['lr']:.3g} "
+        lrs = " ".join(f"{k}={v:.3g}" for k, v in row.items() if k == "lr" or k.startswith("lr_"))
+        console.info(f"epoch {row['epoch']}/{self.epochs} {metrics} {lrs} "
                      f"{sps:.0f} samples/s {row['time_s']:.1f}s{' *' if improved else ''}")
 
 
