@@ -44,7 +44,7 @@ from bigmodel_cli.training import distributed
 from bigmodel_cli.training.callbacks import Callbacks
 from bigmodel_cli.training.progress import progress
 from bigmodel_cli.training.runtime import StopFlag, ToDtype, rng_state, set_rng_state
-from bigmodel_cli.training.strategy import Strategy, check_precision
+from bigmodel_cli.training.strategy import Strategy, check_device_support
 
 
 @dataclass
@@ -92,7 +92,7 @@ def fit(recipe, run_dir: str | Path, resume: bool = False, recipe_ref: str | Non
     if recipe.train.processes > 1 and not distributed.launched():
         raise UsageError(f"train.devices {recipe.train.devices}: several processes are started by `bigmodel train` "
                          "(torch.distributed.run) or torchrun, not from inside one process")
-    check_precision(recipe.train, device, distributed.launched())
+    check_device_support(recipe.train, device)
     dist = distributed.from_env(device.type) if distributed.launched() else distributed.Dist()
     try:
         return Trainer(recipe, Path(run_dir), data, device, dist).run(resume)
@@ -214,11 +214,10 @@ class Trainer:
         if not found:
             raise UsageError(f"--resume: no checkpoint at {self.ckpt_dir / 'last.pt'}; train without --resume first")
         last = Path(found)
-        if last.is_dir() != self.strategy.sharded:
-            how = "sharded (FSDP)" if last.is_dir() else "by one process or DDP"
-            raise UsageError(f"--resume: {last} was saved {how}; resume it with the same train.strategy, or start "
-                             "a new run from it with model.weights")
-        if last.is_dir():  # torch.distributed.checkpoint reshards onto this many processes
+        if self.strategy.sharded and not last.is_dir():
+            raise UsageError(f"--resume: {last} was saved by one process or DDP; resume it with train.strategy ddp, "
+                             "or start a new FSDP run from it with model.weights")
+        if last.is_dir():  # torch.distributed.checkpoint reshards onto this many processes (one included)
             saved = checkpoint.load_extra(last, self.meta)
             checkpoint.load_sharded_into({n: (net, self.optimizers[n][0]) for n, net in self.parts.networks.items()},
                                          last)
@@ -275,6 +274,17 @@ class Trainer:
     # ------------------------------------------------------------------ the loop
 
     def run(self, resume: bool) -> dict[str, Any]:
+        fresh = self.dist.is_main and not resume and not self.run_dir.exists()
+        try:
+            return self._run(resume)
+        except BaseException:
+            if fresh and checkpoint.find(self.run_dir, "last") is None:  # a failed start leaves nothing behind
+                import shutil
+
+                shutil.rmtree(self.run_dir, ignore_errors=True)
+            raise
+
+    def _run(self, resume: bool) -> dict[str, Any]:
         if resume:
             self._resume()
         self._start_files()

@@ -39,8 +39,7 @@ class Strategy:
             kind = "fsdp" if cfg.strategy == "fsdp" else "ddp"
         elif cfg.strategy == "fsdp":
             console.warn("train.strategy fsdp shards a model over several processes; with one it trains unsharded")
-        return cls(kind, device, cfg.precision, cfg.activation_checkpointing, getattr(cfg, "sync_batchnorm", False),
-                   cfg.compile)
+        return cls(kind, device, cfg.precision, cfg.activation_checkpointing, cfg.sync_batchnorm, cfg.compile)
 
     @property
     def sharded(self) -> bool:
@@ -66,7 +65,7 @@ class Strategy:
         if self.precision == "bf16-true":  # weights and activations in bf16, no autocast
             net.to(torch.bfloat16)
         if self.kind == "fsdp":
-            shard(net, self.precision, self.activation_checkpointing)
+            shard(net, self.precision, self.activation_checkpointing, self.device)
             module: Any = net
         elif self.kind == "ddp":
             from torch.nn.parallel import DistributedDataParallel
@@ -136,11 +135,18 @@ def compiled(module):
         return module
 
 
-def shard(net: nn.Module, precision: str, activation_checkpointing: bool) -> nn.Module:
-    """FSDP2: `fully_shard` each repeated block, then the root; optional activation checkpointing of the blocks."""
+def shard(net: nn.Module, precision: str, activation_checkpointing: bool,
+          device: torch.device | None = None) -> nn.Module:
+    """FSDP2: `fully_shard` each repeated block, then the root; optional activation checkpointing of the blocks.
+
+    On a GPU, mixed precision is FSDP's own policy (parameters gathered in bf16/fp16). On CPU, parameters
+    stay float32 and autocast alone lowers the compute: CPU BatchNorm cannot take bf16 weights beside float32
+    running statistics.
+    """
     from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
 
-    dtype = {"bf16-mixed": torch.bfloat16, "16-mixed": torch.float16}.get(precision)
+    on_gpu = device is None or device.type == "cuda"
+    dtype = {"bf16-mixed": torch.bfloat16, "16-mixed": torch.float16}.get(precision) if on_gpu else None
     policy = MixedPrecisionPolicy(param_dtype=dtype, reduce_dtype=torch.float32) if dtype else MixedPrecisionPolicy()
     containers = (nn.Sequential, nn.ModuleList)
     blocks = [child for module in net.modules() if isinstance(module, containers) for child in module.children()
@@ -156,7 +162,10 @@ def shard(net: nn.Module, precision: str, activation_checkpointing: bool) -> nn.
     return net
 
 
-def check_precision(cfg, device: torch.device, dist_enabled: bool) -> None:
-    """Refuse, before anything is written, precision settings this device cannot run."""
+def check_device_support(cfg, device: torch.device) -> None:
+    """Refuse, before anything is written, settings this device cannot run."""
     if cfg.precision == "16-mixed" and device.type != "cuda":
         raise UsageError("train.precision 16-mixed needs a CUDA GPU; on CPU use bf16-mixed or 32")
+    if cfg.sync_batchnorm and device.type != "cuda":
+        raise UsageError("train.sync_batchnorm needs CUDA GPUs (torch's SyncBatchNorm runs on GPUs only); on CPU "
+                         "each process normalises its own batch")
