@@ -122,10 +122,10 @@ def _torch_backend(module, device: str, size_bytes: int) -> Backend:
     return Backend("pytorch", call, size_bytes)
 
 
-def _ort_backend(name: str, path: Path, device: str) -> Backend:
+def _ort_backend(name: str, path: Path, device: str, session=None) -> Backend:
     from bigmodel_cli.inference.session import create_session
 
-    session = create_session(path, device, _threads(), spinning=True)
+    session = session or create_session(path, device, _threads(), spinning=True)
     first, feed = session.get_outputs()[0].name, session.get_inputs()[0].name
     return Backend(name, lambda batch: session.run([first], {feed: batch})[0], path.stat().st_size)
 
@@ -189,32 +189,27 @@ def _onnx_subject(path: Path, device: str, other: Subject | None) -> Subject:
     """An ONNX file: one backend, fed `other`'s rows when its input shape matches, else zeros."""
     from bigmodel_cli.export import metadata
     from bigmodel_cli.inference.onnx_model import ONNX_TYPES
+    from bigmodel_cli.inference.session import create_session
 
-    if not path.is_file():
-        raise UsageError(f"{path}: file not found; create it with: bigmodel export RUN_DIR")
-    backend = _ort_backend("onnxruntime", path, device)
-    meta = metadata.read(path)
-    backend.name = f"onnxruntime-{'fp32' if meta.quantize in (None, 'none') else meta.quantize}"
-    shape = meta.input_shape or _static_shape(path, device)
-    subject = Subject(str(path), "onnx", meta.task, meta.model, list(shape), np.zeros(0), None, [backend])
+    session = create_session(path, device, _threads(), spinning=True)
+    meta = metadata.from_session(session, str(path))
+    name = f"onnxruntime-{'fp32' if meta.quantize in (None, 'none') else meta.quantize}"
+    shape = meta.input_shape or _static_shape(path, session)
+    subject = Subject(str(path), "onnx", meta.task, meta.model, list(shape), np.zeros(0), None,
+                      [_ort_backend(name, path, device, session)])
     if other is not None and list(other.input_shape) == list(shape) and other.task == meta.task:
         subject.rows, subject.labels = other.rows, other.labels
-    else:
-        from bigmodel_cli.inference.session import create_session
-
-        dtype = ONNX_TYPES.get(create_session(path, "cpu").get_inputs()[0].type, np.float32)
-        subject.rows = np.zeros((64, *shape), dtype)
-        if meta.input_kind == "text":
-            subject.rows[:, 0] = 1  # one real token per text: the padding id alone is not a text
-        subject.notes.append(f"{path.name}: timed on zeros of its input shape {list(shape)}, not scored "
-                             f"(no run with that input shape to take labelled rows from)")
+        return subject
+    subject.rows = np.zeros((64, *shape), ONNX_TYPES.get(session.get_inputs()[0].type, np.float32))
+    if meta.input_kind == "text":
+        subject.rows[:, 0] = 1  # one real token per text: the padding id alone is not a text
+    subject.notes.append(f"{path.name}: timed on zeros of its input shape {list(shape)}, not scored (no run with "
+                         f"that input shape to take labelled rows from)")
     return subject
 
 
-def _static_shape(path: Path, device: str) -> list[int]:
-    from bigmodel_cli.inference.session import create_session
-
-    dims = create_session(path, device).get_inputs()[0].shape[1:]
+def _static_shape(path: Path, session) -> list[int]:
+    dims = session.get_inputs()[0].shape[1:]
     if not all(isinstance(d, int) and d > 0 for d in dims):
         raise UsageError(f"{path}: its input shape {dims} has dynamic sizes and no bigmodel metadata says "
                          f"which to use; benchmark a model written by bigmodel export")

@@ -70,12 +70,29 @@ def test_two_targets_side_by_side_give_b_over_a_per_batch_size(monkeypatch):
         assert pair["latency_ratio_b_over_a"][size] == pytest.approx(want) and 2.0 < want < 4.5
     assert pair["metric_a"] == {"accuracy": 0.5} and pair["metric_b"] == {}  # B's rows are not labelled
     text = bench.table(report)
-    assert text.splitlines()[0] == "A  runs/a: mlp (default args; 50 parameters), input 2"
+    assert text.splitlines()[0] == "A  runs/a: mlp (hidden [8]; 50 parameters), input 2"
     assert text.splitlines()[1] == "B  b.onnx: a model without bigmodel metadata, input 2"
     assert "onnxruntime-fp32 | onnxruntime-int8" in text and "B/A" in text
     assert max(len(line) for line in text.splitlines()) <= 100
     with pytest.raises(UsageError, match="--fail-under accuracy: not measured for B onnxruntime-int8"):
         bench._compare(a, b, [1], "cpu", iterations=1, fail_under={"accuracy": 0.4})
+
+
+def test_an_onnx_file_alone_is_timed_on_zeros_and_not_scored(tmp_path, monkeypatch):
+    from tests.unit.export.test_metadata_and_names import identity_model
+
+    monkeypatch.setattr(bench, "SETTLE_S", 0.0)
+    path = identity_model(tmp_path / "plain.onnx")  # no bigmodel metadata: its static input shape [3] is used
+    report = bench.benchmark([path], [1, 4], iterations=2)
+    (backend,) = report["backends"]
+    assert backend == "onnxruntime-fp32" and report["scored"] is False and report["backends"][backend]["metric"] == {}
+    assert set(report["backends"][backend]["latency"]) == {"1", "4"} and report["input_shape"] == [3]
+    assert any("timed on zeros of its input shape [3], not scored" in n for n in report["notes"])
+    text = bench.table(report)
+    assert max(len(line) for line in text.splitlines()) <= 100  # the long path's header is wrapped
+    assert text.replace("\n    ", " ").splitlines()[0] == f"{path}: a model without bigmodel metadata, input 3"
+    with pytest.raises(UsageError, match="--fail-under accuracy: not measured for onnxruntime-fp32"):
+        bench.benchmark([path], [1], iterations=1, fail_under={"accuracy": 0.5})
 
 
 def test_bad_benchmark_requests():

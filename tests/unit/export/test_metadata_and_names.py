@@ -16,7 +16,7 @@ def identity_model(path: Path) -> Path:
     graph = helper.make_graph([helper.make_node("Identity", ["input"], ["prediction"])], "g",
                               [helper.make_tensor_value_info("input", TensorProto.FLOAT, ["batch", 3])],
                               [helper.make_tensor_value_info("prediction", TensorProto.FLOAT, ["batch", 3])])
-    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)]), str(path))
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)], ir_version=10), str(path))
     return path
 
 
@@ -39,14 +39,15 @@ def test_metadata_written_once_and_read_back_parsed(tmp_path):
     path = identity_model(tmp_path / "m.onnx")
     props = {metadata.TASK: "classification", metadata.CLASS_NAMES: json.dumps(["a", "b"]),
              metadata.INPUT_SHAPE: json.dumps([3]), metadata.QUANTIZE: "int8", "vendor_key": "kept",
-             metadata.MODEL: json.dumps({"name": "mlp", "args": {"hidden": [16], "dropout": 0.1}, "parameters": 99}),
+             metadata.MODEL: json.dumps({"name": "mlp", "args": {"hidden": [16], "dropout": 0.1, "extra": {"a": 1}},
+                                         "parameters": 99}),
              metadata.CHECKPOINT: json.dumps({"which": "last", "path": "checkpoints/last.pt", "sha256": "ab"})}
     metadata.write(path, props)
     meta = metadata.read(path)
     assert meta.class_names == ["a", "b"] and meta.input_shape == [3] and meta.quantize == "int8"
     assert meta.checkpoint["which"] == "last" and meta.raw["vendor_key"] == "kept"
     assert meta.normalization is None and meta.text_preprocessing is None  # absent keys read as None
-    assert meta.describe_model() == "mlp (dropout 0.1; 99 parameters)"  # nested args are left out
+    assert meta.describe_model() == "mlp (hidden [16], dropout 0.1; 99 parameters)"  # mappings are left out
     assert onnx.load(str(path)).producer_name == "bigmodel-cli"
     metadata.write(path, {**props, metadata.CLASS_NAMES: "[not json"})
     with pytest.raises(UsageError, match=r"m.onnx: metadata 'class_names' is not valid JSON"):
