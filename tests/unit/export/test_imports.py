@@ -3,6 +3,8 @@
 Every `import` in the package is read (function-level ones too, which a lazy import only hides)."""
 
 import ast
+import copy
+import functools
 from pathlib import Path
 
 import pytest
@@ -13,7 +15,12 @@ FORMATS = ["bigmodel_cli.export.onnx_graph", "bigmodel_cli.export.quantize", "bi
 
 
 def import_graph() -> dict[str, set[str]]:
-    """module -> the package's modules it imports anywhere in its source."""
+    """module -> the package's modules it imports anywhere in its source (a copy the caller may change)."""
+    return copy.deepcopy(_parsed())
+
+
+@functools.cache
+def _parsed() -> dict[str, set[str]]:
     files = {}
     for path in PACKAGE.rglob("*.py"):
         parts = path.relative_to(PACKAGE.parent).with_suffix("").parts
