@@ -72,6 +72,18 @@ def train_run(prepared: Path, run_dir: Path) -> Path:
     return run_dir
 
 
+def model_name(run_dir: Path) -> str:
+    """The measured model as every benchmark names it: 'mlp (hidden [64, 32], dropout 0.1; 3,458 parameters)'."""
+    import torch
+    import yaml
+
+    from bigmodel_cli.export.metadata import describe_model
+
+    model = yaml.safe_load((run_dir / "recipe.yaml").read_text())["model"]
+    state = torch.load(run_dir / "checkpoints/best.pt", map_location="cpu", weights_only=True)["model"]
+    return describe_model({**model, "parameters": sum(t.numel() for t in state.values())})
+
+
 def hand_written(run_dir: Path, prepared: Path) -> dict[str, float]:
     """What a user writes without the tool: load the checkpoint, a torch loop, one sklearn call per metric."""
     import torch
@@ -178,8 +190,8 @@ def main() -> None:
         base, report = results[base_name], results[ours_name]
         for name in ("accuracy", "f1", "roc_auc", "log_loss"):
             assert abs(report["metrics"][name] - base[name]) < 1e-4, (name, report["metrics"][name], base[name])
-        print(f"eval of a checkpoint on {args.rows:,} rows x {FEATURES} features (binary MLP), {REPEAT} interleaved "
-              f"rounds, torch threads {torch.get_num_threads()}")
+        print(f"eval of a checkpoint of {model_name(run_dir)} on {args.rows:,} rows x {FEATURES} features (binary), "
+              f"{REPEAT} interleaved rounds, torch threads {torch.get_num_threads()}")
         print(f"{'':<56} {'median s':>9} {'best s':>8} {'hand-written / this':>20}")
         for name, seconds in times.items():
             ratios = [b / t for b, t in zip(times[base_name], seconds, strict=True)]
