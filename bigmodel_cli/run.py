@@ -121,6 +121,15 @@ def prepared_split(run: Run, split: str) -> tuple[np.ndarray, np.ndarray]:
     return manifests.load_split(folder, split)
 
 
+def rows(run: Run, split: str = "val") -> tuple[np.ndarray, np.ndarray]:
+    """Rows to verify, calibrate or time a model on: the prepared split while it is still the data the run
+    trained on (memory-mapped, whole), else the reference rows the run carries (a moved run, new data)."""
+    try:
+        return prepared_split(run, split)
+    except UsageError:
+        return reference_rows(run, split)
+
+
 def check_fingerprint(run: Run, prepared: dict[str, Any], folder: Path) -> None:
     """Exit 2, naming both fingerprints and the two ways out, when prepared data is not what the run trained on."""
     want, got = run.manifest.get("fingerprint"), prepared.get("fingerprint")

@@ -160,7 +160,7 @@ def _run_subject(run_dir: str | Path, work: Path, device: str, checkpoint: str, 
     module, _ = exportable(run, checkpoint)
     rows, labels = validation_rows(run)
     if len(rows) == 0:
-        raise UsageError(f"{run.recipe.prepared_dir}: no validation or train rows to benchmark on; rerun prepare-data")
+        raise UsageError(f"{run_dir}: no validation or train rows to benchmark on; train the run again")
     subject = Subject(str(run_dir), "run", run.recipe.task, metadata.model_info(run.recipe, module.net),
                       manifests.input_shape(run.manifest), rows, labels)
     fp32 = work / "fp32.onnx"

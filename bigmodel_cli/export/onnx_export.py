@@ -87,13 +87,11 @@ def calibration(run, quantize: str) -> np.ndarray | None:
 
     if quantize != "int8":
         return None
-    folder = Path(run.recipe.prepared_dir) / "train"
-    try:
-        x_train, _ = manifests.load_split(run.recipe.prepared_dir, "train")
-    except UsageError as e:
-        raise UsageError(f"--quantize int8 calibrates on the prepared train split, which is missing: {e}") from e
+    from bigmodel_cli.run import rows
+
+    x_train, _ = rows(run, "train")  # the prepared train split, or the run's reference train rows
     if len(x_train) == 0:
-        raise UsageError(f"--quantize int8: {folder} has no rows to calibrate on; rerun prepare-data")
+        raise UsageError(f"--quantize int8: {run.path} has no train rows to calibrate on; train the run again")
     return q.calibration_rows(x_train, run.recipe.export.calibration_batches, run.recipe.seed,
                               input_dtype(run.manifest))
 

@@ -98,13 +98,13 @@ def _stack(parts: list[np.ndarray]) -> np.ndarray:
 
 
 def validation_rows(run, limit: int | None = None) -> tuple[np.ndarray, np.ndarray]:
-    """The validation split (the train split when there is none) as the model's input dtype, with labels."""
-    from bigmodel_cli.data import manifest as manifests
+    """The validation rows (train rows when there are none) as the model's input dtype, with labels: the prepared
+    split while it is the run's data, else the reference rows the run carries (`run.rows`)."""
+    from bigmodel_cli.run import rows
 
-    prepared = run.recipe.prepared_dir
-    x, y = manifests.load_split(prepared, "val")
+    x, y = rows(run, "val")
     if len(x) == 0:
-        x, y = manifests.load_split(prepared, "train")
+        x, y = rows(run, "train")
     limit = len(x) if limit is None else limit
     return np.ascontiguousarray(x[:limit], dtype=input_dtype(run.manifest)), np.asarray(y[:limit])
 
