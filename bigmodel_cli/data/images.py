@@ -2,17 +2,22 @@
 (a file, a PIL image, an array) into the [C, H, W] uint8 array a model was trained on.
 
     files, labels, classes = list_folder("photos/")           # photos/<class>/*.png|jpg
-    x, bad = decode_files(files, size=32, channels=3, on_bad="skip")
+    splits = split_folders("photos/")                          # photos/{train,val,test}/<class>/, or None
+    x, ok, bad = decode_files(files, size=32, channels=3, on_bad="skip", new_array=scratch.array)
     x = to_array(Image.open("cat.jpg"), size=32, channels=3)  # what eval/serve feed the model
 
 Images of any size and mode are converted (palette, alpha, 16-bit, CMYK) and resized to
 `size` x `size` with antialiasing; they are stored as uint8 so that training reads them
-without decoding again.
+without decoding again. Decoding runs in a thread pool with a bounded window of files in
+flight, each image written into the output array as soon as it is decoded.
 """
 
 from __future__ import annotations
 
 import os
+import re
+from collections import deque
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -23,6 +28,38 @@ from bigmodel_cli.errors import UsageError
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm", ".pgm")
 GREY_MODES = ("1", "L", "LA", "I", "I;16", "I;16L", "I;16B", "F")
+
+
+SPLIT_FOLDERS = {"train": "train", "val": "val", "valid": "val", "validation": "val", "test": "test"}
+
+
+def split_folders(root: str | Path) -> dict[str, Path] | None:
+    """{split: folder} when ROOT holds only train/ and test/ (and val/) folders of class folders, else None."""
+    root = Path(root)
+    folders = [p for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")]
+    names = [SPLIT_FOLDERS.get(p.name.lower()) for p in folders]
+    if None in names or len(set(names)) != len(names) or not {"train", "test"} <= set(names):
+        return None
+    if not all(any(c.is_dir() and not c.name.startswith(".") for c in p.iterdir()) for p in folders):
+        return None
+    found = dict(zip(names, folders, strict=True))
+    return {s: found[s] for s in ("train", "val", "test") if s in found}
+
+
+def list_split_folders(splits: dict[str, Path]) -> tuple[list[Path], np.ndarray, list[str], dict[str, np.ndarray]]:
+    """Files of every split folder (train, val, test in turn), class indices over the union of their class folders
+    (sorted), the class names, and each split's rows."""
+    listed = {s: list_folder(folder) for s, folder in splits.items()}
+    classes = sorted({c for _, _, names in listed.values() for c in names})
+    files: list[Path] = []
+    labels: list[np.ndarray] = []
+    rows: dict[str, np.ndarray] = {}
+    for s, (split_files, split_labels, names) in listed.items():
+        remap = np.asarray([classes.index(c) for c in names], dtype=np.int64)
+        rows[s] = np.arange(len(files), len(files) + len(split_files))
+        files.extend(split_files)
+        labels.append(remap[split_labels])
+    return files, np.concatenate(labels), classes, rows
 
 
 def list_folder(root: str | Path) -> tuple[list[Path], np.ndarray, list[str]]:
@@ -109,17 +146,26 @@ def _on_white(rgba):
     return Image.alpha_composite(background, rgba).convert("RGB")
 
 
-def decode_files(files: list[Path], size: int | tuple[int, int] | None, channels: int, on_bad: str,
-                 workers: int | None = None) -> tuple[np.ndarray, np.ndarray, list[dict[str, str]], list[str]]:
+def decode_files(files: list[Path], size: int | tuple[int, int], channels: int, on_bad: str,
+                 new_array: Callable[..., np.ndarray] | None = None,
+                 on_digest: Callable[[int, str], None] | None = None,
+                 workers: int | None = None) -> tuple[np.ndarray, np.ndarray, list[dict[str, str]]]:
     """Decode every file in parallel into uint8 [N_ok, C, H, W]; unreadable files skipped and listed, or an error.
 
-    Returns the readable images (in order), the boolean mask of which files they are, `bad`
-    ([{"file", "error"}] for the others) and each file's SHA-256 (read once, hashed and decoded).
+    Returns the readable images (in order; an array from `new_array(name, dtype, shape)`,
+    file-backed when that makes such arrays), the boolean mask of which files they are, and
+    `bad` ([{"file", "error"}] for the others). `on_digest(i, sha256_hex)` gets each file's
+    SHA-256 in file order (read once, hashed and decoded; "" when the file cannot be read).
     """
     import hashlib
     import io
 
     workers = workers or min(8, os.cpu_count() or 1)
+    width, height = (size, size) if isinstance(size, int) else size
+    new_array = new_array or (lambda name, dtype, shape: np.empty(shape, dtype=dtype))
+    out = new_array("images", np.uint8, (len(files), channels, height, width))
+    ok = np.zeros(len(files), dtype=bool)
+    bad: list[dict[str, str]] = []
 
     def one(path: Path) -> tuple[np.ndarray | str, str]:
         try:
@@ -130,17 +176,31 @@ def decode_files(files: list[Path], size: int | tuple[int, int] | None, channels
         try:
             return to_array(io.BytesIO(data), size, channels), digest
         except Exception as e:  # noqa: BLE001 - PIL raises many types for a bad file
-            return (str(e).splitlines() or [type(e).__name__])[0], digest
+            message = (str(e).splitlines() or [type(e).__name__])[0]
+            return re.sub(r"\s*<_io\.BytesIO object at 0x[0-9a-f]+>", "", message), digest
 
+    n_ok = 0
     with ThreadPoolExecutor(max_workers=workers) as pool:
-        results = list(pool.map(one, files, chunksize=64))
-    bad = [{"file": str(path), "error": r} for path, (r, _) in zip(files, results, strict=True) if isinstance(r, str)]
-    if bad and on_bad == "error":
-        first = bad[0]
-        raise UsageError(f"{first['file']}: unreadable image ({first['error']}); "
-                         f"fix or remove it, or set data.on_bad_file=skip")
-    ok = np.array([not isinstance(r, str) for r, _ in results], dtype=bool)
-    if not ok.any():
+        window = workers * 8  # files in flight: decoded images wait here at most this many
+        pending: deque = deque(pool.submit(one, path) for path in files[:window])
+        for i, path in enumerate(files):
+            result, digest = pending.popleft().result()
+            if i + window < len(files):
+                pending.append(pool.submit(one, files[i + window]))
+            if on_digest:
+                on_digest(i, digest)
+            if isinstance(result, str):
+                if on_bad == "error":
+                    for future in pending:
+                        future.cancel()
+                    raise UsageError(f"{path}: unreadable image ({result}); fix or remove it, or set "
+                                     f"data.on_bad_file=skip")
+                bad.append({"file": str(path), "error": result})
+                continue
+            out[n_ok] = result
+            ok[i] = True
+            n_ok += 1
+    if not n_ok:
         raise UsageError(f"{files[0].parent.parent}: none of the {len(files)} images could be read "
                          f"(first: {bad[0]['file']}: {bad[0]['error']})")
-    return np.stack([r for r, _ in results if not isinstance(r, str)]), ok, bad, [d for _, d in results]
+    return out[:n_ok], ok, bad

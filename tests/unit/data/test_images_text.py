@@ -134,7 +134,8 @@ def test_augmentation_is_declared_stored_and_built_for_the_trainer(tmp_path):
     assert np.array_equal(np.load(tmp_path / "out/train/x.npy"), batch.numpy())  # never baked into the arrays
     assert normalizer(m)(out).dtype == torch.float32
     with pytest.raises(UsageError, match="augmentation is for images"):
-        run(tmp_path, write_csv(tmp_path / "t.csv", [{"a": i, "label": i % 2} for i in range(20)]),
+        (tmp_path / "table").mkdir()  # another source: its own output folder
+        run(tmp_path / "table", write_csv(tmp_path / "t.csv", [{"a": i, "label": i % 2} for i in range(20)]),
             "data.augment.horizontal_flip=0.5")
 
 
