@@ -34,13 +34,17 @@ def write_prepared(root: Path, rows: int, val_rows: int) -> Path:
         (root / split).mkdir(parents=True)
         np.save(root / split / "x.npy", rng.integers(0, 256, (n, 3, 32, 32), dtype=np.uint8))
         np.save(root / split / "y.npy", rng.integers(0, 10, n).astype(np.int64))
+    from bigmodel_cli.data import manifest as manifests
+
     manifest = {
-        "format_version": 1, "name": "bench", "task": "classification", "kind": "image", "source": "generated",
+        "format_version": manifests.FORMAT_VERSION, "name": "bench", "task": "classification", "kind": "image",
+        "source": "generated",
         "source_sha256": "0" * 64, "target": "label", "classes": [str(i) for i in range(10)], "features": ["pixels"],
         "input_shape": [3, 32, 32], "input_dtype": "uint8", "splits": {"train": rows, "val": val_rows, "test": 16},
         "seed": 0, "report": {},
         "preprocessing": {"normalize": {"scale": 1 / 255, "mean": [0.5] * 3, "std": [0.29] * 3, "per": "channel"}},
     }
+    manifest["fingerprint"] = manifests.fingerprint(root, manifest)
     (root / "manifest.json").write_text(json.dumps(manifest))
     return root
 

@@ -26,6 +26,7 @@ import numpy as np
 from numpy.lib.format import open_memmap
 
 CHUNK_BYTES = 1 << 24  # rows per chunk are chosen so that one chunk of an array is about 16 MiB
+SMALL_BYTES = 1 << 20  # scratch arrays smaller than this stay in memory (a few at a time: bounded)
 
 
 def rows_per_chunk(row_bytes: int) -> int:
@@ -94,21 +95,24 @@ class Scratch:
     """A folder of working arrays, file-backed; `close()` removes it (the arrays must not be used after)."""
 
     def __init__(self, folder: Path):
-        self.folder = folder
-        folder.mkdir(parents=True, exist_ok=True)
+        self.folder = folder  # made when the first file is needed: small data makes none
         self._count = 0
 
     def path(self, name: str) -> Path:
         """A new file name in the folder; `name` (a column's, say) only makes it readable."""
+        self.folder.mkdir(parents=True, exist_ok=True)
         self._count += 1
         return self.folder / f"{self._count:03d}-{re.sub(r'[^A-Za-z0-9_.-]', '_', name)[:40]}"
 
     def array(self, name: str, dtype: Any, shape: int | tuple[int, ...], fill: Any = None) -> np.ndarray:
-        """A new array backed by a file in the folder (a plain in-memory array when it is empty)."""
+        """A new array backed by a file in the folder; a plain in-memory one when it is under SMALL_BYTES."""
         shape = (shape,) if isinstance(shape, int) else tuple(shape)
         dtype = np.dtype(dtype)
-        if int(np.prod(shape)) * dtype.itemsize == 0:
-            return np.zeros(shape, dtype=dtype)
+        if int(np.prod(shape)) * dtype.itemsize < SMALL_BYTES:  # files cost more than they save
+            out = np.empty(shape, dtype=dtype)
+            if fill is not None:
+                out[...] = fill
+            return out
         path = self.path(name)
         mapped = np.memmap(path, dtype=dtype, mode="w+", shape=shape)
         _preallocate(path)
@@ -118,7 +122,8 @@ class Scratch:
         return out
 
     def close(self) -> None:
-        shutil.rmtree(self.folder, ignore_errors=True)
+        if self.folder.exists():
+            shutil.rmtree(self.folder, ignore_errors=True)
 
 
 def fill_rows(array: np.ndarray, value: Any) -> None:

@@ -257,7 +257,8 @@ def onehot_mask(spec: dict[str, Any]) -> np.ndarray:
 
 def apply_table(spec: dict[str, Any], table: pa.Table, row_numbers: np.ndarray | None = None) -> np.ndarray:
     """Impute, bin and encode raw rows into float32 [N, F]; unseen categories become all-zero (one-hot) or -1."""
-    missing = [c["name"] for c in spec["columns"] if c["name"] not in table.column_names]
+    names = set(table.column_names)
+    missing = [c["name"] for c in spec["columns"] if c["name"] not in names]
     if missing:
         near = difflib.get_close_matches(missing[0], table.column_names, n=1)
         hint = f"; did you mean '{near[0]}'?" if near else ""

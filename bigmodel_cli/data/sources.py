@@ -9,8 +9,9 @@ Sources: `.csv`/`.parquet`/`.jsonl` tables (text tables too), an image folder (o
 per class, or train/ and test/ (and val/) folders of class folders: a predefined split),
 `torchvision:mnist|cifar10:ROOT` read from local files with torchvision's own dataset
 classes (never downloading), and `sklearn:digits|breast_cancer|wine|iris|diabetes`.
-With a `Scratch` folder, table files are memory-mapped and image folders decoded into a
-file-backed array, so that reading a large source does not fill private memory.
+With a `Scratch` folder, table files (of MAP_BYTES and more) are memory-mapped and image
+folders decoded into a file-backed array, so that reading a large source does not fill
+private memory.
 """
 
 from __future__ import annotations
@@ -35,6 +36,7 @@ SKLEARN_DATASETS = ("digits", "breast_cancer", "wine", "iris", "diabetes")
 TORCHVISION_DATASETS = ("mnist", "cifar10")
 MNIST_FILES = ("train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte",
                "t10k-labels-idx1-ubyte")
+MAP_BYTES = 1 << 23  # table files from this size on are streamed and memory-mapped; smaller ones read whole
 CIFAR10_FILES = ("data_batch_1", "data_batch_2", "data_batch_3", "data_batch_4", "data_batch_5", "test_batch",
                  "batches.meta")
 
@@ -97,10 +99,10 @@ def _table_file(path: Path, data, scratch: Scratch | None) -> RawTable:
         read_table(path)  # raises the right one-line error
     with ThreadPoolExecutor(max_workers=1) as pool:
         digest = pool.submit(file_sha256, path)
-        if scratch is None:
+        if scratch is None or path.stat().st_size < MAP_BYTES:
             table = read_table(path, data.delimiter, data.encoding)
         else:
-            table = map_table(path, scratch.folder, data.delimiter, data.encoding)
+            table = map_table(path, scratch.path, data.delimiter, data.encoding)
         return RawTable(table=table, sha256=digest.result(), path=path)
 
 

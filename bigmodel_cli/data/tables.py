@@ -2,7 +2,7 @@
 
     table = read_table("data/churn.csv")                      # delimiter and encoding sniffed
     table = read_table("data/export.csv", delimiter=";", encoding="latin-1")
-    table = map_table("data/big.csv", scratch)                # streamed into an Arrow file, memory-mapped
+    table = map_table("data/big.csv", scratch.path)           # streamed into an Arrow file, memory-mapped
 
 pyarrow's readers are multi-threaded and keep numbers in columns (no Python objects), which
 is what makes `prepare-data` on a million rows fast. `map_table` reads the file a block at
@@ -19,7 +19,7 @@ import csv
 import io
 import json
 import re
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pyarrow as pa
@@ -32,8 +32,8 @@ PARQUET_SUFFIXES = (".parquet", ".pq")
 TABLE_SUFFIXES = CSV_SUFFIXES + JSONL_SUFFIXES + PARQUET_SUFFIXES
 SNIFF_BYTES = 1 << 16
 BOMS = ((codecs.BOM_UTF8, "utf-8"), (codecs.BOM_UTF16_LE, "utf-16"), (codecs.BOM_UTF16_BE, "utf-16"))
-BLOCK_BYTES = 1 << 23  # CSV/JSON bytes parsed at a time by the streaming readers
-PARQUET_BATCH_ROWS = 65536
+BLOCK_BYTES = 1 << 20  # CSV/JSON bytes parsed at a time (larger blocks made the threaded reader hold more)
+BATCH_ROWS = 65536  # rows per record batch of the mapped table: each pass over it works a batch at a time
 CONVERSION_ERROR = re.compile(r"In CSV column #(\d+): CSV conversion error to ")
 
 
@@ -66,20 +66,22 @@ def _check_file(path: Path) -> str:
     return path.suffix.lower()
 
 
-def map_table(path: str | Path, folder: Path, delimiter: str | None = None, encoding: str | None = None) -> pa.Table:
-    """The file as `read_table` gives it, streamed into `folder`/table.arrow and memory-mapped from there."""
+def map_table(path: str | Path, new_path: Callable[[str], Path], delimiter: str | None = None,
+              encoding: str | None = None) -> pa.Table:
+    """The file as `read_table` gives it, streamed into an Arrow file at `new_path(name)` and memory-mapped."""
     path = Path(path)
     suffix = _check_file(path)
-    dest = folder / "table.arrow"
+    dest = new_path("table.arrow")
     if suffix in CSV_SUFFIXES:
         _csv_to_arrow(path, dest, delimiter, encoding)
     elif suffix in JSONL_SUFFIXES:
-        _jsonl_to_arrow(path, dest, encoding, folder)
+        _jsonl_to_arrow(path, dest, encoding, new_path)
     elif suffix in PARQUET_SUFFIXES:
         _parquet_to_arrow(path, dest)
     else:
         raise UsageError(f"data.source '{path}': unsupported file type '{suffix}'; "
                          f"use one of {', '.join(TABLE_SUFFIXES)} or an image folder")
+    pa.default_memory_pool().release_unused()  # the parser's blocks, kept by the allocator otherwise
     table = pa.ipc.open_file(pa.memory_map(str(dest))).read_all()
     if table.num_rows == 0:
         raise UsageError(f"{path}: header only, no data rows")
@@ -87,9 +89,18 @@ def map_table(path: str | Path, folder: Path, delimiter: str | None = None, enco
 
 
 def _write_arrow(dest: Path, schema: pa.Schema, batches: Iterator[pa.RecordBatch]) -> None:
+    """Write the batches into an Arrow IPC file, small ones joined into batches of about BATCH_ROWS rows."""
     with pa.OSFile(str(dest), "wb") as sink, pa.ipc.new_file(sink, schema) as writer:
+        pending: list[pa.RecordBatch] = []
+        rows = 0
         for batch in batches:
-            writer.write_batch(batch)
+            pending.append(batch)
+            rows += batch.num_rows
+            if rows >= BATCH_ROWS:
+                writer.write_batch(pa.concat_batches(pending))
+                pending, rows = [], 0
+        if pending:
+            writer.write_batch(pa.concat_batches(pending))
 
 
 def _csv_options(path: Path, delimiter: str | None, encoding: str | None):
@@ -149,7 +160,7 @@ def _csv_to_arrow(path: Path, dest: Path, delimiter: str | None, encoding: str |
         raise UsageError(_csv_problem(path, sep, enc) or f"{path}: not valid {enc} text; set data.encoding")
 
 
-def _jsonl_to_arrow(path: Path, dest: Path, encoding: str | None, folder: Path) -> None:
+def _jsonl_to_arrow(path: Path, dest: Path, encoding: str | None, new_path: Callable[[str], Path]) -> None:
     """Stream JSON lines into an Arrow file; if a later block changes the types, the whole file decides them."""
     import pyarrow.json as pajson
 
@@ -159,7 +170,7 @@ def _jsonl_to_arrow(path: Path, dest: Path, encoding: str | None, folder: Path) 
         raise UsageError(f"{path}: binary data (NUL bytes), not a JSON-lines text file")
     source = path
     if enc not in ("utf-8",):
-        source = folder / "source.jsonl"
+        source = new_path("source.jsonl")
         with open(path, encoding=enc, newline="") as src, open(source, "w", encoding="utf-8", newline="") as out:
             try:
                 while text := src.read(1 << 20):
@@ -202,7 +213,7 @@ def _parquet_to_arrow(path: Path, dest: Path) -> None:
     try:
         source = pq.ParquetFile(path)
         _check_column_names(path, source.schema_arrow.names)
-        _write_arrow(dest, source.schema_arrow, source.iter_batches(batch_size=PARQUET_BATCH_ROWS))
+        _write_arrow(dest, source.schema_arrow, source.iter_batches(batch_size=BATCH_ROWS))
     except (pa.ArrowInvalid, OSError) as e:
         raise UsageError(f"{path}: not a readable Parquet file ({_first_line(e)})") from None
 

@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from bigmodel_cli.data import arrays, clean, prepare_table, split, tables
+from bigmodel_cli.data import arrays, clean, prepare_table, sources, split, tables
 from bigmodel_cli.data import manifest as manifests
 from tests.unit.data.golden_cases import CASES, run_case
 
@@ -22,11 +22,13 @@ GOLDEN = json.loads((Path(__file__).with_name("golden") / "c423ab6.json").read_t
 
 @pytest.fixture
 def small_chunks(monkeypatch):
+    monkeypatch.setattr(sources, "MAP_BYTES", 0)  # every table file streamed into a memory-mapped Arrow file
     monkeypatch.setattr(tables, "BLOCK_BYTES", 4096)  # a CSV/JSONL block of a few dozen rows
-    monkeypatch.setattr(tables, "PARQUET_BATCH_ROWS", 37)
+    monkeypatch.setattr(tables, "BATCH_ROWS", 37)
     for module in (split, clean, prepare_table):
         monkeypatch.setattr(module, "STEP", 53)
     monkeypatch.setattr(arrays, "CHUNK_BYTES", 5000)  # a few images per copied chunk
+    monkeypatch.setattr(arrays, "SMALL_BYTES", 0)  # every scratch array file-backed
 
 
 @pytest.mark.parametrize("case", list(CASES))
