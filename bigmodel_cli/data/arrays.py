@@ -25,7 +25,7 @@ from typing import Any
 import numpy as np
 from numpy.lib.format import open_memmap
 
-CHUNK_BYTES = 1 << 24  # rows per chunk are chosen so that one chunk of an array is about 16 MiB
+CHUNK_BYTES = 1 << 23  # rows per chunk are chosen so that one chunk of an array is about 8 MiB
 SMALL_BYTES = 1 << 20  # scratch arrays smaller than this stay in memory (a few at a time: bounded)
 
 

@@ -17,7 +17,7 @@ from __future__ import annotations
 import os
 import re
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -46,42 +46,106 @@ def split_folders(root: str | Path) -> dict[str, Path] | None:
     return {s: found[s] for s in ("train", "val", "test") if s in found}
 
 
-def list_split_folders(splits: dict[str, Path]) -> tuple[list[Path], np.ndarray, list[str], dict[str, np.ndarray]]:
+class FileList(Sequence[Path]):
+    """Image files as a list, stored as their class folder and their names' bytes (not a Path object per file).
+
+    A Path costs about 500 bytes of private memory; a name costs its length and 12 bytes.
+    """
+
+    def __init__(self) -> None:
+        self.folders: list[Path] = []
+        self._folder = np.zeros(0, dtype=np.int32)
+        self._blob = bytearray()
+        self._ends = np.zeros(0, dtype=np.int64)
+
+    def add(self, folder: Path, names: list[str]) -> None:
+        """Files `folder`/name for each name (a path relative to the folder), in that order."""
+        encoded = [os.fsencode(n) for n in names]
+        ends = len(self._blob) + np.cumsum([len(e) for e in encoded], dtype=np.int64)
+        self._blob += b"".join(encoded)
+        self._ends = np.concatenate([self._ends, ends])
+        self._folder = np.concatenate([self._folder, np.full(len(names), len(self.folders), dtype=np.int32)])
+        self.folders.append(folder)
+
+    def __len__(self) -> int:
+        return len(self._ends)
+
+    def __getitem__(self, i):
+        if isinstance(i, slice):
+            return [self[j] for j in range(*i.indices(len(self)))]
+        if i < 0:
+            i += len(self)
+        if not 0 <= i < len(self):
+            raise IndexError(i)
+        start = int(self._ends[i - 1]) if i else 0
+        return self.folders[self._folder[i]] / os.fsdecode(bytes(self._blob[start:int(self._ends[i])]))
+
+
+def _image_names(folder: Path) -> list[str]:
+    """Image files anywhere under `folder`, relative to it, in Path order (what sorted(folder.rglob("*")) gives)."""
+    names: list[str] = []
+
+    def walk(path: str, prefix: str) -> None:
+        with os.scandir(path) as entries:
+            for entry in entries:
+                if entry.is_dir() and not entry.is_symlink():
+                    walk(entry.path, f"{prefix}{entry.name}/")
+                elif _suffix(entry.name) in IMAGE_SUFFIXES and entry.is_file():
+                    names.append(prefix + entry.name)
+
+    walk(str(folder), "")
+    if any("/" in n for n in names):
+        names.sort(key=lambda n: n.split("/"))  # by path components, as Paths sort
+    else:
+        names.sort()
+    return names
+
+
+def _suffix(name: str) -> str:
+    i = name.rfind(".")
+    return name[i:].lower() if 0 < i < len(name) - 1 else ""
+
+
+def list_split_folders(splits: dict[str, Path]) -> tuple[FileList, np.ndarray, list[str], dict[str, np.ndarray]]:
     """Files of every split folder (train, val, test in turn), class indices over the union of their class folders
     (sorted), the class names, and each split's rows."""
-    listed = {s: list_folder(folder) for s, folder in splits.items()}
-    classes = sorted({c for _, _, names in listed.values() for c in names})
-    files: list[Path] = []
+    found = {s: _class_folders(folder) for s, folder in splits.items()}
+    classes = sorted({name for listed in found.values() for name, _ in listed})
+    files = FileList()
     labels: list[np.ndarray] = []
     rows: dict[str, np.ndarray] = {}
-    for s, (split_files, split_labels, names) in listed.items():
-        remap = np.asarray([classes.index(c) for c in names], dtype=np.int64)
-        rows[s] = np.arange(len(files), len(files) + len(split_files))
-        files.extend(split_files)
-        labels.append(remap[split_labels])
+    for s, listed in found.items():
+        start = len(files)
+        for name, names in listed:
+            files.add(splits[s] / name, names)
+            labels.append(np.full(len(names), classes.index(name), dtype=np.int64))
+        rows[s] = np.arange(start, len(files))
     return files, np.concatenate(labels), classes, rows
 
 
-def list_folder(root: str | Path) -> tuple[list[Path], np.ndarray, list[str]]:
-    """Image files under ROOT/<class>/ (sorted), their class indices, and the class names (sorted folder names)."""
-    root = Path(root)
+def _class_folders(root: Path) -> list[tuple[str, list[str]]]:
+    """(class name, image names) of each class folder of ROOT that holds images, sorted by name; clear errors."""
     folders = sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
     if not folders:
         raise UsageError(f"{root}: no class folders; expected {root}/<class>/<image>.png (one folder per class)")
-    files: list[Path] = []
-    labels: list[int] = []
-    classes: list[str] = []
-    for folder in folders:
-        images = sorted(p for p in folder.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
-        if not images:
-            continue
-        labels.extend([len(classes)] * len(images))
-        classes.append(folder.name)
-        files.extend(images)
-    if not files:
+    listed = [(folder.name, names) for folder in folders if (names := _image_names(folder))]
+    if not listed:
         raise UsageError(f"{root}: no images in its class folders ({', '.join(f.name for f in folders[:5])}); "
                          f"expected files ending in {', '.join(IMAGE_SUFFIXES[:4])}...")
-    return files, np.asarray(labels, dtype=np.int64), classes
+    return listed
+
+
+def list_folder(root: str | Path) -> tuple[FileList, np.ndarray, list[str]]:
+    """Image files under ROOT/<class>/ (sorted), their class indices, and the class names (sorted folder names)."""
+    root = Path(root)
+    files = FileList()
+    labels: list[np.ndarray] = []
+    classes: list[str] = []
+    for name, names in _class_folders(root):
+        files.add(root / name, names)
+        labels.append(np.full(len(names), len(classes), dtype=np.int64))
+        classes.append(name)
+    return files, np.concatenate(labels), classes
 
 
 def empty_class_folders(root: str | Path, classes: list[str]) -> list[str]:
@@ -89,7 +153,7 @@ def empty_class_folders(root: str | Path, classes: list[str]) -> list[str]:
     return sorted(p.name for p in root.iterdir() if p.is_dir() and not p.name.startswith(".") and p.name not in classes)
 
 
-def probe(files: list[Path]) -> tuple[tuple[int, int] | None, int]:
+def probe(files: Sequence[Path]) -> tuple[tuple[int, int] | None, int]:
     """(common (width, height) or None when sizes differ, 1 or 3 channels) from the files' headers only."""
     from PIL import Image
 
@@ -146,7 +210,7 @@ def _on_white(rgba):
     return Image.alpha_composite(background, rgba).convert("RGB")
 
 
-def decode_files(files: list[Path], size: int | tuple[int, int], channels: int, on_bad: str,
+def decode_files(files: Sequence[Path], size: int | tuple[int, int], channels: int, on_bad: str,
                  new_array: Callable[..., np.ndarray] | None = None,
                  on_digest: Callable[[int, str], None] | None = None,
                  workers: int | None = None) -> tuple[np.ndarray, np.ndarray, list[dict[str, str]]]:

@@ -31,8 +31,11 @@ class PixelMoments:
         self.counts = np.zeros((channels, 256), dtype=np.int64)
 
     def add(self, images: np.ndarray) -> None:
-        for c in range(images.shape[1]):
-            self.counts[c] += np.bincount(images[:, c].reshape(-1), minlength=256)
+        step = max(1, (1 << 18) // max(1, images[0, 0].size))  # bincount makes an int64 copy: keep it small
+        for start in range(0, len(images), step):
+            part = images[start:start + step]
+            for c in range(part.shape[1]):
+                self.counts[c] += np.bincount(part[:, c].reshape(-1), minlength=256)
 
     def normalize(self) -> dict[str, Any]:
         values = np.arange(256, dtype=np.int64)
@@ -73,8 +76,9 @@ def prepare_images(raw: RawImages, recipe, report: dict[str, Any], scratch: Scra
 
     def x_chunks(name: str) -> Iterator[np.ndarray]:
         rows = kept[index[name]]
+        buffer = np.empty((min(step, len(rows)), *shape), dtype=np.uint8)  # one gather buffer, reused
         for a, b in chunks(len(rows), step):
-            yield x[rows[a:b]]
+            yield np.take(x, rows[a:b], axis=0, out=buffer[:b - a])
 
     def y_chunks(name: str) -> Iterator[np.ndarray]:
         yield y[index[name]]
