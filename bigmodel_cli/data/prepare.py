@@ -94,7 +94,7 @@ def prepare(recipe, out: str | Path | None = None, force: bool = False) -> dict[
                 raise UsageError(f"data.kind is {recipe.data.kind}, but data.source '{recipe.data.source}' is "
                                  f"{prepared.kind} data")
             augment = _augment_spec(recipe.data, prepared)
-            manifest = _write(recipe, raw.sha256, prepared, report, augment, tmp)
+            manifest = _write(recipe, raw.sha256, prepared, report, augment, tmp, scratch.array)
             del raw, prepared
             scratch.close()
             atomic.write_json(tmp / "manifest.json", manifest)
@@ -152,8 +152,8 @@ def _check_replace(out: Path, recipe, force: bool, sha256: str | None = None) ->
 # ---------------------------------------------------------------- writing the splits and the manifest
 
 
-def _write(recipe, source_sha256: str, prepared: Prepared, report: dict[str, Any], augment, tmp: Path
-           ) -> dict[str, Any]:
+def _write(recipe, source_sha256: str, prepared: Prepared, report: dict[str, Any], augment, tmp: Path,
+           new_array: Callable[..., np.ndarray]) -> dict[str, Any]:
     """Write each split's x.npy and y.npy a chunk at a time, hashing them; fit the normalisation; the manifest."""
     digest = hashlib.sha256()
     xs: dict[str, np.ndarray] = {}
@@ -177,7 +177,7 @@ def _write(recipe, source_sha256: str, prepared: Prepared, report: dict[str, Any
                                               strict=True)) for s in SPLITS}
         report["warnings"].extend(class_warnings(report["class_counts"]))
     else:
-        report["target_summary"] = {s: _summary(ys[s]) for s in SPLITS if len(ys[s])}
+        report["target_summary"] = {s: _summary(ys[s], new_array) for s in SPLITS if len(ys[s])}
     if prepared.normalize:
         normalize = prepared.normalize()
     else:
@@ -271,8 +271,9 @@ def _constant(x: np.ndarray) -> np.ndarray:
     return same
 
 
-def _summary(y: np.ndarray) -> dict[str, float]:
-    return {"mean": float(y.mean()), "std": float(y.std()), "min": float(y.min()), "max": float(y.max())}
+def _summary(y: np.ndarray, new_array) -> dict[str, float]:
+    return {"mean": float(y.mean()), "std": float(preprocess.std(y, new_array)), "min": float(y.min()),
+            "max": float(y.max())}
 
 
 def _augment_spec(data, prepared: Prepared) -> dict[str, Any] | None:

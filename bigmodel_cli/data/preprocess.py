@@ -331,18 +331,18 @@ def outlier_bounds(present: np.ndarray, method: str, threshold: float | None,
     if len(present) < 2:
         return None
     if method == "zscore":
-        mean, std = present.mean(), _std(present, new_array)
-        return (mean - t * std, mean + t * std) if std > 0 else (-np.inf, np.inf)
+        mean, spread = present.mean(), std(present, new_array)
+        return (mean - t * spread, mean + t * spread) if spread > 0 else (-np.inf, np.inf)
     q1, q3 = np.quantile(present, [0.25, 0.75], overwrite_input=True)
     return q1 - t * (q3 - q1), q3 + t * (q3 - q1)
 
 
-def _std(values: np.ndarray, new_array: Callable[..., np.ndarray]) -> float:
-    """`values.std()`, step for step as numpy's `_var` computes it, with its temporary made by `new_array`."""
+def std(values: np.ndarray, new_array: Callable[..., np.ndarray]) -> float:
+    """`values.std()` of a float array, step for step as numpy's `_var` computes it, its temporary from `new_array`."""
     n = len(values)
     mean = np.add.reduce(values, keepdims=True)
     mean = np.true_divide(mean, n, out=mean)
-    squares = new_array("std", np.float64, n)
+    squares = new_array("std", values.dtype, n)
     np.subtract(values, mean, out=squares)
     np.multiply(squares, squares, out=squares)
     total = np.add.reduce(squares)
