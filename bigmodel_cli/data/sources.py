@@ -36,9 +36,9 @@ SKLEARN_DATASETS = ("digits", "breast_cancer", "wine", "iris", "diabetes")
 TORCHVISION_DATASETS = ("mnist", "cifar10")
 MNIST_FILES = ("train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte",
                "t10k-labels-idx1-ubyte")
-MAP_BYTES = 1 << 23  # table files from this size on are streamed and memory-mapped; smaller ones read whole
 CIFAR10_FILES = ("data_batch_1", "data_batch_2", "data_batch_3", "data_batch_4", "data_batch_5", "test_batch",
                  "batches.meta")
+MAP_BYTES = 1 << 23  # table files from this size on are streamed and memory-mapped; smaller ones read whole
 
 
 @dataclass

@@ -145,21 +145,6 @@ def split_code(value: object) -> int | None:
     return CODES[name] if name else None
 
 
-def split_by_column(values: list, column: str, row_numbers: np.ndarray) -> dict[str, np.ndarray]:
-    """Rows per split from a column holding train|val|test (validation/valid/dev accepted for val)."""
-    labels = np.empty(len(values), dtype=np.uint8)
-    for i, value in enumerate(values):
-        code = split_code(value)
-        if code is None:
-            raise UsageError(f"data.split.column '{column}': row {row_numbers[i] + 1} has {value!r}; "
-                             f"expected train, val or test")
-        labels[i] = code
-    index = {s: np.flatnonzero(labels == code).astype(np.int64) for s, code in CODES.items()}
-    if len(index["train"]) == 0:
-        raise UsageError(f"data.split.column '{column}': no row is marked train")
-    return index
-
-
 def carve_val(train: np.ndarray, y: np.ndarray, val: float, seed: int, stratify: bool,
               classes: list[str] | None) -> tuple[np.ndarray, np.ndarray]:
     """A validation set cut from a predefined train split (the dataset's own test stays as it is)."""
