@@ -46,7 +46,8 @@ def write_prepared(root: Path, rows: int, val_rows: int) -> Path:
         np.save(root / split / "y.npy", rng.integers(0, 10, n).astype(np.int64))
     manifest = {
         "format_version": FORMAT_VERSION, "name": "bench", "task": "classification", "kind": "image",
-        "source": "generated", "source_sha256": "0" * 64, "target": "label", "classes": [str(i) for i in range(10)], "features": ["pixels"],
+        "source": "generated", "source_sha256": "0" * 64, "target": "label",
+        "classes": [str(i) for i in range(10)], "features": ["pixels"],
         "input_shape": [3, 32, 32], "input_dtype": "uint8", "splits": {"train": rows, "val": val_rows, "test": 16},
         "seed": 0, "report": {},
         "preprocessing": {"normalize": {"scale": 1 / 255, "mean": [0.5] * 3, "std": [0.29] * 3, "per": "channel"}},
