@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from tests.cli.test_serve import Server
-from tests.conftest import run_cli
+from tests.conftest import run_cli, tree
 
 pytestmark = pytest.mark.slow
 
@@ -35,11 +35,12 @@ def test_eval_refuses_data_prepared_again_naming_both_fingerprints(trained, tmp_
     assert run_cli("prepare-data", "-r", "breast-cancer-mlp", "--force", "--set", change, cwd=work).code == 0
     new_fp = json.loads((work / "data/breast-cancer-mlp/manifest.json").read_text())["fingerprint"]
     assert new_fp != run_fp
+    evaluated = tree(work / "runs/breast-cancer-mlp/eval")
     after = run_cli("eval", "runs/breast-cancer-mlp", cwd=work)
     assert after.code == 2, after.stderr
     assert run_fp[:12] in after.stderr and new_fp[:12] in after.stderr
     assert "--data" in after.stderr and "train again" in after.stderr
-    assert not (work / "runs/breast-cancer-mlp/eval").exists()
+    assert tree(work / "runs/breast-cancer-mlp/eval") == evaluated  # nothing written over the first report
     # export is unaffected: the run verifies on the rows it carries, with its own preprocessing
     exported = run_cli("export", "runs/breast-cancer-mlp", "--json", cwd=work)
     assert exported.code == 0 and exported.json()["verification"]["passed"], exported.stderr
