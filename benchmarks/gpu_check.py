@@ -127,7 +127,7 @@ def main() -> int:
             results["steps"][f"train_{precision}"] = step
             print(f"train {precision}: {json.dumps(step)}", flush=True)
 
-        env = {**os.environ, "PYTHONPATH": str(REPO)}
+        env = {**os.environ, "PYTHONPATH": f"{REPO}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
         tests = subprocess.run([sys.executable, "-m", "pytest", "-q", "-m", "gpu", "-p", "no:cacheprovider",
                                 str(REPO / "tests/gpu")], cwd=REPO, env=env, capture_output=True, text=True,
                                timeout=300)
