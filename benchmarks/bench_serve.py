@@ -283,6 +283,9 @@ def codec_costs(path: Path, x: np.ndarray) -> dict[str, float]:
 
 
 def main() -> None:
+    if sys.argv[1:2] == ["--hostile"]:
+        hostile(int(sys.argv[2]) if len(sys.argv) > 2 else 8)
+        return
     widths = [int(w) for w in sys.argv[1:]] or [8, 32]
     for width in widths:
         print(f"\n=== cnn_small width={width} on 3x32x32")
@@ -411,6 +414,111 @@ def cpu_report(breakdown, costs, compute_us: float) -> None:
           "batching, metrics, access log);\n  no codec: the event loop without the decode + encode measured above "
           "(HTTP and the server's own bookkeeping); threads: onnxruntime and worker threads;\n  client: this "
           "load generator; cores/sum: the req/s these costs allow when nothing else runs on the cores")
+
+
+# ---------------------------------------------------------------------------------------------- hostile bodies
+
+
+def rss_mib(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+def big_json_body(megabytes: float = 63.0) -> bytes:
+    """A V2 JSON request for one 3x32x32 image whose `data` holds ~`megabytes` MB of small integers ("1,")."""
+    head = json.dumps({"inputs": [{"name": "input", "shape": [1, *SHAPE], "datatype": "FP32", "data": [0]}]})
+    before, after = head.encode().split(b"[0]")
+    count = int(megabytes * 1e6) // 2
+    return before + b"[" + b"1," * count + b"1]" + after
+
+
+def hostile(width: int = 8) -> None:
+    """`bigmodel serve` (defaults) while one, then four, ~63 MB JSON bodies of small integers arrive at once:
+    the server's RSS (peak while they are handled, and 3 s after) and the latency a probe client sees meanwhile
+    (one binary 3x32x32 request every 10 ms on its own connection).
+
+        .venv/bin/python benchmarks/bench_serve.py --hostile [WIDTH]
+    """
+    import http.client
+    import threading
+
+    body = big_json_body()
+    x = np.random.default_rng(0).integers(0, 256, [1, *SHAPE]).astype(np.float32)
+    probe_body, probe_headers = binary_request(x)
+    with tempfile.TemporaryDirectory() as tmp:
+        path = build_model(Path(tmp), width)
+        proc, url = start_bigmodel(path, Path(tmp) / "serve.log")
+        host, port = url.removeprefix("http://").split(":")
+        infer = f"/v2/models/{MODEL}/infer"
+
+        def probe(done: threading.Event, latencies: list[float], statuses: list[int]) -> None:
+            connection = http.client.HTTPConnection(host, int(port), timeout=120)
+            while not done.is_set():
+                start = time.perf_counter()
+                connection.request("POST", infer, body=probe_body, headers=probe_headers)
+                response = connection.getresponse()
+                response.read()
+                latencies.append(time.perf_counter() - start)
+                statuses.append(response.status)
+                time.sleep(0.01)
+            connection.close()
+
+        def upload(results: list) -> None:
+            connection = http.client.HTTPConnection(host, int(port), timeout=300)
+            start = time.perf_counter()
+            try:
+                connection.request("POST", infer, body=body)
+                response = connection.getresponse()
+                text = response.read()[:100]
+                results.append((response.status, time.perf_counter() - start, text))
+            except OSError as e:
+                results.append((type(e).__name__, time.perf_counter() - start, b""))
+            finally:
+                connection.close()
+
+        try:
+            warm: list[float] = []
+            done = threading.Event()
+            thread = threading.Thread(target=probe, args=(done, warm, []))
+            thread.start()
+            time.sleep(2)
+            done.set()
+            thread.join()
+            print(f"model cnn_small width={width}; body {len(body) / 1e6:.1f} MB of JSON small integers; probe p50 "
+                  f"idle {1000 * statistics.median(warm):.2f} ms")
+            print(f"{'bodies':>6} {'RSS before':>10} {'peak':>8} {'3 s after':>9} {'answers':>20} {'upload s':>8} "
+                  f"{'probe p50':>9} {'p99':>8} {'max ms':>8} {'probe 5xx':>9}")
+            for n in (1, 4):
+                before = rss_mib(proc.pid)
+                latencies: list[float] = []
+                statuses: list[int] = []
+                results: list = []
+                done = threading.Event()
+                prober = threading.Thread(target=probe, args=(done, latencies, statuses))
+                uploads = [threading.Thread(target=upload, args=(results,)) for _ in range(n)]
+                prober.start()
+                for t in uploads:
+                    t.start()
+                peak = before
+                while any(t.is_alive() for t in uploads):
+                    peak = max(peak, rss_mib(proc.pid))
+                    time.sleep(0.02)
+                done.set()
+                prober.join()
+                time.sleep(3)
+                after = rss_mib(proc.pid)
+                lat = sorted(latencies)
+                answers = ",".join(str(r[0]) for r in results)
+                print(f"{n:>6} {before:>9.0f}M {peak:>7.0f}M {after:>8.0f}M {answers:>20} "
+                      f"{max(r[1] for r in results):>8.1f} {1000 * statistics.median(lat):>9.2f} "
+                      f"{1000 * lat[int(0.99 * (len(lat) - 1))]:>8.1f} {1000 * lat[-1]:>8.1f} "
+                      f"{sum(s >= 500 for s in statuses):>9}")
+                for status, _, text in results[:1]:
+                    print(f"       first answer: {status} {text.decode(errors='replace')}")
+        finally:
+            stop(proc)
 
 
 if __name__ == "__main__":

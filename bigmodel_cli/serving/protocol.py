@@ -23,6 +23,12 @@ tritonclient sends for `InferInput("input", [2], "BYTES")`). Strings are tokenis
 tokenizer fitted by prepare-data (exported into the model's metadata).
 
 Every check a client can fail becomes a `RequestError` (400) here, before onnxruntime sees the data.
+
+Memory: a JSON body is parsed only when its raw bytes hold no more values (counted as `,`, `[` and `{`, a
+bound on the number of objects `json.loads` can build) than the model's inputs can take at `max_batch_size`
+rows (`ModelSignature.max_values`), so that what decoding allocates is bounded by the model, not by the body:
+a 63 MB body of `1,1,1,...` is refused before it becomes 31 million Python objects. `decode_memory` is
+the bound the server reserves against `--max-inflight-mb` before decoding.
 """
 
 from __future__ import annotations
@@ -32,6 +38,7 @@ import math
 import struct
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from functools import cached_property
 from typing import Any
 
 import numpy as np
@@ -55,6 +62,9 @@ ORT_V2 = {
     "tensor(bool)": "BOOL", "tensor(string)": "BYTES",
 }
 _UNSUPPORTED_INPUT_TYPES = {"BYTES", "BOOL"}  # BYTES: only for a text model's input (raw strings)
+OTHER_JSON_VALUES = 1024  # values a request may hold besides its tensors' data: names, shapes, id, parameters
+BYTES_PER_JSON_VALUE = 48  # json.loads: a float (24) and its list slot (8); np.asarray's float64 (8); the cast
+_COUNT_SLICE = 1 << 20  # bytes counted per call, so that a worker thread counting a large body lets go of the GIL
 
 
 class RequestError(Exception):
@@ -133,17 +143,45 @@ class ModelSignature:
     def output_names(self) -> list[str]:
         return [s.name for s in self.outputs] + ([LABEL_OUTPUT] if self.has_label else [])
 
+    @cached_property
+    def max_values(self) -> int | None:
+        """The most JSON values (numbers, and the nested lists around them) a request's tensors can hold at
+        `max_batch_size` rows; None when an input has a dimension without a bound (then only the body limit and
+        `--max-inflight-mb` bound decoding)."""
+        total = 0
+        for spec in self.inputs:
+            dims = list(spec.shape[1:])
+            if self.text is not None and spec.name == self.text.name:
+                dims = [max(self.text.max_length, 1)]  # ids [N, L <= max_length]; strings [N] or [N, 1]
+            if any(d < 0 for d in dims):
+                return None
+            nested, width = 1, 1  # the row's list and its sub-lists, when `data` is sent nested
+            for d in dims[:-1]:
+                width *= d
+                nested += width
+            total += self.max_batch_size * (math.prod(dims) + nested + 1)
+        return total
+
 
 # ---------------------------------------------------------------------------------------------- decode
 
 
+def header_size(header_length: str | None) -> int | None:
+    """The byte count of an `Inference-Header-Content-Length` value (None without one); RequestError(400) unless
+    it is ASCII digits (`str.isdigit` alone takes '²', which `int` refuses)."""
+    if header_length is None:
+        return None
+    value = header_length.strip()
+    if not (value.isascii() and value.isdigit()):
+        raise RequestError(400, f"Inference-Header-Content-Length {header_length!r} is not a byte count")
+    return int(value)
+
+
 def split_body(body: bytes, header_length: str | None) -> tuple[bytes, memoryview]:
     """The JSON header and the binary tensor data that follows it (empty without the header)."""
-    if header_length is None:
+    length = header_size(header_length)
+    if length is None:
         return body, memoryview(b"")
-    if not header_length.strip().isdigit():
-        raise RequestError(400, f"Inference-Header-Content-Length {header_length!r} is not a byte count")
-    length = int(header_length)
     if not 0 < length <= len(body):
         raise RequestError(400, f"Inference-Header-Content-Length {length} does not fit the body of "
                                 f"{len(body)} bytes")
@@ -151,9 +189,39 @@ def split_body(body: bytes, header_length: str | None) -> tuple[bytes, memoryvie
     return bytes(view[:length]), view[length:]
 
 
-def decode_infer_request(body: bytes, signature: ModelSignature, header_length: str | None = None) -> InferRequest:
-    """Parse and validate a V2 infer request (JSON, or JSON header + binary tensors); RequestError(400)."""
+def json_values(text: bytes) -> int:
+    """At most how many values (and keys) `json.loads(text)` can build: each is the first item of an array or
+    object, or follows a comma (those inside strings make this a bound, not a count)."""
+    count = 1
+    for start in range(0, len(text), _COUNT_SLICE):
+        end = start + _COUNT_SLICE
+        count += text.count(b",", start, end) + text.count(b"[", start, end) + text.count(b"{", start, end)
+    return count
+
+
+def decode_memory(values: int, json_bytes: int, binary_bytes: int) -> int:
+    """A bound of the bytes decoding a request allocates besides its body: the parsed JSON (`values` of them,
+    keys as many again at worst, strings no longer than the text), the header's copy, and the binary tensors
+    converted to the model's dtype (up to 8 bytes per byte sent)."""
+    return 2 * BYTES_PER_JSON_VALUE * values + 2 * json_bytes + 8 * binary_bytes
+
+
+def decode_infer_request(body: bytes, signature: ModelSignature, header_length: str | None = None,
+                         reserve: Callable[[int], None] | None = None) -> InferRequest:
+    """Parse and validate a V2 infer request (JSON, or JSON header + binary tensors); RequestError(400).
+
+    The JSON's values are counted on the raw bytes first: more than the model can take is a 400 before parsing.
+    `reserve(n)` is then told the bytes decoding may allocate (`decode_memory`); it may refuse by raising.
+    """
     header, binary = split_body(body, header_length)
+    values = json_values(header)
+    limit = signature.max_values
+    if limit is not None and values > limit + OTHER_JSON_VALUES:
+        raise RequestError(400, f"request JSON holds up to {values:,} values; this model's inputs take at most "
+                                f"{limit:,} ({signature.max_batch_size} rows) plus {OTHER_JSON_VALUES} for the "
+                                f"rest of the document")
+    if reserve is not None:
+        reserve(decode_memory(values, len(header), len(binary)))
     try:
         doc = json.loads(header)
     except (ValueError, RecursionError) as e:  # JSONDecodeError, UnicodeDecodeError, too deeply nested
@@ -305,6 +373,10 @@ def _json_tensor(tensor: dict[str, Any], datatype: str, shape: list[int], name: 
     data = tensor["data"]
     if not isinstance(data, list):
         raise RequestError(400, f"input '{name}': 'data' must be a list of numbers (flat or nested)")
+    expected_count = math.prod(shape)
+    if len(data) not in (expected_count, shape[0]):  # flat, or nested by rows: checked before numpy copies it
+        raise RequestError(400, f"input '{name}': 'data' has {len(data)} elements, shape {shape} needs "
+                                f"{expected_count}")
     try:
         array = np.asarray(data)
     except (ValueError, TypeError, OverflowError, RecursionError):
@@ -312,7 +384,6 @@ def _json_tensor(tensor: dict[str, Any], datatype: str, shape: list[int], name: 
                                 f"rectangular") from None
     if array.size and array.dtype.kind not in "iuf":  # bool, str, None, objects; [] is float64
         raise RequestError(400, f"input '{name}': 'data' must hold only numbers")
-    expected_count = math.prod(shape)
     if array.size != expected_count:
         raise RequestError(400, f"input '{name}': 'data' has {array.size} elements, shape {shape} needs "
                                 f"{expected_count}")
