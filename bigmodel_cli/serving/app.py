@@ -31,11 +31,11 @@ import threading
 import time
 import traceback
 from collections.abc import AsyncIterator, Awaitable, Callable
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
 from typing import Any, TextIO
 
 from starlette.applications import Starlette
-from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import Headers
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
@@ -50,10 +50,13 @@ from bigmodel_cli.serving.metrics import ServerMetrics
 from bigmodel_cli.serving.model import LoadedModel
 from bigmodel_cli.serving.protocol import (
     InferRequest,
+    ModelSignature,
     RequestError,
+    check_json_values,
     decode_infer_request,
     encode_infer_response,
     header_size,
+    json_marks,
 )
 
 SERVER_NAME = "bigmodel"
@@ -65,6 +68,9 @@ OPEN_PATHS = frozenset({"/v2/health/live", "/v2/health/ready"})  # no API key ne
 HEADER_LENGTH = "inference-header-content-length"
 _INLINE_JSON_BYTES = 64 * 1024  # smaller JSON is parsed on the event loop, larger in a worker thread
 _INLINE_OUTPUT_VALUES = 4096  # JSON outputs with more values are encoded in a worker thread
+# decode/encode threads: concurrent.futures' workers drop a call's arguments and result once it is done (anyio's,
+# which Starlette's run_in_threadpool uses, keep them until their next call: a 63 MB body outlived its request)
+CODEC_THREADS = 4
 _MODELS = "/v2/models/"
 
 
@@ -239,7 +245,9 @@ class InferEndpoint:
             return _error_body(503, "server is shutting down", close=True)
         except Exception as e:
             status, message = _failure(scope["method"], scope["path"], e, self.state.metrics)
-            return _error_body(status, message, close=held.receiving)
+            # refused while its body was arriving: timed out, too large, overloaded or cut off, the connection
+            # closes; too many JSON values, it stays open and the server discards the rest (the client gets the 400)
+            return _error_body(status, message, close=held.receiving and status != 400)
 
     async def _infer(self, scope: Scope, receive: Receive,
                      held: _Held) -> tuple[int, bytes, list[tuple[bytes, bytes]]]:
@@ -258,21 +266,21 @@ class InferEndpoint:
         json_size = header_size(header_length)  # a malformed one is a 400 before the body is read
         held.receiving = True
         body = await _receive_body(receive, declared, state.max_body_bytes, state.request_timeout_s, held,
-                                   state.stopping)
+                                   state.stopping, _JsonCounter(model.signature, json_size))
         held.receiving = False
         json_size = len(body) if json_size is None else json_size
         batcher: DynamicBatcher = state.batcher
         with batcher.expecting():  # from here on it may join the next batch (a stalled upload never delays one)
             if json_size > _INLINE_JSON_BYTES:
-                infer_request = await run_in_threadpool(decode_infer_request, body, model.signature, header_length,
-                                                        held.take)
+                infer_request = await asyncio.get_running_loop().run_in_executor(
+                    state.codec, decode_infer_request, body, model.signature, header_length, held.take)
             else:
                 infer_request = decode_infer_request(body, model.signature, header_length, held.take)
         del body
         results = model.with_label(await batcher.infer(infer_request.inputs), infer_request.outputs)
         if _json_values(infer_request, results) > _INLINE_OUTPUT_VALUES:
-            content, json_length = await run_in_threadpool(encode_infer_response, model.name, model.version,
-                                                           infer_request, results)
+            content, json_length = await asyncio.get_running_loop().run_in_executor(
+                state.codec, encode_infer_response, model.name, model.version, infer_request, results)
         else:
             content, json_length = encode_infer_response(model.name, model.version, infer_request, results)
         if json_length is None:
@@ -301,11 +309,34 @@ def _check_target(model: LoadedModel, name: str | None, version: str | None) -> 
         raise RequestError(404, f"unknown version '{version}' of model '{name}' (versions: {model.version})")
 
 
+class _JsonCounter:
+    """Counts the JSON values of a body as it arrives (its first `json_size` bytes, all without a binary part):
+    RequestError(400) as soon as they are more than the model can take, long before a huge body is all in."""
+
+    __slots__ = ("signature", "json_size", "marks", "seen")
+
+    def __init__(self, signature: ModelSignature, json_size: int | None) -> None:
+        self.signature = signature
+        self.json_size = json_size
+        self.marks = 0
+        self.seen = 0
+
+    def add(self, chunk: bytes) -> None:
+        if self.signature.max_values is None:
+            return
+        json_left = len(chunk) if self.json_size is None else self.json_size - self.seen
+        self.seen += len(chunk)
+        if json_left > 0:
+            self.marks += json_marks(chunk, json_left)
+            check_json_values(1 + self.marks, self.signature)
+
+
 async def _receive_body(receive: Receive, declared: bytes | None, limit: int, timeout_s: float, held: _Held,
-                        stopping: threading.Event) -> bytes | bytearray:
+                        stopping: threading.Event, counter: _JsonCounter) -> bytes | bytearray:
     """The whole request body from the ASGI `receive`, its bytes taken from the in-flight budget as they come
     (all at once when Content-Length says how many). RequestError 413 past `limit` bytes; 408 when it has not
-    all arrived after `timeout_s` (503 when the server is stopping meanwhile)."""
+    all arrived after `timeout_s` (503 when the server is stopping meanwhile); 400 as soon as a body in several
+    messages holds more JSON values than the model takes (one message is checked when it is decoded)."""
     size = int(declared) if declared is not None and declared.isdigit() else None
     if size is not None:
         if size > limit:
@@ -330,7 +361,7 @@ async def _receive_body(receive: Receive, declared: bytes | None, limit: int, ti
             if size is None:
                 held.take(len(body))
             return body
-        return await _receive_rest(receive, first, size, limit, held)
+        return await _receive_rest(receive, first, size, limit, held, counter)
     except asyncio.CancelledError:
         if not expired:
             raise
@@ -343,8 +374,8 @@ async def _receive_body(receive: Receive, declared: bytes | None, limit: int, ti
         timer.cancel()
 
 
-async def _receive_rest(receive: Receive, message: Message, size: int | None, limit: int,
-                        held: _Held) -> bytearray:
+async def _receive_rest(receive: Receive, message: Message, size: int | None, limit: int, held: _Held,
+                        counter: _JsonCounter) -> bytearray:
     """The body that comes in several messages, into one buffer (sized by Content-Length when there is one)."""
     body = bytearray()
     while True:
@@ -355,6 +386,7 @@ async def _receive_rest(receive: Receive, message: Message, size: int | None, li
             raise RequestError(413, f"request body is over the limit of {limit} bytes (--max-body-mb)")
         if size is None:
             held.take(len(chunk))
+        counter.add(chunk)
         body += chunk
         if not message.get("more_body", False):
             return body
@@ -515,6 +547,7 @@ def create_app(model: LoadedModel, api_key: str | None = None, max_body_bytes: i
         yield
         app.state.accepting = False  # readiness probes fail from here on: the load balancer stops sending
         await batcher.stop()
+        codec.shutdown(wait=False)
 
     routes = Starlette(exception_handlers={HTTPException: _http_error}, lifespan=lifespan)
     infer = InferEndpoint(routes.state)
@@ -527,6 +560,7 @@ def create_app(model: LoadedModel, api_key: str | None = None, max_body_bytes: i
     routes.state.request_timeout_s = request_timeout_s
     routes.state.inflight = InflightBytes(max_inflight_bytes, metrics.inflight_bytes)
     routes.state.stopping = stopping or threading.Event()
+    routes.state.codec = codec = ThreadPoolExecutor(CODEC_THREADS, thread_name_prefix="bigmodel-codec")
     routes.state.accepting = True
     app: ASGIApp = InferFirst(routes, infer)
     if api_key:

@@ -189,14 +189,25 @@ def split_body(body: bytes, header_length: str | None) -> tuple[bytes, memoryvie
     return bytes(view[:length]), view[length:]
 
 
-def json_values(text: bytes) -> int:
-    """At most how many values (and keys) `json.loads(text)` can build: each is the first item of an array or
-    object, or follows a comma (those inside strings make this a bound, not a count)."""
-    count = 1
-    for start in range(0, len(text), _COUNT_SLICE):
-        end = start + _COUNT_SLICE
-        count += text.count(b",", start, end) + text.count(b"[", start, end) + text.count(b"{", start, end)
+def json_marks(text: bytes | bytearray, end: int | None = None) -> int:
+    """The commas and opening brackets in `text[:end]`: each value (or key) `json.loads` builds is the first item
+    of an array or object or follows a comma, so 1 + this bounds their number (marks inside strings make it a
+    bound, not a count). Counted slice by slice, so a worker thread counting a large body lets go of the GIL."""
+    end = len(text) if end is None else min(end, len(text))
+    count = 0
+    for start in range(0, end, _COUNT_SLICE):
+        stop = min(start + _COUNT_SLICE, end)
+        count += text.count(b",", start, stop) + text.count(b"[", start, stop) + text.count(b"{", start, stop)
     return count
+
+
+def check_json_values(values: int, signature: ModelSignature) -> None:
+    """RequestError(400) when a request's JSON holds more values than the model's inputs can take."""
+    limit = signature.max_values
+    if limit is not None and values > limit + OTHER_JSON_VALUES:
+        raise RequestError(400, f"request JSON holds {values:,} values or more; this model's inputs take at most "
+                                f"{limit:,} ({signature.max_batch_size} rows) plus {OTHER_JSON_VALUES} for the "
+                                f"rest of the document")
 
 
 def decode_memory(values: int, json_bytes: int, binary_bytes: int) -> int:
@@ -214,12 +225,8 @@ def decode_infer_request(body: bytes, signature: ModelSignature, header_length: 
     `reserve(n)` is then told the bytes decoding may allocate (`decode_memory`); it may refuse by raising.
     """
     header, binary = split_body(body, header_length)
-    values = json_values(header)
-    limit = signature.max_values
-    if limit is not None and values > limit + OTHER_JSON_VALUES:
-        raise RequestError(400, f"request JSON holds up to {values:,} values; this model's inputs take at most "
-                                f"{limit:,} ({signature.max_batch_size} rows) plus {OTHER_JSON_VALUES} for the "
-                                f"rest of the document")
+    values = 1 + json_marks(header)
+    check_json_values(values, signature)
     if reserve is not None:
         reserve(decode_memory(values, len(header), len(binary)))
     try:

@@ -419,6 +419,146 @@ def test_sigterm_answers_a_stalled_upload_with_json_503(tmp_path: Path, flags: l
         server.stop()
 
 
+# ------------------------------------------------------------------------------------------ load
+
+LOAD_SECONDS = 20
+LOAD_RSS_GROWTH_MIB = 150  # server RSS over its idle size, at any time during the load
+LOAD_GOOD_P99_S = 1.0  # good requests' p99 on 2 shared cores (idle: a few ms)
+
+
+async def _read_response(reader: asyncio.StreamReader) -> tuple[int, dict[str, str], bytes]:
+    head = await reader.readuntil(b"\r\n\r\n")
+    lines = head.decode("latin-1").split("\r\n")
+    headers = {k.lower(): v.strip() for k, _, v in (line.partition(":") for line in lines[1:] if line)}
+    return int(lines[0].split()[1]), headers, await reader.readexactly(int(headers.get("content-length", "0")))
+
+
+def _rss_mib(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    raise AssertionError("no VmRSS")
+
+
+def _hostile_payloads(binary_request: bytes) -> dict[str, list[tuple[bytes, int]]]:
+    """(what to send, then: 0 nothing more, n > 0 that many zero bytes of body, -1 chunks past the limit)."""
+    length = re.search(rb"Inference-Header-Content-Length: (\d+)", binary_request).group(1)
+    return {
+        "malformed": [(_post(b'{"inputs": [1, 2'), 0), (_post(GOOD.replace(b"[1, 4]", b"[1, 5]")), 0),
+                      (binary_request.replace(b"Length: " + length, b"Length: \xb2"), 0),  # '²' in latin-1
+                      (_post(b'{"inputs": [{"name": "input", "data": [' + b"1," * 1_000_000 + b"1]}]}"), 0),
+                      (_post(b"\xff\xfe" * 100), 0), (b"NOT HTTP AT ALL\r\n\r\n", 0)],
+        "oversized": [(_post(b"", length=5 << 20), 65536),  # declared over --max-body-mb 4
+                      (f"POST {INFER_PATH} HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: chunked\r\n\r\n".encode(), -1),
+                      (f"GET /v2 HTTP/1.1\r\nHost: t\r\nX-Fill: {'x' * 70_000}\r\n\r\n".encode(), 0)],
+        "stalled": [(_post(GOOD)[:-10], 0), (f"POST {INFER_PATH} HTTP/1.1\r\nHost: t\r\nContent-".encode(), 0)],
+    }
+
+
+async def _load(host: str, port: int, until: float, x: np.ndarray, want: np.ndarray) -> dict[str, list]:
+    """64 clients until `until`: 40 good (keep-alive, JSON and binary), 10 malformed, 8 oversized, 6 stalling."""
+    out: dict[str, list] = {"latency": [], "statuses": [], "errors": []}
+    body, headers = _request(x, binary=True)
+    good_binary = _post(body, extra=f"Inference-Header-Content-Length: {headers['Inference-Header-Content-Length']}"
+                                    f"\r\n")
+    good_json = _post(_request(x, binary=False)[0])
+    hostile = _hostile_payloads(good_binary)
+
+    async def good(payload: bytes) -> None:
+        reader, writer = await asyncio.open_connection(host, port)
+        try:
+            while time.monotonic() < until:
+                started = time.perf_counter()
+                writer.write(payload)
+                status, headers, body = await _read_response(reader)
+                out["latency"].append(time.perf_counter() - started)
+                out["statuses"].append(("good", status))
+                if status != 200 or not np.allclose(_probabilities(body, headers), want, atol=1e-5):
+                    out["errors"].append((status, body[:200]))
+        except (ConnectionError, asyncio.IncompleteReadError) as e:
+            out["errors"].append((type(e).__name__, b""))
+        finally:
+            writer.close()
+
+    async def once(kind: str, payload: bytes, then: int) -> None:
+        reader, writer = await asyncio.open_connection(host, port)
+        try:
+            writer.write(payload)
+            if then > 0:
+                writer.write(b"\0" * then)
+            for _ in range(6 if then < 0 else 0):  # 1 MiB chunks until the server stops it
+                writer.write(b"100000\r\n" + b"\0" * (1 << 20) + b"\r\n")
+                await writer.drain()
+            await writer.drain()
+            status, _, _ = await asyncio.wait_for(_read_response(reader), timeout=10)
+            out["statuses"].append((kind, status))
+        except (ConnectionError, asyncio.IncompleteReadError) as e:
+            out["statuses"].append((kind, type(e).__name__))  # a refused upload may be cut off while sending
+        finally:
+            writer.close()
+
+    async def repeat(kind: str, pause: float) -> None:
+        i = 0
+        while time.monotonic() < until:
+            await once(kind, *hostile[kind][i % len(hostile[kind])])
+            i += 1
+            await asyncio.sleep(pause)
+
+    await asyncio.gather(*[good(good_json) for _ in range(20)], *[good(good_binary) for _ in range(20)],
+                         *[repeat("malformed", 0.05) for _ in range(10)],
+                         *[repeat("oversized", 0.2) for _ in range(8)], *[repeat("stalled", 0) for _ in range(6)])
+    return out
+
+
+@pytest.mark.slow
+def test_load_of_good_malformed_oversized_and_stalled_clients(tmp_path: Path) -> None:
+    """20 s of 64 loopback clients: no 5xx, server RSS within LOAD_RSS_GROWTH_MIB of idle, good requests' p99
+    under LOAD_GOOD_P99_S, the server ready and answering afterwards."""
+    path = classifier(tmp_path / "cls.onnx")
+    server = Server(str(path), "--port", "0", "--device", "cpu", "--request-timeout-s", "2", "--max-body-mb", "4")
+    host, port = server.url.rsplit(":", 1)
+    x = np.array([[0.5, -1.0, 2.0, 0.25]], np.float32)
+    try:
+        idle = _rss_mib(server.proc.pid)
+        peak = [idle]
+        done = threading.Event()
+
+        def sample() -> None:
+            while not done.is_set():
+                peak[0] = max(peak[0], _rss_mib(server.proc.pid))
+                time.sleep(0.1)
+
+        sampler = threading.Thread(target=sample)
+        sampler.start()
+        try:
+            out = asyncio.run(_load(host, int(port), time.monotonic() + LOAD_SECONDS, x,
+                                    _local(path, x)["probabilities"]))
+        finally:
+            done.set()
+            sampler.join()
+        assert server.get("/v2/health/ready")[0] == 200  # and still answering
+        assert asyncio.run(_post_all(server.url, [_request(x, binary=True)]))[0][0] == 200
+    finally:
+        assert server.stop() == 0
+    statuses = out["statuses"]
+    by_kind: dict[str, list] = {}
+    for kind, status in statuses:
+        by_kind.setdefault(kind, []).append(status)
+    summary = {kind: sorted(set(s), key=str) for kind, s in by_kind.items()}
+    assert not [s for _, s in statuses if isinstance(s, int) and s >= 500], summary
+    assert set(by_kind["good"]) == {200} and not out["errors"], out["errors"][:3]
+    assert {400} <= set(by_kind["malformed"]) <= {400, 404, 405}, summary
+    assert {413, 431} <= set(by_kind["oversized"]) <= {413, 431, "ConnectionResetError", "IncompleteReadError"}
+    assert set(by_kind["stalled"]) == {408}, summary
+    latency = sorted(out["latency"])
+    p99 = latency[int(0.99 * (len(latency) - 1))]
+    print(f"\nload: {len(latency)} good requests in {LOAD_SECONDS} s, p50 {1000 * latency[len(latency) // 2]:.1f} ms, "
+          f"p99 {1000 * p99:.1f} ms; {len(statuses) - len(latency)} hostile; server RSS {idle:.0f} -> peak "
+          f"{peak[0]:.0f} MiB; {summary}")
+    assert len(latency) > 1000 and p99 < LOAD_GOOD_P99_S
+    assert peak[0] - idle < LOAD_RSS_GROWTH_MIB
+
+
 # ------------------------------------------------------------------------------------------ settings
 
 

@@ -632,6 +632,18 @@ def test_json_with_more_values_than_the_model_takes_is_refused_before_parsing(cl
     assert refused.value.status_code == 400 and "at most 48" in refused.value.message, refused.value.message
     assert peak < 100_000, f"{peak:,} bytes allocated for a {len(body):,}-byte body that is refused"
 
+    calls = 0
+
+    async def receive() -> dict:  # the same body as it comes over a socket: 64 KiB at a time
+        nonlocal calls
+        calls += 1
+        piece = body[(calls - 1) * 65536:calls * 65536]
+        return {"type": "http.request", "body": piece, "more_body": calls * 65536 < len(body)}
+
+    status, headers, doc = asyncio.run(_call(create_app(cls_model), receive, {"content-length": str(len(body))}))
+    assert status == 400 and "at most 48" in doc["error"] and calls == 1  # refused on its first 64 KiB
+    assert b"connection" not in headers  # the server discards the rest: the client still reads the 400
+
 
 def test_decoding_stays_within_the_memory_it_reserves() -> None:
     signature = ModelSignature(inputs=[TensorSpec("input", "FP32", (-1, 3, 16, 16))],
