@@ -174,8 +174,8 @@ class InflightBytes:
     def __init__(self, limit: int, gauge: Any) -> None:
         self.limit = limit
         self.used = 0
-        self._gauge = gauge
         self._lock = threading.Lock()
+        gauge.set_function(lambda: self.used)  # read when /metrics is scraped, not set per request
 
     def take(self, n: int, held: int) -> None:
         """Reserve `n` more bytes for a request already holding `held`; RequestError 413 (never fits) or 503."""
@@ -187,12 +187,10 @@ class InflightBytes:
                 raise RequestError(503, f"server busy: requests in flight hold {_mib(self.used)} of "
                                         f"--max-inflight-mb {_mib(self.limit)}; retry later")
             self.used += n
-            self._gauge.set(self.used)
 
     def give(self, n: int) -> None:
         with self._lock:
             self.used -= n
-            self._gauge.set(self.used)
 
 
 class _Held:
@@ -265,8 +263,7 @@ class InferEndpoint:
                 header_length = value.decode("latin-1")
         json_size = header_size(header_length)  # a malformed one is a 400 before the body is read
         held.receiving = True
-        body = await _receive_body(receive, declared, state.max_body_bytes, state.request_timeout_s, held,
-                                   state.stopping, _JsonCounter(model.signature, json_size))
+        body = await _receive_body(receive, declared, state, held, json_size)
         held.receiving = False
         json_size = len(body) if json_size is None else json_size
         batcher: DynamicBatcher = state.batcher
@@ -331,12 +328,14 @@ class _JsonCounter:
             check_json_values(1 + self.marks, self.signature)
 
 
-async def _receive_body(receive: Receive, declared: bytes | None, limit: int, timeout_s: float, held: _Held,
-                        stopping: threading.Event, counter: _JsonCounter) -> bytes | bytearray:
+async def _receive_body(receive: Receive, declared: bytes | None, state: Any, held: _Held,
+                        json_size: int | None) -> bytes | bytearray:
     """The whole request body from the ASGI `receive`, its bytes taken from the in-flight budget as they come
-    (all at once when Content-Length says how many). RequestError 413 past `limit` bytes; 408 when it has not
-    all arrived after `timeout_s` (503 when the server is stopping meanwhile); 400 as soon as a body in several
-    messages holds more JSON values than the model takes (one message is checked when it is decoded)."""
+    (all at once when Content-Length says how many). RequestError 413 past `--max-body-mb`; 408 when it has
+    not all arrived after `--request-timeout-s` (503 when the server is stopping meanwhile); 400 as soon as a
+    body in several messages holds more JSON values than the model takes (one message is checked when it is
+    decoded)."""
+    limit, timeout_s = state.max_body_bytes, state.request_timeout_s
     size = int(declared) if declared is not None and declared.isdigit() else None
     if size is not None:
         if size > limit:
@@ -344,14 +343,8 @@ async def _receive_body(receive: Receive, declared: bytes | None, limit: int, ti
                                     f"(--max-body-mb)")
         held.take(size)
     task = asyncio.current_task()
-    expired = False
-
-    def expire() -> None:
-        nonlocal expired
-        expired = True
-        task.cancel()  # type: ignore[union-attr]
-
-    timer = asyncio.get_running_loop().call_later(timeout_s, expire)
+    deadlines: BodyDeadlines = state.body_deadlines
+    deadlines.enter(task)
     try:
         first = await receive()
         if first["type"] == "http.request" and not first.get("more_body", False):  # all of it in one message
@@ -361,17 +354,56 @@ async def _receive_body(receive: Receive, declared: bytes | None, limit: int, ti
             if size is None:
                 held.take(len(body))
             return body
+        counter = _JsonCounter(state.model.signature, json_size)
         return await _receive_rest(receive, first, size, limit, held, counter)
     except asyncio.CancelledError:
-        if not expired:
+        if not deadlines.expired(task):
             raise
         if sys.version_info >= (3, 11):
             task.uncancel()  # type: ignore[union-attr]
-        if stopping.is_set():
+        if state.stopping.is_set():
             raise RequestError(503, "server is shutting down; the request body did not arrive in time") from None
         raise RequestError(408, f"request body not received within {timeout_s:g} s (--request-timeout-s)") from None
     finally:
-        timer.cancel()
+        deadlines.leave(task)
+
+
+class BodyDeadlines:
+    """The requests waiting for their body, each until `timeout_s` after it began to: one timer for them all,
+    every quarter of the timeout (at most a second), cancels those past their time (a timer per request cost
+    more than the rest of the bookkeeping of a small request)."""
+
+    def __init__(self, timeout_s: float) -> None:
+        self.timeout_s = timeout_s
+        self.tick = min(timeout_s / 4, 1.0)
+        self._waiting: dict[Any, float] = {}
+        self._expired: set[Any] = set()
+        self._timer: asyncio.TimerHandle | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+
+    def enter(self, task: Any) -> None:
+        loop = task.get_loop()
+        self._waiting[task] = loop.time() + self.timeout_s
+        if self._timer is None or self._loop is not loop:
+            self._loop = loop
+            self._timer = loop.call_later(self.tick, self._check)
+
+    def leave(self, task: Any) -> None:
+        self._waiting.pop(task, None)
+        self._expired.discard(task)
+
+    def expired(self, task: Any) -> bool:
+        return task in self._expired
+
+    def _check(self) -> None:
+        assert self._loop is not None
+        now = self._loop.time()
+        for task, deadline in list(self._waiting.items()):
+            if deadline <= now:
+                del self._waiting[task]
+                self._expired.add(task)
+                task.cancel()
+        self._timer = self._loop.call_later(self.tick, self._check) if self._waiting else None
 
 
 async def _receive_rest(receive: Receive, message: Message, size: int | None, limit: int, held: _Held,
@@ -558,6 +590,7 @@ def create_app(model: LoadedModel, api_key: str | None = None, max_body_bytes: i
     routes.state.batcher = batcher
     routes.state.max_body_bytes = max_body_bytes
     routes.state.request_timeout_s = request_timeout_s
+    routes.state.body_deadlines = BodyDeadlines(request_timeout_s)
     routes.state.inflight = InflightBytes(max_inflight_bytes, metrics.inflight_bytes)
     routes.state.stopping = stopping or threading.Event()
     routes.state.codec = codec = ThreadPoolExecutor(CODEC_THREADS, thread_name_prefix="bigmodel-codec")

@@ -193,6 +193,8 @@ def json_marks(text: bytes | bytearray, end: int | None = None) -> int:
     """The commas and opening brackets in `text[:end]`: each value (or key) `json.loads` builds is the first item
     of an array or object or follows a comma, so 1 + this bounds their number (marks inside strings make it a
     bound, not a count). Counted slice by slice, so a worker thread counting a large body lets go of the GIL."""
+    if end is None and len(text) <= _COUNT_SLICE:  # most requests: one slice
+        return text.count(b",") + text.count(b"[") + text.count(b"{")
     end = len(text) if end is None else min(end, len(text))
     count = 0
     for start in range(0, end, _COUNT_SLICE):
@@ -210,11 +212,33 @@ def check_json_values(values: int, signature: ModelSignature) -> None:
                                 f"rest of the document")
 
 
-def decode_memory(values: int, json_bytes: int, binary_bytes: int) -> int:
+def decode_memory(values: int, json_bytes: int, converted_bytes: int = 0) -> int:
     """A bound of the bytes decoding a request allocates besides its body: the parsed JSON (`values` of them,
-    keys as many again at worst, strings no longer than the text), the header's copy, and the binary tensors
-    converted to the model's dtype (up to 8 bytes per byte sent)."""
-    return 2 * BYTES_PER_JSON_VALUE * values + 2 * json_bytes + 8 * binary_bytes
+    keys as many again at worst, strings no longer than the text), the header's copy, and what converting its
+    binary tensors takes (`converted_bytes`)."""
+    return 2 * BYTES_PER_JSON_VALUE * values + 2 * json_bytes + converted_bytes
+
+
+def _converted_bytes(tensors: Any, signature: ModelSignature, binary_bytes: int) -> int:
+    """What decoding the binary tensors a header announces allocates: nothing for a tensor sent in the model's
+    dtype (np.frombuffer shares the body) but a bool per value for the checks; a copy in the model's dtype for
+    another; strings 8 bytes per byte sent (Python strings, token ids). Sizes past the body count as the body."""
+    total = 0
+    for tensor in tensors if isinstance(tensors, list) else []:
+        params = tensor.get("parameters") if isinstance(tensor, dict) else None
+        size = params.get("binary_data_size") if isinstance(params, dict) else None
+        if not isinstance(size, int) or size <= 0:
+            continue
+        size = min(size, binary_bytes)
+        datatype, name = tensor.get("datatype"), tensor.get("name")  # unchecked yet: maybe not even hashable
+        sent = V2_NUMPY.get(datatype) if isinstance(datatype, str) else None
+        wanted = signature.input_dtypes.get(name) if isinstance(name, str) else None
+        if sent is None or wanted is None:
+            total += 8 * size
+            continue
+        values = size // sent.itemsize
+        total += values + (0 if sent == wanted else values * wanted.itemsize)
+    return total
 
 
 def decode_infer_request(body: bytes, signature: ModelSignature, header_length: str | None = None,
@@ -222,19 +246,23 @@ def decode_infer_request(body: bytes, signature: ModelSignature, header_length: 
     """Parse and validate a V2 infer request (JSON, or JSON header + binary tensors); RequestError(400).
 
     The JSON's values are counted on the raw bytes first: more than the model can take is a 400 before parsing.
-    `reserve(n)` is then told the bytes decoding may allocate (`decode_memory`); it may refuse by raising.
+    `reserve(n)` is then told the bytes decoding may allocate (`decode_memory`); it may refuse by raising. A
+    JSON body reserves before it is parsed; a binary one once its header is (the tensors' datatypes say what
+    converting them takes; the header's own parse is bounded by the value count).
     """
     header, binary = split_body(body, header_length)
     values = 1 + json_marks(header)
     check_json_values(values, signature)
-    if reserve is not None:
-        reserve(decode_memory(values, len(header), len(binary)))
+    if reserve is not None and not binary:
+        reserve(decode_memory(values, len(header)))
     try:
         doc = json.loads(header)
     except (ValueError, RecursionError) as e:  # JSONDecodeError, UnicodeDecodeError, too deeply nested
         raise RequestError(400, f"request body is not valid JSON: {_one_line(e)}") from None
     if not isinstance(doc, dict):
         raise RequestError(400, "request body must be a JSON object with 'inputs'")
+    if reserve is not None and binary:
+        reserve(decode_memory(values, len(header), _converted_bytes(doc.get("inputs"), signature, len(binary))))
     request_id = doc.get("id")
     if request_id is not None and not isinstance(request_id, str):
         raise RequestError(400, "'id' must be a string")

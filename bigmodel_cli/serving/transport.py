@@ -20,7 +20,8 @@ Guards (`serving_protocol`), each answered with `{"error": ...}` and `connection
   idle one after a response;
 - a client that half-closes its socket (`shutdown(SHUT_WR)`) after a complete request gets its answer,
   then the connection closes (uvicorn would close at once and the answer would be lost);
-- at shutdown, a connection in the middle of a request head gets a 503.
+- at shutdown, a connection in the middle of a request head gets a 503;
+- what is not HTTP is a 400 (without uvicorn's log line per such request).
 
 These refusals happen before the app sees a request: they are not in the access log or the metrics.
 """
@@ -211,9 +212,7 @@ def serving_protocol(request_timeout_s: float = 30.0, max_head_bytes: int = MAX_
             self.transport.write(b"".join(head) + body)
             self.transport.close()
 
-        def _invalid(self) -> None:
-            msg = "Invalid HTTP request received."
-            self.logger.warning(msg)
-            self.send_400_response(msg)
+        def _invalid(self) -> None:  # uvicorn also logs a warning per request: anyone could flood the log
+            self._refuse(400, "invalid HTTP request")
 
     return ServingProtocol

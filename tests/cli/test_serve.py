@@ -358,8 +358,14 @@ def test_slow_and_idle_connections_are_answered_and_closed(guarded) -> None:
     assert sum(1 for a in access if a["status"] == 408) >= 2  # the bodies' timeouts are the app's, logged
 
 
-def test_request_head_over_64_kib_is_431(guarded) -> None:
+def test_request_head_over_64_kib_is_431_and_garbage_a_quiet_400(guarded) -> None:
     _, server = guarded
+    for garbage in (b"NOT HTTP AT ALL\r\n\r\n", b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03"):  # TLS hello
+        sock = _connect(server)
+        sock.sendall(garbage)
+        ((status, headers, body),) = _responses(_until_eof(sock)[0])
+        assert status == 400 and headers["content-type"] == "application/json" and json.loads(body)["error"]
+    assert not [line for line in server.lines if "Invalid HTTP" in line]  # no log line per such request
     ask = "GET /v2/health/live HTTP/1.1\r\nHost: t\r\nConnection: close\r\n"
     sock = _connect(server)
     sock.sendall(f"{ask}X-Fill: {'x' * 60 * 1024}\r\n\r\n".encode())

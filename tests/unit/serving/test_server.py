@@ -757,9 +757,10 @@ _json_values = st.recursive(
 )
 _shapes = st.lists(st.integers(-2, 10) | st.sampled_from([2**40, "1", None, 1.5]), max_size=4)
 _tensors = st.fixed_dictionaries(
-    {"name": st.sampled_from(["input", "x", 3])},
+    {"name": st.sampled_from(["input", "x", 3]) | _json_values},
     optional={"shape": _shapes | _json_values,
-              "datatype": st.sampled_from(["FP32", "FP16", "INT8", "UINT64", "BYTES", "BOOL", "fp32", 7]),
+              "datatype": st.sampled_from(["FP32", "FP16", "INT8", "UINT64", "BYTES", "BOOL", "fp32", 7])
+              | _json_values,
               "data": st.lists(st.floats(allow_nan=True) | st.integers(-300, 2**65) | st.text(max_size=2),
                                max_size=40) | _json_values,
               "parameters": st.fixed_dictionaries({}, optional={"binary_data_size": st.integers(-4, 64)})
@@ -796,22 +797,24 @@ def _binary_requests(draw: st.DrawFn) -> tuple[bytes, str]:
     """Binary tensor requests as tritonclient builds them, the header length right; the tensor's bytes, its
     binary_data_size and the header's fields are right or off by a little."""
     rows = draw(st.integers(1, 10))
-    datatype = draw(st.sampled_from(list(_BINARY_TYPES) + ["BYTES", "BOOL"]))
-    dtype = np.dtype(_BINARY_TYPES.get(datatype, np.uint8))
-    if draw(st.booleans()):  # values a model can take
+    odd = st.sampled_from([False] * 7 + [True])  # now and then a name or datatype that is not even a string
+    datatype = draw(_json_values if draw(odd) else st.sampled_from(list(_BINARY_TYPES) + ["BYTES", "BOOL"]))
+    dtype = np.dtype(_BINARY_TYPES.get(datatype, np.uint8) if isinstance(datatype, str) else np.uint8)
+    if draw(st.sampled_from([True] * 3 + [False])):  # values a model can take
         values = draw(st.lists(st.integers(-100, 100), min_size=rows * 4, max_size=rows * 4))
         raw = np.array(values).astype(dtype.newbyteorder("<")).tobytes()
     else:
         raw = draw(st.binary(max_size=rows * 4 * dtype.itemsize + 4))
-    size = draw(st.sampled_from([len(raw)] * 4 + [len(raw) + 1, max(len(raw) - 1, 0), -1, "16"]))
-    shape = draw(st.sampled_from([[rows, 4]] * 4 + [[rows], [rows, 4, 1], [0, 4], [rows, 5]]))
-    tensor = {"name": "input", "shape": shape, "datatype": datatype, "parameters": {"binary_data_size": size}}
+    size = draw(st.sampled_from([len(raw)] * 12 + [len(raw) + 1, max(len(raw) - 1, 0), -1, "16"]))
+    shape = draw(st.sampled_from([[rows, 4]] * 12 + [[rows], [rows, 4, 1], [0, 4], [rows, 5]]))
+    name = draw(_json_values) if draw(odd) else "input"
+    tensor = {"name": name, "shape": shape, "datatype": datatype, "parameters": {"binary_data_size": size}}
     doc = {"inputs": [tensor], **draw(st.fixed_dictionaries({}, optional={
         "outputs": _outputs, "parameters": st.fixed_dictionaries({}, optional={"binary_data_output": st.booleans()}),
         "id": st.text(max_size=5)}))}
     header = json.dumps(doc).encode()
-    tail = draw(st.sampled_from([b""] * 6 + [b"\0", b"\0" * 8]))
-    length = draw(st.sampled_from([str(len(header))] * 6 + [str(len(header) - 1), str(len(header) + 3), "0"]))
+    tail = draw(st.sampled_from([b""] * 12 + [b"\0", b"\0" * 8]))
+    length = draw(st.sampled_from([str(len(header))] * 12 + [str(len(header) - 1), str(len(header) + 3), "0"]))
     return header + raw + tail, length
 
 
