@@ -14,7 +14,7 @@ Guards (`serving_protocol`), each answered with `{"error": ...}` and `connection
 - a request head (request line and headers) over 64 KiB is a 431; its bytes are counted as they arrive, so a
   128 MB header is refused after its first read past the limit, never buffered whole;
 - a head not complete `request_timeout_s` after its first byte is a 408; a body is the app's to time out
-  (`InferEndpoint` answers 408 itself), with a backstop one second later for routes that answer without
+  (`InferEndpoint` answers 408 itself), with a backstop a little later for routes that answer without
   reading their body: their connection is closed;
 - a connection that opens and sends nothing is closed after the keep-alive timeout, as uvicorn closes an
   idle one after a response;
@@ -33,7 +33,8 @@ import json
 from typing import Any
 
 MAX_HEAD_BYTES = 64 * 1024
-BODY_BACKSTOP_S = 1.0  # after the app's own body deadline: the protocol closes what the app did not answer
+BODY_BACKSTOP_S = 2.5  # past the app's own body deadline (checked every second at most): the protocol closes
+# what the app did not answer
 
 
 class CoalescingWrites:
