@@ -408,7 +408,7 @@ class BodyDeadlines:
 
 async def _receive_rest(receive: Receive, message: Message, size: int | None, limit: int, held: _Held,
                         counter: _JsonCounter) -> bytearray:
-    """The body that comes in several messages, into one buffer (sized by Content-Length when there is one)."""
+    """The body that comes in several messages, gathered into one buffer as it arrives."""
     body = bytearray()
     while True:
         if message["type"] == "http.disconnect":

@@ -34,7 +34,7 @@ from typing import Any
 
 MAX_HEAD_BYTES = 64 * 1024
 BODY_BACKSTOP_S = 2.5  # past the app's own body deadline (checked every second at most): the protocol closes
-# what the app did not answer
+# what the app did not answer. The protocol's deadlines are checked every quarter of the timeout (at most 1 s).
 
 
 class CoalescingWrites:
@@ -98,21 +98,49 @@ class _Refusal(Exception):
         self.message = message
 
 
+class _Sweep:
+    """Deadlines of the connections receiving a request, checked together every `tick` seconds by one timer
+    (arming and cancelling a timer per request cost more than the rest of the guards)."""
+
+    def __init__(self, tick: float) -> None:
+        self.tick = tick
+        self.deadlines: dict[Any, float] = {}
+        self._timer: asyncio.TimerHandle | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+
+    def set(self, protocol: Any, loop: asyncio.AbstractEventLoop, delay: float) -> None:
+        self.deadlines[protocol] = loop.time() + delay
+        if self._timer is None or self._loop is not loop:
+            self._loop = loop
+            self._timer = loop.call_later(self.tick, self._check)
+
+    def _check(self) -> None:
+        assert self._loop is not None
+        now = self._loop.time()
+        for protocol, deadline in list(self.deadlines.items()):
+            if deadline <= now:
+                del self.deadlines[protocol]
+                protocol._expired()
+        self._timer = self._loop.call_later(self.tick, self._check) if self.deadlines else None
+
+
 def serving_protocol(request_timeout_s: float = 30.0, max_head_bytes: int = MAX_HEAD_BYTES) -> type[asyncio.Protocol]:
     """uvicorn's httptools protocol, coalescing its writes, with the guards of this module."""
     import httptools
     from uvicorn.protocols.http.httptools_impl import STATUS_LINE, HttpToolsProtocol
+
+    sweep = _Sweep(min(request_timeout_s / 4, 1.0))
+    body_deadline = request_timeout_s + BODY_BACKSTOP_S
 
     class ServingProtocol(coalescing_protocol(HttpToolsProtocol)):  # type: ignore[misc]
         def connection_made(self, transport: asyncio.BaseTransport) -> None:
             super().connection_made(transport)
             self._head_bytes: int | None = 0  # bytes read of the next request's head; None once it is complete
             self._in_message = False
-            self._deadline: asyncio.TimerHandle | None = None
             self._arm_idle()
 
         def connection_lost(self, exc: Exception | None) -> None:
-            self._cancel_deadline()
+            sweep.deadlines.pop(self, None)
             super().connection_lost(exc)
 
         def data_received(self, data: bytes) -> None:  # uvicorn's, with the head limit and the refusals
@@ -159,21 +187,22 @@ def serving_protocol(request_timeout_s: float = 30.0, max_head_bytes: int = MAX_
         def on_message_begin(self) -> None:
             super().on_message_begin()
             self._in_message = True
-            self._arm_deadline(request_timeout_s)
+            sweep.set(self, self.loop, request_timeout_s)
 
         def on_headers_complete(self) -> None:
-            size = len(self.url) + sum(len(name) + len(value) + 4 for name, value in self.headers)
-            if size > max_head_bytes:
-                raise _Refusal(431, f"request head (request line and headers) over {max_head_bytes} bytes")
+            if self._head_bytes is not None and self._head_bytes > max_head_bytes:  # read with a body: measure it
+                size = len(self.url) + sum(len(name) + len(value) + 4 for name, value in self.headers)
+                if size > max_head_bytes:
+                    raise _Refusal(431, f"request head (request line and headers) over {max_head_bytes} bytes")
             self._head_bytes = None
-            self._arm_deadline(request_timeout_s + BODY_BACKSTOP_S)
+            sweep.set(self, self.loop, body_deadline)
             super().on_headers_complete()
 
         def on_message_complete(self) -> None:
             super().on_message_complete()
             self._in_message = False
             self._head_bytes = 0
-            self._cancel_deadline()
+            sweep.deadlines.pop(self, None)
 
         # timers and answers
 
@@ -182,17 +211,7 @@ def serving_protocol(request_timeout_s: float = 30.0, max_head_bytes: int = MAX_
                 self.timeout_keep_alive_task = self.loop.call_later(self.timeout_keep_alive,
                                                                     self.timeout_keep_alive_handler)
 
-        def _arm_deadline(self, delay: float) -> None:
-            self._cancel_deadline()
-            self._deadline = self.loop.call_later(delay, self._expired)
-
-        def _cancel_deadline(self) -> None:
-            if self._deadline is not None:
-                self._deadline.cancel()
-                self._deadline = None
-
         def _expired(self) -> None:
-            self._deadline = None
             if self.transport.is_closing():
                 return
             cycle = self.cycle
