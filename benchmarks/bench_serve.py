@@ -443,7 +443,8 @@ def big_json_body(megabytes: float = 63.0) -> bytes:
 def hostile(width: int = 8) -> None:
     """`bigmodel serve` (defaults) while one, then four, ~63 MB JSON bodies of small integers arrive at once:
     the server's RSS (peak while they are handled, and 3 s after) and the latency a probe client sees meanwhile
-    (one binary 3x32x32 request every 10 ms on its own connection).
+    (one binary 3x32x32 request every 10 ms on its own connection, for as long as the uploads take and 2 s at
+least).
 
         .venv/bin/python benchmarks/bench_serve.py --hostile [WIDTH]
     """
@@ -507,8 +508,8 @@ def hostile(width: int = 8) -> None:
                 prober.start()
                 for t in uploads:
                     t.start()
-                peak = before
-                while any(t.is_alive() for t in uploads):
+                peak, started = before, time.monotonic()
+                while any(t.is_alive() for t in uploads) or time.monotonic() - started < 2:  # probe 2 s at least
                     peak = max(peak, rss_mib(proc.pid))
                     time.sleep(0.02)
                 done.set()
