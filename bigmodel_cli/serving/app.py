@@ -12,8 +12,9 @@ device): logged once with its traceback, counted in `bigmodel_server_errors_tota
 
 Limits (besides the connection guards of `transport.py`): a body over `max_body_bytes` is a 413; one not
 received within `request_timeout_s` a 408 (a 503 once the server is stopping); the bytes held by requests
-in flight (bodies as they arrive, then what decoding them may allocate, `protocol.decode_memory`) stay
-under `max_inflight_bytes`: a request that would pass it is a 503 (a 413 when it could never fit).
+in flight (bodies as they arrive, what parsing a JSON body over 64 KiB may allocate, binary tensors' copies
+in the model's dtype) stay under `max_inflight_bytes`: a request that would pass it is a 503 (a 413 when it
+could never fit). Smaller JSON is parsed on the event loop, one request at a time.
 
 `POST .../infer` is the hot path: `InferEndpoint`, a plain ASGI handler, answers it without Starlette's
 request/response objects and middleware stack in between (they took a third or more of the event loop's
@@ -49,6 +50,7 @@ from bigmodel_cli.serving.batcher import DynamicBatcher
 from bigmodel_cli.serving.metrics import ServerMetrics
 from bigmodel_cli.serving.model import LoadedModel
 from bigmodel_cli.serving.protocol import (
+    COUNTED_JSON_BYTES,
     InferRequest,
     ModelSignature,
     RequestError,
@@ -66,7 +68,7 @@ DEFAULT_MAX_INFLIGHT_BYTES = 256 * 1024 * 1024
 DEFAULT_REQUEST_TIMEOUT_S = 30.0
 OPEN_PATHS = frozenset({"/v2/health/live", "/v2/health/ready"})  # no API key needed (load balancer probes)
 HEADER_LENGTH = "inference-header-content-length"
-_INLINE_JSON_BYTES = 64 * 1024  # smaller JSON is parsed on the event loop, larger in a worker thread
+_INLINE_JSON_BYTES = COUNTED_JSON_BYTES  # smaller JSON is parsed on the event loop, larger in a worker thread
 _INLINE_OUTPUT_VALUES = 4096  # JSON outputs with more values are encoded in a worker thread
 # decode/encode threads: concurrent.futures' workers drop a call's arguments and result once it is done (anyio's,
 # which Starlette's run_in_threadpool uses, keep them until their next call: a 63 MB body outlived its request)
@@ -307,8 +309,9 @@ def _check_target(model: LoadedModel, name: str | None, version: str | None) -> 
 
 
 class _JsonCounter:
-    """Counts the JSON values of a body as it arrives (its first `json_size` bytes, all without a binary part):
-    RequestError(400) as soon as they are more than the model can take, long before a huge body is all in."""
+    """Counts the JSON values of a body as it arrives (its first `json_size` bytes, all without a binary part),
+    from its first 64 KiB on (smaller JSON is not counted): RequestError(400) as soon as they are more than the
+    model can take, long before a huge body is all in."""
 
     __slots__ = ("signature", "json_size", "marks", "seen")
 
@@ -319,11 +322,9 @@ class _JsonCounter:
         self.seen = 0
 
     def add(self, chunk: bytes) -> None:
-        if self.signature.max_values is None:
-            return
         json_left = len(chunk) if self.json_size is None else self.json_size - self.seen
         self.seen += len(chunk)
-        if json_left > 0:
+        if json_left > 0 and self.seen > COUNTED_JSON_BYTES and self.signature.max_values is not None:
             self.marks += json_marks(chunk, json_left)
             check_json_values(1 + self.marks, self.signature)
 

@@ -24,11 +24,11 @@ tokenizer fitted by prepare-data (exported into the model's metadata).
 
 Every check a client can fail becomes a `RequestError` (400) here, before onnxruntime sees the data.
 
-Memory: a JSON body is parsed only when its raw bytes hold no more values (counted as `,`, `[` and `{`, a
-bound on the number of objects `json.loads` can build) than the model's inputs can take at `max_batch_size`
-rows (`ModelSignature.max_values`), so that what decoding allocates is bounded by the model, not by the body:
-a 63 MB body of `1,1,1,...` is refused before it becomes 31 million Python objects. `decode_memory` is
-the bound the server reserves against `--max-inflight-mb` before decoding.
+Memory: a JSON body over 64 KiB is parsed only when its raw bytes hold no more values (counted as `,`, `[`
+and `{`, a bound on the number of objects `json.loads` can build) than the model's inputs can take at
+`max_batch_size` rows (`ModelSignature.max_values`), so that what decoding allocates is bounded by the model,
+not by the body: a 63 MB body of `1,1,1,...` is refused before it becomes 31 million Python objects.
+`decode_memory` is the bound the server reserves against `--max-inflight-mb` before parsing it.
 """
 
 from __future__ import annotations
@@ -63,6 +63,7 @@ ORT_V2 = {
 }
 _UNSUPPORTED_INPUT_TYPES = {"BYTES", "BOOL"}  # BYTES: only for a text model's input (raw strings)
 OTHER_JSON_VALUES = 1024  # values a request may hold besides its tensors' data: names, shapes, id, parameters
+COUNTED_JSON_BYTES = 64 * 1024  # JSON larger than this has its values counted before it is parsed
 BYTES_PER_JSON_VALUE = 48  # json.loads: a float (24) and its list slot (8); np.asarray's float64 (8); the cast
 _COUNT_SLICE = 1 << 20  # bytes counted per call, so that a worker thread counting a large body lets go of the GIL
 
@@ -212,57 +213,34 @@ def check_json_values(values: int, signature: ModelSignature) -> None:
                                 f"rest of the document")
 
 
-def decode_memory(values: int, json_bytes: int, converted_bytes: int = 0) -> int:
-    """A bound of the bytes decoding a request allocates besides its body: the parsed JSON (`values` of them,
-    keys as many again at worst, strings no longer than the text), the header's copy, and what converting its
-    binary tensors takes (`converted_bytes`)."""
-    return 2 * BYTES_PER_JSON_VALUE * values + 2 * json_bytes + converted_bytes
-
-
-def _converted_bytes(tensors: Any, signature: ModelSignature, binary_bytes: int) -> int:
-    """What decoding the binary tensors a header announces allocates: nothing for a tensor sent in the model's
-    dtype (np.frombuffer shares the body) but a bool per value for the checks; a copy in the model's dtype for
-    another; strings 8 bytes per byte sent (Python strings, token ids). Sizes past the body count as the body."""
-    total = 0
-    for tensor in tensors if isinstance(tensors, list) else []:
-        params = tensor.get("parameters") if isinstance(tensor, dict) else None
-        size = params.get("binary_data_size") if isinstance(params, dict) else None
-        if not isinstance(size, int) or size <= 0:
-            continue
-        size = min(size, binary_bytes)
-        datatype, name = tensor.get("datatype"), tensor.get("name")  # unchecked yet: maybe not even hashable
-        sent = V2_NUMPY.get(datatype) if isinstance(datatype, str) else None
-        wanted = signature.input_dtypes.get(name) if isinstance(name, str) else None
-        if sent is None or wanted is None:
-            total += 8 * size
-            continue
-        values = size // sent.itemsize
-        total += values + (0 if sent == wanted else values * wanted.itemsize)
-    return total
+def decode_memory(values: int, json_bytes: int) -> int:
+    """A bound of the bytes parsing a request's JSON allocates: `values` of them (keys as many again at worst),
+    strings no longer than the text, and the header's copy."""
+    return 2 * BYTES_PER_JSON_VALUE * values + 2 * json_bytes
 
 
 def decode_infer_request(body: bytes, signature: ModelSignature, header_length: str | None = None,
                          reserve: Callable[[int], None] | None = None) -> InferRequest:
     """Parse and validate a V2 infer request (JSON, or JSON header + binary tensors); RequestError(400).
 
-    The JSON's values are counted on the raw bytes first: more than the model can take is a 400 before parsing.
-    `reserve(n)` is then told the bytes decoding may allocate (`decode_memory`); it may refuse by raising. A
-    JSON body reserves before it is parsed; a binary one once its header is (the tensors' datatypes say what
-    converting them takes; the header's own parse is bounded by the value count).
+    JSON over `COUNTED_JSON_BYTES` has its values counted on the raw bytes first: more than the model can take
+    is a 400 before parsing, and `reserve(n)` is told what parsing may allocate (`decode_memory`). Smaller JSON
+    is parsed as it is (the server does that on its event loop, one request at a time: a few MB at most).
+    `reserve` is also told the size of each binary tensor's copy in the model's dtype, when it needs one (one
+    sent in the model's dtype shares the body). It may refuse by raising.
     """
     header, binary = split_body(body, header_length)
-    values = 1 + json_marks(header)
-    check_json_values(values, signature)
-    if reserve is not None and not binary:
-        reserve(decode_memory(values, len(header)))
+    if len(header) > COUNTED_JSON_BYTES:
+        values = 1 + json_marks(header)
+        check_json_values(values, signature)
+        if reserve is not None:
+            reserve(decode_memory(values, len(header)))
     try:
         doc = json.loads(header)
     except (ValueError, RecursionError) as e:  # JSONDecodeError, UnicodeDecodeError, too deeply nested
         raise RequestError(400, f"request body is not valid JSON: {_one_line(e)}") from None
     if not isinstance(doc, dict):
         raise RequestError(400, "request body must be a JSON object with 'inputs'")
-    if reserve is not None and binary:
-        reserve(decode_memory(values, len(header), _converted_bytes(doc.get("inputs"), signature, len(binary))))
     request_id = doc.get("id")
     if request_id is not None and not isinstance(request_id, str):
         raise RequestError(400, "'id' must be a string")
@@ -270,13 +248,14 @@ def decode_infer_request(body: bytes, signature: ModelSignature, header_length: 
     if not isinstance(parameters, dict):
         raise RequestError(400, "'parameters' must be an object")
 
-    inputs = _decode_inputs(doc.get("inputs"), signature, binary)
+    inputs = _decode_inputs(doc.get("inputs"), signature, binary, reserve)
     outputs, binary_outputs = _requested_outputs(doc.get("outputs"), parameters, signature)
     return InferRequest(inputs=inputs, outputs=outputs, binary_outputs=binary_outputs, id=request_id,
                         parameters=parameters)
 
 
-def _decode_inputs(tensors: Any, signature: ModelSignature, binary: memoryview) -> dict[str, np.ndarray]:
+def _decode_inputs(tensors: Any, signature: ModelSignature, binary: memoryview,
+                   reserve: Callable[[int], None] | None) -> dict[str, np.ndarray]:
     if not isinstance(tensors, list) or not tensors:
         raise RequestError(400, "request needs 'inputs': a non-empty list of tensors")
     expected = {s.name: s for s in signature.inputs}
@@ -290,7 +269,7 @@ def _decode_inputs(tensors: Any, signature: ModelSignature, binary: memoryview) 
             raise RequestError(400, f"unknown input '{name}' (model inputs: {', '.join(expected)})")
         if name in inputs:
             raise RequestError(400, f"input '{name}' given twice")
-        inputs[name], used = _decode_tensor(tensor, expected[name], signature, binary[offset:])
+        inputs[name], used = _decode_tensor(tensor, expected[name], signature, binary[offset:], reserve)
         offset += used
     if offset != len(binary):
         raise RequestError(400, f"{len(binary) - offset} bytes of binary tensor data after the inputs' "
@@ -304,8 +283,8 @@ def _decode_inputs(tensors: Any, signature: ModelSignature, binary: memoryview) 
     return inputs
 
 
-def _decode_tensor(tensor: dict[str, Any], spec: TensorSpec, signature: ModelSignature,
-                   binary: memoryview) -> tuple[np.ndarray, int]:
+def _decode_tensor(tensor: dict[str, Any], spec: TensorSpec, signature: ModelSignature, binary: memoryview,
+                   reserve: Callable[[int], None] | None) -> tuple[np.ndarray, int]:
     """One input as the model's dtype, and how many bytes of binary data it took."""
     name = spec.name
     model_dtype = signature.input_dtypes[name]
@@ -326,6 +305,8 @@ def _decode_tensor(tensor: dict[str, Any], spec: TensorSpec, signature: ModelSig
                                 f"{text.max_length} (send strings to have longer texts truncated)")
     if binary_size is not None:
         array, used = _binary_tensor(binary_size, binary, datatype, shape, name)
+        if reserve is not None and array.dtype != model_dtype:  # its copy in the model's dtype, and the checks'
+            reserve(array.size * (model_dtype.itemsize + 1))
     else:
         array, used = _json_tensor(tensor, datatype, shape, name), 0
     if model_dtype.kind in "iu":

@@ -641,7 +641,7 @@ def test_json_with_more_values_than_the_model_takes_is_refused_before_parsing(cl
         return {"type": "http.request", "body": piece, "more_body": calls * 65536 < len(body)}
 
     status, headers, doc = asyncio.run(_call(create_app(cls_model), receive, {"content-length": str(len(body))}))
-    assert status == 400 and "at most 48" in doc["error"] and calls == 1  # refused on its first 64 KiB
+    assert status == 400 and "at most 48" in doc["error"] and calls == 2  # refused on its second 64 KiB
     assert b"connection" not in headers  # the server discards the rest: the client still reads the 400
 
 
@@ -664,6 +664,22 @@ def test_decoding_stays_within_the_memory_it_reserves() -> None:
     more_rows = json.dumps(_body(np.zeros((40, 3, 16, 16)), nested=True)).encode()
     with pytest.raises(RequestError, match="at most"):  # refused on its raw bytes, before parsing
         decode_infer_request(more_rows, signature)
+    ints = np.random.default_rng(1).integers(-100, 100, (32, 3, 16, 16)).astype(np.int8)  # converted to FP32
+    body, headers = _binary(ints, "INT8")
+    reserved = []
+    tracemalloc.start()
+    try:
+        decoded = decode_infer_request(body, signature, headers["Inference-Header-Content-Length"], reserved.append)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    header = int(headers["Inference-Header-Content-Length"])  # a small header's parse is not reserved: ~32x its size
+    assert np.array_equal(decoded.inputs["input"], ints.astype(np.float32))
+    assert sum(reserved) <= peak <= sum(reserved) + 32 * header, (peak, reserved, header)
+    body, headers = _binary(ints.astype(np.float32))
+    reserved = []
+    decode_infer_request(body, signature, headers["Inference-Header-Content-Length"], reserved.append)
+    assert reserved == []  # sent in the model's dtype: the tensor shares the body
 
 
 def test_inflight_bytes_cap_503_in_total_413_alone(cls_model: LoadedModel) -> None:
