@@ -5,8 +5,8 @@
     curl localhost:8000/v2/health/ready
 
 Given a run directory, its recipe's `serve` section supplies the defaults (host, port, max_batch_size,
-max_queue_delay_ms, max_queue, grace_seconds, max_body_mb, threads, access_log, and request_timeout_s and
-max_inflight_mb once the recipe schema has them); explicit flags win.
+max_queue_delay_ms, max_queue, grace_seconds, max_body_mb, max_inflight_mb, request_timeout_s, threads, access_log);
+explicit flags win.
 """
 
 from __future__ import annotations

@@ -254,6 +254,8 @@ class ServeSection(Section):
     max_queue: int = Field(default=1024, ge=1)  # requests waiting for a batch at most; more get 503
     grace_seconds: float = Field(default=30.0, ge=0.0)  # SIGTERM: time to finish in-flight requests
     max_body_mb: float = Field(default=64.0, gt=0.0)  # larger request bodies get 413
+    max_inflight_mb: float = Field(default=256.0, gt=0.0)  # decoded bytes of all requests in flight; more get 503
+    request_timeout_s: float = Field(default=30.0, gt=0.0)  # a request head or body not in by then gets 408
     threads: int = Field(default=0, ge=0)  # onnxruntime intra-op threads (0: one per core)
     access_log: bool = True  # one JSON line per request on stderr
 
