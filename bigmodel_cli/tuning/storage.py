@@ -68,8 +68,10 @@ def open_storage(url: str | None, default: Path, parallel: int = 1):
     try:
         storage = optuna.storages.RDBStorage(url, engine_kwargs={"connect_args": connect_args,
                                                                  "pool_pre_ping": True})
-    except ModuleNotFoundError as e:
-        driver = {"psycopg2": "psycopg2-binary", "MySQLdb": "mysqlclient", "pymysql": "PyMySQL"}.get(e.name, e.name)
+    except ImportError as e:
+        missing = getattr(e.__cause__, "name", None) or getattr(e, "name", None) or "the driver"
+        driver = {"psycopg": "'psycopg[binary]'", "psycopg2": "psycopg2-binary", "MySQLdb": "mysqlclient",
+                  "pymysql": "PyMySQL"}.get(missing, missing)
         raise UsageError(f"--storage {redact(url)}: the database driver is not installed (pip install {driver})") \
             from None
     except Exception as e:

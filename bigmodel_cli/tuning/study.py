@@ -235,7 +235,11 @@ def _run_one(study, setup: trials_mod.Setup, t) -> None:
         t.set_user_attr("error", outcome.error)
         study.tell(t, state=TrialState.FAIL)
         if outcome.missing_objective is not None:
-            raise UsageError(f"--objective '{setup.objective}' is not a logged metric (trial {t.number}, epoch 1 "
+            import difflib
+
+            near = difflib.get_close_matches(setup.objective, outcome.missing_objective, n=1)
+            hint = f"; did you mean '{near[0]}'?" if near else ""
+            raise UsageError(f"--objective '{setup.objective}' is not a logged metric{hint} (trial {t.number} "
                              f"logged: {', '.join(outcome.missing_objective)})")
         if outcome.usage_error:
             raise UsageError(f"trial {t.number} ({run_dir}): {outcome.error}")
