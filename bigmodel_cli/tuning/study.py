@@ -25,7 +25,7 @@ from bigmodel_cli.errors import BigmodelError, Interrupted, UsageError
 from bigmodel_cli.tuning import report
 from bigmodel_cli.tuning import trial as trials_mod
 from bigmodel_cli.tuning.space import load_space
-from bigmodel_cli.tuning.storage import open_storage
+from bigmodel_cli.tuning.storage import journal_path, open_storage
 
 PRUNERS = ("median", "hyperband", "none")
 DIRECTIONS = {"max": "maximize", "min": "minimize", "maximize": "maximize", "minimize": "minimize"}
@@ -102,8 +102,10 @@ def tune(recipe_ref: str, space_path: str | Path, trials: int, storage: str | No
     errors: list[BaseException] = []
     lock = threading.Lock()
 
+    ask_lock = Path(f"{store_label}.lock") if journal_path(storage or str(out / "study.journal")) else None
+
     def next_trial():
-        with lock:
+        with lock, _file_lock(ask_lock):  # local processes sharing a journal never ask past --trials together
             if setup.stop.is_set():
                 return None
             if _counted(study) >= trials:
@@ -139,6 +141,24 @@ def tune(recipe_ref: str, space_path: str | Path, trials: int, storage: str | No
         raise Interrupted(f"{interrupted.signal}: study '{name}' stopped; running trials saved checkpoints and are "
                           "queued again: rerun the same command to resume")
     return result
+
+
+@contextlib.contextmanager
+def _file_lock(path: Path | None):
+    try:
+        import fcntl
+    except ImportError:  # not POSIX: threads of this process are still serialised
+        fcntl = None
+    if path is None or fcntl is None:
+        yield
+        return
+
+    with open(path, "a") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
 
 
 def _counted(study) -> int:
