@@ -46,9 +46,9 @@ def quiet_logs() -> None:
 
 
 def connect(uri: str):
-    quiet_logs()
     from mlflow.tracking import MlflowClient
 
+    quiet_logs()  # after the import: MLflow sets its loggers to INFO when imported
     return MlflowClient(tracking_uri=uri)
 
 
