@@ -45,6 +45,7 @@ def main() -> None:
     parser.add_argument("--trials", type=int, default=30, help="unpruned trials")
     parser.add_argument("--pruned-trials", type=int, default=30)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--save", type=Path, help="also write both studies' JSON documents here")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         cwd = Path(tmp)
@@ -52,7 +53,11 @@ def main() -> None:
         subprocess.run([sys.executable, "-m", "bigmodel_cli", "prepare-data", "-r", "digits-cnn"], cwd=cwd,
                        check=True, capture_output=True, env={**os.environ, "CI": "1"})
         full = study(cwd, "unpruned", args.trials, "none", args.seed)
+        if args.save:
+            args.save.write_text(json.dumps({"unpruned": full}))
         pruned = study(cwd, "pruned", args.pruned_trials, "median", args.seed)
+        if args.save:
+            args.save.write_text(json.dumps({"unpruned": full, "pruned": pruned}))
     print("digits-cnn, objective val_accuracy (max), space:")
     print("".join(f"  {line}\n" for line in SPACE.splitlines()), end="")
     for label, doc in (("no pruning", full), ("median pruning", pruned)):
