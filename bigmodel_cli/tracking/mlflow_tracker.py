@@ -91,6 +91,10 @@ class MlflowTracker:
     and at close."""
 
     def __init__(self, run_dir: Path, recipe: dict[str, Any], tags: dict[str, str], resume: bool = False):
+        import importlib.util
+
+        if importlib.util.find_spec("mlflow") is None:
+            raise UsageError("report_to mlflow needs MLflow: pip install 'bigmodel-cli[ops]'")
         self.run_dir = Path(run_dir)
         self.uri = tracking_uri(run_dir)
         local = sqlite_path(self.uri) is not None

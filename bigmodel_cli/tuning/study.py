@@ -62,7 +62,10 @@ def tune(recipe_ref: str, space_path: str | Path, trials: int, storage: str | No
          study_name: str | None = None, parallel: int = 1, prune: str = "median", objective: str | None = None,
          direction: str | None = None, sets: list[str] | None = None, out: str | Path | None = None,
          seed: int | None = None) -> dict[str, Any]:
-    import optuna
+    try:
+        import optuna
+    except ImportError:
+        raise UsageError("bigmodel tune needs Optuna: pip install 'bigmodel-cli[ops]'") from None
 
     from bigmodel_cli.config.recipe import locate, resolve
 
