@@ -105,7 +105,8 @@ def tune(recipe_ref: str, space_path: str | Path, trials: int, storage: str | No
     errors: list[BaseException] = []
     lock = threading.Lock()
 
-    ask_lock = Path(f"{store_label}.lock") if journal_path(storage or str(out / "study.journal")) else None
+    # not `<journal>.lock`: that name is Optuna's own lock of the journal file
+    ask_lock = Path(f"{store_label}.ask-lock") if journal_path(storage or str(out / "study.journal")) else None
 
     def next_trial():
         with lock, _file_lock(ask_lock):  # local processes sharing a journal never ask past --trials together
