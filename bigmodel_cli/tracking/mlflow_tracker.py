@@ -56,6 +56,9 @@ def check_sqlite(uri: str) -> None:
 
     path = sqlite_path(uri)
     hint = "; set MLFLOW_TRACKING_URI to a store you can write"
+    blocking = next((p for p in [path.parent, *path.parent.parents] if p.exists() and not p.is_dir()), None)
+    if blocking is not None:
+        raise UsageError(f"MLflow store {uri}: {blocking} is a file, not a folder{hint}")
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
     except OSError as e:

@@ -127,7 +127,7 @@ def test_mlflow_tracking_uri_and_experiment_from_the_environment(tmp_path, monke
 def test_a_store_that_cannot_be_written_is_a_usage_error_before_training(tmp_path, monkeypatch, recipe):
     (tmp_path / "a-file").write_text("not a folder")
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path}/a-file/mlflow.db")
-    with pytest.raises(UsageError, match=r"MLflow store sqlite:///.*a-file/mlflow.db: cannot create"):
+    with pytest.raises(UsageError, match=r"store sqlite:///.*a-file/mlflow.db: .*a-file is a file, not a folder"):
         open_trackers("mlflow", tmp_path / "runs/a", recipe)
     (tmp_path / "not-a-db").write_text("plain text, not SQLite " * 100)
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path}/not-a-db")
