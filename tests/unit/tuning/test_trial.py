@@ -80,3 +80,30 @@ def test_storages(tmp_path):
     (tmp_path / "dir.journal").mkdir()
     with pytest.raises(UsageError, match="not a file"):
         open_storage(str(tmp_path / "dir.journal"), tmp_path / "unused")
+
+
+def test_trials_of_a_dead_tune_process_are_queued_to_resume(tmp_path):
+    import socket
+    import subprocess
+    import sys
+
+    from bigmodel_cli.tuning.study import _counted, _recover_stale
+
+    store, _ = open_storage(None, tmp_path / "study.journal")
+    study = optuna.create_study(storage=store, study_name="s")
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    stale = study.ask({"train.optimizer.lr": optuna.distributions.FloatDistribution(1e-3, 1e-2, log=True)})
+    stale.set_user_attr("worker", f"{socket.gethostname()}:{dead.stdout.strip()}")
+    stale.set_user_attr("run_dir", str(tmp_path / "trial_000"))
+    alive = study.ask()
+    alive.set_user_attr("worker", T.worker_id())  # this process: still running, left alone
+    _recover_stale(study)
+    states = {t.number: t.state.name for t in study.get_trials()}
+    assert states == {0: "FAIL", 1: "RUNNING", 2: "WAITING"}
+    queued = study.get_trials()[2]
+    assert queued.user_attrs == {"resumes": 0, "resume_dir": str(tmp_path / "trial_000")}
+    assert queued.params == {} and study.get_trials()[0].user_attrs["interrupted"] is True
+    assert _counted(study) == 1  # the interrupted trial does not count; its queued resumption will
+    again = study.ask()
+    assert again.number == 2  # the queued trial first, with the stale trial's values
+    assert again.suggest_float("train.optimizer.lr", 1e-3, 1e-2, log=True) == stale.params["train.optimizer.lr"]
