@@ -3,9 +3,11 @@
     .venv/bin/python benchmarks/bench_tune.py [--trials 30] [--pruned-trials 30] [--seed 0]
 
 Recipe digits-cnn (sklearn digits, cnn_small, 15 epochs, early stopping patience 5, CPU), objective val_accuracy
-(its early-stopping monitor), space below; both studies run one trial at a time with the same sampler seed, each
+(its early-stopping monitor), space below; each study runs one trial at a time with the same sampler seed, each
 trial a real `bigmodel train` subprocess. The baseline is `--trials 30 --prune none`; the pruned study is
-`--trials 30 --prune median`. Training time is the sum of the trials' wall times (subprocess start included).
+`--trials 30 --prune median`. The two studies run side by side (at the same time, so that machine load weighs on
+both alike; `--sequential` runs one after the other). Training time is the sum of the trials' wall times
+(subprocess start included).
 Goal (issue 18): the pruned study's best is within 0.5 point of the unpruned best, in at most half its training time.
 """
 
@@ -27,17 +29,26 @@ model.args.width: {int: [8, 48], step: 8}
 """
 
 
-def study(cwd: Path, name: str, trials: int, prune: str, seed: int) -> dict:
+def start(cwd: Path, name: str, trials: int, prune: str, seed: int) -> tuple[subprocess.Popen, float]:
     cmd = [sys.executable, "-m", "bigmodel_cli", "tune", "-r", "digits-cnn", "--space", "space.yaml", "--trials",
            str(trials), "--prune", prune, "--study", name, "--seed", str(seed), "--json"]
-    started = time.perf_counter()
-    proc = subprocess.run(cmd, cwd=cwd, env={**os.environ, "CI": "1"}, capture_output=True, text=True)
+    proc = subprocess.Popen(cmd, cwd=cwd, env={**os.environ, "CI": "1"}, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    return proc, time.perf_counter()
+
+
+def finish(proc: subprocess.Popen, started: float) -> dict:
+    out, err = proc.communicate()
     if proc.returncode != 0:
-        raise SystemExit(f"tune failed ({proc.returncode}): {proc.stderr.strip().splitlines()[-1]}")
-    doc = json.loads(proc.stdout)
+        raise SystemExit(f"tune failed ({proc.returncode}): {err.strip().splitlines()[-1]}")
+    doc = json.loads(out)
     doc["wall_s"] = time.perf_counter() - started
     doc["load"] = os.getloadavg()[0]
     return doc
+
+
+def study(cwd: Path, name: str, trials: int, prune: str, seed: int) -> dict:
+    return finish(*start(cwd, name, trials, prune, seed))
 
 
 def main() -> None:
@@ -46,16 +57,20 @@ def main() -> None:
     parser.add_argument("--pruned-trials", type=int, default=30)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--save", type=Path, help="also write both studies' JSON documents here")
+    parser.add_argument("--sequential", action="store_true", help="run the studies one after the other")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         cwd = Path(tmp)
         (cwd / "space.yaml").write_text(SPACE)
         subprocess.run([sys.executable, "-m", "bigmodel_cli", "prepare-data", "-r", "digits-cnn"], cwd=cwd,
                        check=True, capture_output=True, env={**os.environ, "CI": "1"})
-        full = study(cwd, "unpruned", args.trials, "none", args.seed)
-        if args.save:
-            args.save.write_text(json.dumps({"unpruned": full}))
-        pruned = study(cwd, "pruned", args.pruned_trials, "median", args.seed)
+        if args.sequential:
+            full = study(cwd, "unpruned", args.trials, "none", args.seed)
+            pruned = study(cwd, "pruned", args.pruned_trials, "median", args.seed)
+        else:
+            running = start(cwd, "unpruned", args.trials, "none", args.seed)
+            pruned = study(cwd, "pruned", args.pruned_trials, "median", args.seed)
+            full = finish(*running)
         if args.save:
             args.save.write_text(json.dumps({"unpruned": full, "pruned": pruned}))
     print("digits-cnn, objective val_accuracy (max), space:")
