@@ -12,7 +12,6 @@ fresh interpreter (why MLflow lives in a worker process). Goal (issue 18): track
 from __future__ import annotations
 
 import argparse
-import inspect
 import json
 import os
 import statistics
@@ -47,11 +46,6 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=20)
     parser.add_argument("--repeats", type=int, default=3)
     args = parser.parse_args()
-    from bigmodel_cli.cli import train as train_cmd
-
-    if "report_to" not in inspect.signature(train_cmd.train).parameters:
-        print("bench_tracking: skipped, `bigmodel train` has no --report-to yet (the training loop's tracking hook)")
-        return
     print(f"import mlflow in a fresh interpreter: {import_time():.2f} s (load {os.getloadavg()[0]:.1f})")
     with tempfile.TemporaryDirectory() as tmp:
         cwd = Path(tmp)

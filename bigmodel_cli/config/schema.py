@@ -185,7 +185,8 @@ class TrainSection(Section):
     l1: float = Field(default=0.0, ge=0.0)  # L1 penalty on weights, added to the loss
     compile: bool = False  # torch.compile the model (falls back with a warning)
     deterministic: bool = False  # torch.use_deterministic_algorithms
-    tensorboard: bool = False  # also log to RUN_DIR/tensorboard (needs the tensorboard package)
+    tensorboard: bool = False  # also log to RUN_DIR/tensorboard (same as report_to: [tensorboard])
+    report_to: list[Literal["mlflow", "tensorboard"]] = Field(default_factory=list)  # trackers (--report-to)
     devices: str = "auto"  # auto | cpu | cuda | N (N processes: one per GPU, or CPU processes with gloo)
     strategy: Literal["auto", "ddp", "fsdp"] = "auto"  # with N processes; auto: ddp
     activation_checkpointing: bool = False  # fsdp: recompute activations of each sharded block in backward

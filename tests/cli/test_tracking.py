@@ -1,16 +1,11 @@
 """`bigmodel train --report-to mlflow`, then `eval` and `export` adding their files to the same MLflow run, read back
-with MLflow's own client. Runs once the training loop calls bigmodel_cli.tracking (issue 18's hook)."""
+with MLflow's own client."""
 
-import inspect
 import json
 
 import pytest
 
-from bigmodel_cli.cli import train as train_cmd
 from tests.conftest import run_cli
-
-pytestmark = pytest.mark.skipif("report_to" not in inspect.signature(train_cmd.train).parameters,
-                                reason="bigmodel train has no --report-to yet (the training loop's tracking hook)")
 
 
 @pytest.mark.slow
