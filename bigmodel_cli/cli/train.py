@@ -38,6 +38,8 @@ def train(
     from bigmodel_cli.training import distributed
 
     start(as_json)
+    if nnodes < 1 or not 0 <= node_rank < nnodes:
+        raise UsageError(f"--node-rank {node_rank} with --nnodes {nnodes}: node ranks are 0..{max(nnodes, 1) - 1}")
     flags = {"train.devices": devices}
     resolved = resolve(recipe, flags, sets)
     run_dir = run_dir or Path("runs") / resolved.name
