@@ -232,6 +232,17 @@ def _split(tree: Any) -> tuple[Any, Any]:
     return (tree, None) if isinstance(tree, DTensor) else (None, tree)
 
 
+def _without(tree: dict[str, Any], rest: dict[str, Any]) -> dict[str, Any]:
+    """`tree` less the leaves `rest` holds (what `_split` put aside), whatever the target networks' sharding."""
+    out = {}
+    for key, value in tree.items():
+        if isinstance(value, dict) and isinstance(rest.get(key), dict):
+            out[key] = _without(value, rest[key])
+        elif key not in rest:
+            out[key] = value
+    return out
+
+
 def _merge(into: dict[str, Any], rest: dict[str, Any]) -> None:
     for key, value in rest.items():
         if isinstance(value, dict) and isinstance(into.get(key), dict):
@@ -282,9 +293,8 @@ def load_sharded_into(pairs: dict[str, tuple[Any, Any]], path: Path, saved: dict
     networks, optimizers = _sharded_state(pairs)
     full = {"networks": networks, "optimizers": optimizers}
     replicated = saved.get("replicated")
-    try:  # the sharded tensors in place; the rest (older checkpoints held everything in the shard files) from state.pt
-        dcp.load(_split(full)[0] if replicated is not None else full, checkpoint_id=str(path),
-                 process_group=dist.io)
+    try:  # what the shard files hold, in place (older checkpoints held everything there); the rest from state.pt
+        dcp.load(_without(full, replicated or {}), checkpoint_id=str(path), process_group=dist.io)
     except Exception as e:
         detail = str(e).splitlines()[0][:300] if str(e) else type(e).__name__
         raise UsageError(f"{path}: sharded checkpoint does not fit the model ({detail})") from e

@@ -31,6 +31,7 @@ import contextlib
 import json
 import os
 import re
+import signal
 import socket
 import subprocess
 import sys
@@ -48,7 +49,7 @@ from bigmodel_cli.errors import BigmodelError, Interrupted, JobFailed, UsageErro
 
 IO_TIMEOUT_S = 1800.0  # how long the other ranks wait for one rank reading or writing files (the io group)
 NOTICE_WAIT_S = 8.0  # how long a rank whose connection broke waits for the failed rank's own error
-GRACE_S = 5.0  # how long the watch lets this worker end by itself after another rank failed
+GRACE_S = 3.0  # how long the watch lets this worker end by itself after another rank failed
 STORE_LOST_S = 15.0  # how long node 0's store may be unreachable before this worker gives up
 # recipe keys that may differ between nodes: local paths and what each machine can run
 LOCAL_KEYS = ("data.prepared", "data.source", "model.weights", "train.devices", "train.loader_workers")
@@ -582,7 +583,8 @@ def launch(worker_args: list[str], nproc: int, nnodes: int = 1, node_rank: int =
 
 
 def _first_cause(failures: dict[int, Any]) -> tuple[int, Any, str]:
-    """The failure to report: the earliest one that is not a worker relaying another rank's error."""
+    """The failure to report: the earliest cause, not a worker relaying another rank's error nor one that the
+    launcher stopped (SIGTERM) because another had failed."""
 
     def text(failure) -> str:
         detail = failure.message
@@ -593,7 +595,8 @@ def _first_cause(failures: dict[int, Any]) -> tuple[int, Any, str]:
 
     found = sorted(((r, f, text(f)) for r, f in failures.items()), key=lambda x: (x[1].timestamp, x[0]))
     causes = [x for x in found if not RELAY.match(x[2])]
-    return (causes or found)[0]
+    first = [x for x in causes if x[1].exitcode not in (-signal.SIGTERM, 130)]
+    return (first or causes or found)[0]
 
 
 def _post_for(folder: Path, rank: int, detail: str) -> None:

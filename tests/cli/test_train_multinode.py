@@ -208,11 +208,11 @@ def test_a_lost_worker_or_launcher_on_node_1_ends_both_nodes(work, how):
 
 def test_a_silent_rank_fails_both_nodes_after_the_timeout(work):
     stamp = work / "hang-stamp"
-    ends = two_nodes(work, ["h0", "h1"], "--set", "train.dist_timeout_s=5", "--set",
+    ends = two_nodes(work, ["h0", "h1"], "--set", "train.dist_timeout_s=3", "--set",
                      f"model.args={{at: 5, how: hang, rank: 1, stamp: {stamp}}}")
     _, at = fired(stamp)
     assert [e.code for e in ends] == [1, 1] and max(e.at for e in ends) - at < 60
-    assert "no answer from the other ranks within train.dist_timeout_s (5 s)" in ends[0].last()
+    assert "no answer from the other ranks within train.dist_timeout_s (3 s)" in ends[0].last()
     assert ends[1].last().startswith("error: worker rank 0 (node 0, ")  # its watch ended the silent rank
 
 
@@ -222,3 +222,31 @@ def test_nodes_started_with_different_recipes_are_refused(work):
     for end in ends:
         assert "the nodes disagree: node 1 " in end.last() and "train.batch_size=16" in end.last()
     assert not (work / "d0").exists() and not (work / "d1").exists()
+
+
+def test_fsdp_without_shared_storage_keeps_each_nodes_shards_and_resumes_from_them(work, shared_run):
+    from bigmodel_cli import checkpoint
+    from bigmodel_cli.errors import UsageError
+
+    stamp = work / "fsdp-stamp"
+    args = ["--set", "train.strategy=fsdp", "--set", f"model.args={{at: 2, how: term, rank: 0, stamp: {stamp}}}"]
+    stopped = two_nodes(work, ["f0", "f1"], *args)
+    assert [e.code for e in stopped] == [130, 130], stopped[0].stderr + stopped[1].stderr
+    assert "keeps only its ranks' shards" in stopped[1].stderr
+    assert sorted(p.name for p in (work / "f0/checkpoints/last").iterdir()) == [
+        ".metadata", "__0_0.distcp", "shards.json", "state.pt"]
+    assert sorted(str(p.relative_to(work / "f1")) for p in (work / "f1").rglob("*") if p.is_file()) == [
+        "checkpoints/last/.metadata", "checkpoints/last/__1_0.distcp", "checkpoints/last/shards.json"]
+    with pytest.raises(UsageError, match=r"__1_0\.distcp \(rank 1 on node 1 .*copy them here"):
+        checkpoint.load(work / "f0/checkpoints/last")  # eval/export on node 0 say which shard is where
+
+    (work / "f1/checkpoints/last").rename(work / "f1-away")  # node 1's shards are not where they were written
+    lost = two_nodes(work, ["f0", "f1"], "--resume")
+    assert [e.code for e in lost] == [2, 2]
+    assert all("node 1 (" in e.last() and "has no f1/checkpoints/last" in e.last() for e in lost)
+
+    (work / "f1-away").rename(work / "f1/checkpoints/last")
+    resumed = two_nodes(work, ["f0", "f1"], "--resume")
+    assert [e.code for e in resumed] == [0, 0], resumed[0].stderr + resumed[1].stderr
+    for fsdp, ddp in zip(history(work / "f0"), history(work / "shared"), strict=True):  # FSDP sums in another order
+        assert fsdp == pytest.approx(ddp, rel=1e-4)
