@@ -263,7 +263,8 @@ class Peers:
 
     def _watch(self, launcher_pid: int | None) -> None:
         d, notice, seen, reachable = self.d, None, 0.0, time.monotonic()
-        while not self._stopped.wait(0.5):
+        poll = 0.5 if d.world <= 64 else 2.0  # every rank asks the store: keep it light on large clusters
+        while not self._stopped.wait(poll):
             if launcher_pid and os.getppid() != launcher_pid:
                 message = f"its launcher (pid {launcher_pid}) ended: the `bigmodel train` of {d.where} was killed"
                 with contextlib.suppress(Exception):
