@@ -296,13 +296,15 @@ class Trainer:
         distributed.check_storage(self.dist, self.run_dir, self.strategy.sharded)
         if resume:
             self._resume()
-        self._start_files()
-        self.dist.barrier()  # rank 0's files are written before anyone trains (io group: not a training timeout)
-        self.callbacks = Callbacks(self.recipe, self.run_dir, self.dist.is_main, self.monitor)
-        self._announce()
-        started = time.perf_counter()
-        self.samples_seen = 0
+        # trackers first: a store that cannot be written is exit 2 before anything is written
+        self.callbacks = Callbacks(self.recipe, self.run_dir, self.dist.is_main, self.monitor, self.data.manifest,
+                                   resume)
         try:
+            self._start_files()
+            self.dist.barrier()  # rank 0's files are written before anyone trains (io group: not a training timeout)
+            self._announce()
+            started = time.perf_counter()
+            self.samples_seen = 0
             with StopFlag() as stop, progress(self.cfg.epochs, self.batches_per_epoch) as bar:
                 while self.state["epoch"] < self.cfg.epochs and not self.state["stopped_early"]:
                     self._train_epoch(stop, bar)
@@ -310,12 +312,15 @@ class Trainer:
                 if self.state["stopped_early"]:
                     console.info(f"early stopping: {self.monitor} did not improve for "
                                  f"{self.cfg.early_stopping.patience} epochs")
-        finally:
-            self.callbacks.close(self.state["history"])
-        if self.state["best_epoch"] is None:  # the monitor was never defined (e.g. AUC with one class): agreed state
-            self._save("best")
-        self.dist.barrier()
-        return self._summary(time.perf_counter() - started)
+            if self.state["best_epoch"] is None:  # the monitor was never defined (e.g. AUC with one class)
+                self._save("best")
+            self.dist.barrier()
+            summary = self._summary(time.perf_counter() - started)
+        except BaseException as e:
+            self.callbacks.close(self.state["history"], error=e)
+            raise
+        self.callbacks.close(self.state["history"], summary=summary)
+        return summary
 
     def _announce(self) -> None:
         trainable = sum(p.numel() for net in self.parts.networks.values() for p in net.parameters()
