@@ -39,6 +39,8 @@ def train(
     from bigmodel_cli.training import distributed
 
     start(as_json)
+    if nnodes < 1 or not 0 <= node_rank < nnodes:
+        raise UsageError(f"--node-rank {node_rank} with --nnodes {nnodes}: node ranks are 0..{max(nnodes, 1) - 1}")
     from bigmodel_cli.tracking import parse_names
 
     flags = {"train.devices": devices, "train.report_to": parse_names(report_to) if report_to is not None else None}

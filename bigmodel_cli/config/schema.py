@@ -193,6 +193,7 @@ class TrainSection(Section):
     checkpoint_every_steps: int | None = Field(default=None, ge=1)  # also save last.pt every N optimiser steps
     loader_workers: int = Field(default=0, ge=0)  # 0: gather batches in a background thread; N: N worker processes
     sync_batchnorm: bool = False  # ddp on GPUs: BatchNorm statistics over all processes (N x batch == 1 x N*batch)
+    dist_timeout_s: float = Field(default=45.0, gt=0.0)  # N processes: a rank silent this long fails the run
     early_stopping: EarlyStoppingSection = Field(default_factory=EarlyStoppingSection)
 
     @field_validator("precision", mode="before")
