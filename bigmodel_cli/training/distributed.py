@@ -615,23 +615,3 @@ def _post_for(folder: Path, rank: int, detail: str) -> None:
         store.compare_set(Peers.KEY, "", json.dumps({"rank": rank, "node": info["node"], "host": info["host"],
                                                       "code": 1, "message": detail}))
 
-
-def shard(net: torch.nn.Module, precision: str, activation_checkpointing: bool) -> torch.nn.Module:
-    """FSDP2: `fully_shard` each repeated block (children of Sequential/ModuleList holding >= 1000 parameters),
-    then the root; optional activation checkpointing of the same blocks; bf16/fp16 compute policy."""
-    from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
-
-    dtype = {"bf16-mixed": torch.bfloat16, "16-mixed": torch.float16}.get(precision)
-    policy = MixedPrecisionPolicy(param_dtype=dtype, reduce_dtype=torch.float32) if dtype else MixedPrecisionPolicy()
-    containers = (torch.nn.Sequential, torch.nn.ModuleList)
-    blocks = [child for module in net.modules() if isinstance(module, containers) for child in module.children()
-              if not isinstance(child, containers) and sum(p.numel() for p in child.parameters()) >= 1000]
-    if activation_checkpointing and blocks:
-        from torch.distributed.algorithms._checkpoint.checkpoint_wrapper import apply_activation_checkpointing
-
-        wanted = set(map(id, blocks))
-        apply_activation_checkpointing(net, check_fn=lambda m: id(m) in wanted)
-    for block in blocks:
-        fully_shard(block, mp_policy=policy)
-    fully_shard(net, mp_policy=policy)
-    return net
