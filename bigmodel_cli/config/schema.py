@@ -190,7 +190,12 @@ class TrainSection(Section):
     strategy: Literal["auto", "ddp", "fsdp"] = "auto"  # with N processes; auto: ddp
     activation_checkpointing: bool = False  # fsdp: recompute activations of each sharded block in backward
     checkpoint_every_steps: int | None = Field(default=None, ge=1)  # also save last.pt every N optimiser steps
-    early_stopping: EarlyStoppingSection = Field(default_factory=EarlyStoppingSection)
+    early_stopping: EarlyStoppingSection = Field(default_factory=EarlyStoppingSection)  # null or false: off
+
+    @field_validator("early_stopping", mode="before")
+    @classmethod
+    def _early_stopping_off(cls, v: Any) -> Any:
+        return {"patience": None} if v is None or v is False else v
 
     @field_validator("precision", mode="before")
     @classmethod
