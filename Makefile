@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 PIP_FLAGS ?= --disable-pip-version-check
 
-.PHONY: install demo test lint bench clean distclean
+.PHONY: install demo test lint bench gpu-check clean distclean
 
 # (re)install when .venv is missing or pyproject.toml / constraints.txt changed
 $(STAMP): pyproject.toml constraints.txt
@@ -32,9 +32,19 @@ lint: $(STAMP)
 bench: $(STAMP)
 	@for f in benchmarks/bench_*.py; do echo "== $$f"; $(BIN)/python $$f || exit 1; done
 
+# on a machine with an NVIDIA GPU: mixed-precision training, GPU tests, fp16 export, benchmark on CUDA (< 5 min).
+# Uses .venv when it exists (make install), else $(PYTHON) with the dependencies already installed.
+gpu-check:
+	@if [ -x $(BIN)/python ]; then $(BIN)/python benchmarks/gpu_check.py; else $(PYTHON) benchmarks/gpu_check.py; fi
+
 clean:
 	rm -rf build dist *.egg-info .pytest_cache .ruff_cache data runs
 	find . -name __pycache__ -type d -prune -not -path "./$(VENV)/*" -exec rm -rf {} +
 
-distclean: clean
+dist# on a machine with an NVIDIA GPU: mixed-precision training, GPU tests, fp16 export, benchmark on CUDA (< 5 min).
+# Uses .venv when it exists (make install), else $(PYTHON) with the dependencies already installed.
+gpu-check:
+	@if [ -x $(BIN)/python ]; then $(BIN)/python benchmarks/gpu_check.py; else $(PYTHON) benchmarks/gpu_check.py; fi
+
+clean: clean
 	rm -rf $(VENV)

@@ -48,14 +48,17 @@ def write_prepared(dest: Path, n_test: int, seed: int = 0) -> Path:
             y[start : start + len(rows)] = ((rows - 1) @ weights + rng.normal(size=len(rows)) * 4 > 0)
         x.flush()
         y.flush()
+    from bigmodel_cli.data import manifest as manifests
+
     manifest = {
-        "format_version": 1, "name": "bench-eval", "task": "classification", "kind": "tabular",
+        "format_version": manifests.FORMAT_VERSION, "name": "bench-eval", "task": "classification", "kind": "tabular",
         "source": "synthetic", "target": "y", "classes": ["negative", "positive"],
         "features": [f"f{i}" for i in range(FEATURES)], "input_shape": [FEATURES], "input_dtype": "float32",
         "splits": sizes, "seed": seed,
         "preprocessing": {"normalize": {"scale": 1.0, "mean": [1.0] * FEATURES, "std": [3.0] * FEATURES,
                                         "per": "feature", "method": "standard"}},
     }
+    manifest["fingerprint"] = manifests.fingerprint(dest, manifest)
     (dest / "manifest.json").write_text(json.dumps(manifest))
     return dest
 
@@ -63,13 +66,25 @@ def write_prepared(dest: Path, n_test: int, seed: int = 0) -> Path:
 def train_run(prepared: Path, run_dir: Path) -> Path:
     from bigmodel_cli import console
     from bigmodel_cli.config.recipe import resolve
-    from bigmodel_cli.training.trainer import fit
+    from bigmodel_cli.training.loop import fit
 
     console.quiet(True)
     recipe = resolve("breast-cancer-mlp", {"data.prepared": str(prepared)},
                      ["train.epochs=2", "train.loss=cross_entropy", "eval.fail_under={}", "train.batch_size=256"])
     fit(recipe, run_dir)
     return run_dir
+
+
+def model_name(run_dir: Path) -> str:
+    """The measured model as every benchmark names it: 'mlp (hidden [64, 32], dropout 0.1; 3,458 parameters)'."""
+    import torch
+    import yaml
+
+    from bigmodel_cli.export.metadata import describe_model
+
+    model = yaml.safe_load((run_dir / "recipe.yaml").read_text())["model"]
+    state = torch.load(run_dir / "checkpoints/best.pt", map_location="cpu", weights_only=True)["model"]
+    return describe_model({**model, "parameters": sum(t.numel() for t in state.values())})
 
 
 def hand_written(run_dir: Path, prepared: Path) -> dict[str, float]:
@@ -81,7 +96,7 @@ def hand_written(run_dir: Path, prepared: Path) -> dict[str, float]:
 
     state = torch.load(run_dir / "checkpoints/best.pt", map_location="cpu", weights_only=True)
     model = mlp(2, [FEATURES], hidden=[64, 32], dropout=0.1)
-    model.load_state_dict(state["model"])
+    model.load_state_dict(state["networks"]["model"])
     model.eval()
     x = np.load(prepared / "test/x.npy", mmap_mode="r")
     y = np.load(prepared / "test/y.npy", mmap_mode="r")
@@ -178,8 +193,8 @@ def main() -> None:
         base, report = results[base_name], results[ours_name]
         for name in ("accuracy", "f1", "roc_auc", "log_loss"):
             assert abs(report["metrics"][name] - base[name]) < 1e-4, (name, report["metrics"][name], base[name])
-        print(f"eval of a checkpoint on {args.rows:,} rows x {FEATURES} features (binary MLP), {REPEAT} interleaved "
-              f"rounds, torch threads {torch.get_num_threads()}")
+        print(f"eval of a checkpoint of {model_name(run_dir)} on {args.rows:,} rows x {FEATURES} features (binary), "
+              f"{REPEAT} interleaved rounds, torch threads {torch.get_num_threads()}")
         print(f"{'':<56} {'median s':>9} {'best s':>8} {'hand-written / this':>20}")
         for name, seconds in times.items():
             ratios = [b / t for b, t in zip(times[base_name], seconds, strict=True)]

@@ -49,7 +49,7 @@ def digits_run(tmp_path_factory) -> Path:
     """A digits-cnn run trained for a few epochs, in-process (shared, read-only for tests)."""
     from bigmodel_cli.config.recipe import resolve
     from bigmodel_cli.data.prepare import prepare
-    from bigmodel_cli.training.trainer import fit
+    from bigmodel_cli.training.loop import fit
 
     root = tmp_path_factory.mktemp("digits")
     recipe = resolve("digits-cnn", {"data.prepared": str(root / "data")}, ["train.epochs=3"])

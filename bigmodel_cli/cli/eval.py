@@ -10,7 +10,13 @@
 
 `--onnx` is a flag, because Typer options cannot take an optional value: alone it means each
 run's `model.onnx`; a `.onnx` path written after a RUN_DIR (`--onnx PATH` reads naturally) is
-the model to use for that run. `--onnx=PATH` is not accepted.
+the model to use for that run. `--onnx=PATH` is not accepted. The ONNX model is compared with the
+checkpoint it was exported from (recorded by `bigmodel export`).
+
+Files: `RUN_DIR/eval/test.json` for the best checkpoint, `test.last.json` for `--checkpoint last`,
+`test.onnx.json` for `--onnx`; `--data DIR|FILE` writes under `RUN_DIR/eval/data-<name>/` (a raw
+file's files are `rows.json`, ...: it has no splits). The full table is in
+`bigmodel_cli.evaluation.evaluate`.
 """
 
 from __future__ import annotations
@@ -27,14 +33,15 @@ def eval_run(
                                        help="Run directories written by `bigmodel train` (several: side by side), each "
                                        "optionally followed by its MODEL.onnx for --onnx."),
     split: str = typer.Option(None, "--split", help="test | val | train (default: the recipe's eval.split)."),
-    checkpoint: str = typer.Option(None, "--checkpoint", help="best | last | PATH (default: eval.checkpoint)."),
+    checkpoint: str = typer.Option(None, "--checkpoint", help="best | last | PATH (default: eval.checkpoint; with "
+                                   "--onnx: the one it was exported from). Not best: eval/<split>.last.json..."),
     onnx: bool = typer.Option(False, "--onnx", help="Evaluate the exported ONNX model instead of the checkpoint: "
                               "RUN_DIR/model.onnx, or the .onnx path given after RUN_DIR. Adds agreement with "
-                              "PyTorch."),
+                              "the checkpoint it was exported from; written to eval/<split>.onnx.json."),
     data: Path | None = typer.Option(None, "--data", help="Evaluate on another prepared dataset with the run's "
                                      "schema, or on a raw CSV/Parquet/JSONL file with the target column (tabular and "
-                                     "text runs: the run's fitted preprocessing is applied); written to "
-                                     "RUN_DIR/eval/<name>/."),
+                                     "text runs: the run's fitted preprocessing is applied, every row evaluated); "
+                                     "written to RUN_DIR/eval/data-<name>/."),
     threshold: float | None = typer.Option(None, "--threshold", help="Binary: decision threshold on the positive "
                                            "class's probability (default: eval.threshold, 0.5)."),
     threshold_search: str | None = typer.Option(None, "--threshold-search", help="Binary: f1 | youden | none - "

@@ -1,9 +1,9 @@
 """`bigmodel export`: a verified ONNX model, optionally fp16/int8, or TorchScript (bigmodel_cli.export).
 
     bigmodel export runs/digits-cnn                  # -> runs/digits-cnn/model.onnx + export.json
-    bigmodel export runs/digits-cnn --quantize int8  # static QDQ int8, fails when accuracy drops > 1 point
-    bigmodel export runs/digits-cnn --out /tmp/digits.onnx --opset 18 --json
-    bigmodel export runs/digits-cnn --format torchscript   # -> runs/digits-cnn/model.pt for libtorch
+    bigmodel export runs/digits-cnn --quantize int8  # -> model.int8.onnx + export.int8.json (model.onnx untouched)
+    bigmodel export runs/digits-cnn --out /tmp/digits.onnx --opset 18 --json   # + /tmp/digits.export.json
+    bigmodel export runs/digits-cnn --format torchscript   # -> model.torchscript.pt + export.torchscript.json
 """
 
 from __future__ import annotations
@@ -19,7 +19,8 @@ def export(
     run_dir: Path = typer.Argument(..., help="A run directory written by `bigmodel train`."),
     checkpoint: str = typer.Option("best", "--checkpoint", help="best | last | PATH."),
     out: Path | None = typer.Option(None, "--out", help="Where to write the model (default RUN_DIR/model.onnx, "
-                                                        "or model.pt for torchscript)."),
+                                    "model.int8.onnx, model.fp16.onnx or model.torchscript.pt); its report is "
+                                    "written beside it."),
     quantize: str | None = typer.Option(None, "--quantize", help="none | fp16 | int8 (default: export.quantize)."),
     fmt: str | None = typer.Option(None, "--format", help="onnx | torchscript (default: export.format)."),
     opset: int | None = typer.Option(None, "--opset", help="ONNX opset (default: the recipe's export.opset)."),

@@ -1,4 +1,4 @@
-"""`bigmodel train`: train the recipe's model on its prepared data (bigmodel_cli.training.trainer).
+"""`bigmodel train`: train the recipe's task on its prepared data (bigmodel_cli.training.loop).
 
     bigmodel train -r digits-cnn
     bigmodel train -r digits-cnn --set train.epochs=3 --run-dir runs/quick --json
@@ -35,10 +35,18 @@ def train(
     """Train with validation every epoch; best/last checkpoints, metrics.jsonl, resolved recipe in RUN_DIR."""
     from bigmodel_cli.config.recipe import resolve
     from bigmodel_cli.errors import UsageError
+    from bigmodel_cli.training import distributed
 
     start(as_json)
-    resolved = resolve(recipe, {"train.devices": devices}, sets)
+    flags = {"train.devices": devices}
+    resolved = resolve(recipe, flags, sets)
     run_dir = run_dir or Path("runs") / resolved.name
+    if resume and (run_dir / "recipe.yaml").is_file():  # continue with the run's own recipe
+        from bigmodel_cli.training import resume as resuming
+
+        resolved, changed = resuming.resume_recipe(run_dir, flags, sets)
+        if changed and not distributed.launched():
+            resuming.record(run_dir, changed)
     if folds is not None:
         from bigmodel_cli.training.cross_validation import cross_validate
 
@@ -46,8 +54,6 @@ def train(
             raise UsageError("--folds runs in one process, without --resume or --devices N")
         finish(cross_validate(resolved, run_dir, folds, recipe_ref=recipe), as_json)
         return
-    from bigmodel_cli.training import distributed
-
     if (resolved.train.processes > 1 or nnodes > 1) and not distributed.launched():
         worker = ["train", "-r", recipe, "--run-dir", str(run_dir), "--devices", str(resolved.train.processes)]
         worker += [a for s in sets or [] for a in ("--set", s)] + (["--resume"] if resume else [])
@@ -55,7 +61,7 @@ def train(
         distributed.launch(worker, resolved.train.processes, nnodes, node_rank, master_addr, master_port,
                            rdzv_endpoint)
         return
-    from bigmodel_cli.training.trainer import fit
+    from bigmodel_cli.training.loop import fit
 
     summary = fit(resolved, run_dir, resume=resume, recipe_ref=recipe)
     if os.environ.get("RANK", "0") == "0":

@@ -160,16 +160,14 @@ def _check_model_args(recipe, written: dict[str, Any], overrides: list[tuple[str
         return
     import inspect
 
-    from bigmodel_cli.models import registry
+    from bigmodel_cli.models import registry  # importing bigmodel_cli.models registers every family
 
-    registry._ensure_loaded()
-    builder = registry._REGISTRY.get(recipe.model.name)
-    if builder is None:
+    new_kinds, old_kinds = registry.kinds_of(recipe.model.name), registry.kinds_of(str(file_model.get("name")))
+    if new_kinds is None:
         return  # an unknown name: the registry's own error names the nearest one
-    old_kinds = registry._KINDS.get(str(file_model.get("name")))
-    if old_kinds is not None and set(old_kinds).isdisjoint(registry._KINDS[recipe.model.name]):
+    if old_kinds is not None and set(old_kinds).isdisjoint(new_kinds):
         return  # a model for another kind of data: the registry says that, which matters more
-    params = inspect.signature(builder).parameters
+    params = inspect.signature(registry.builder(recipe.model.name)).parameters
     if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()):
         return
     unknown = [k for k in args if k not in params]

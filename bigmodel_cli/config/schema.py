@@ -191,6 +191,8 @@ class TrainSection(Section):
     strategy: Literal["auto", "ddp", "fsdp"] = "auto"  # with N processes; auto: ddp
     activation_checkpointing: bool = False  # fsdp: recompute activations of each sharded block in backward
     checkpoint_every_steps: int | None = Field(default=None, ge=1)  # also save last.pt every N optimiser steps
+    loader_workers: int = Field(default=0, ge=0)  # 0: gather batches in a background thread; N: N worker processes
+    sync_batchnorm: bool = False  # ddp on GPUs: BatchNorm statistics over all processes (N x batch == 1 x N*batch)
     early_stopping: EarlyStoppingSection = Field(default_factory=EarlyStoppingSection)  # null or false: off
 
     @field_validator("early_stopping", mode="before")

@@ -33,9 +33,15 @@ def load_eval_split(run, split: str, data_dir: Path | None = None) -> tuple[np.n
     if data_dir is not None and data_dir.is_file():
         return *raw_rows(run, data_dir), run.manifest
     folder = data_dir or Path(run.recipe.prepared_dir)
-    manifest = run.manifest if data_dir is None else manifests.read(data_dir)
-    remap = None if data_dir is None else check_schema(run.manifest, manifest, data_dir)
-    x, y = manifests.load_split(folder, split)
+    if data_dir is None:  # the run's own prepared data: only while it is still what the run trained on
+        from bigmodel_cli.run import prepared_split
+
+        manifest, remap = run.manifest, None
+        x, y = prepared_split(run, split)
+    else:
+        manifest = manifests.read(data_dir)
+        remap = check_schema(run.manifest, manifest, data_dir)
+        x, y = manifests.load_split(folder, split)
     if len(y) == 0:
         raise UsageError(f"split '{split}' of {folder} is empty; nothing to evaluate")
     if run.manifest["task"] == "classification":
@@ -90,8 +96,8 @@ def _is_number(text: str) -> bool:
 
 def _label(value) -> str | None:
     """A raw label as prepare-data names classes: strings as they are, booleans as true/false, numbers by
-    `prepare.number_label`."""
-    from bigmodel_cli.data.prepare import number_label
+    `prepared.number_label`."""
+    from bigmodel_cli.data.prepared import number_label
 
     if value is None or isinstance(value, str):
         return value

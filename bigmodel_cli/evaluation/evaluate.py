@@ -8,9 +8,30 @@
 
 An evaluation is planned first (run, data, schema, model and gates all checked: any bad
 input is exit 2 before anything is computed), then executed: the split is streamed from its
-memory-mapped arrays through the model in batches, scored with scikit-learn, and
-`RUN_DIR/eval/<split>.json`, `<split>_predictions.csv` and the plots are written to
-temporary names and renamed together at the end (`--data DIR` writes to `eval/<DIR name>/`).
+memory-mapped arrays through the model (`inference.predictor`) in batches, scored with
+scikit-learn, and the report, predictions CSV and plots are written to temporary names and
+renamed together at the end.
+
+Where the files go (`output_place`), so that no two evaluations of one run overwrite each other
+(each stem gets .json, _predictions.csv and the plots' _roc.png, _pr.png...):
+
+    evaluated                            folder                        file stem      e.g.
+    --checkpoint best (the default)      RUN_DIR/eval/                 <split>        test.json
+    --checkpoint last                    RUN_DIR/eval/                 <split>.last   test.last.json
+    --checkpoint PATH                    RUN_DIR/eval/                 <split>.<stem> test.epoch_007.json
+    --onnx (RUN_DIR/model.onnx)          RUN_DIR/eval/                 <split>.onnx   test.onnx.json
+    --onnx RUN_DIR/model.int8.onnx       RUN_DIR/eval/                 ...int8.onnx   test.int8.onnx.json
+    --onnx /tmp/digits.onnx              RUN_DIR/eval/                 ...digits.onnx test.digits.onnx.json
+    --data data/2026-11 (prepared)       RUN_DIR/eval/data-2026-11/    as above       test.json, test.last.json
+    --data new.csv (raw rows)            RUN_DIR/eval/data-new/        rows[.<tag>]   rows.json, rows.last.json
+
+A raw file has no splits (every row is evaluated, `--split` is refused), so its files are named
+`rows`, and the report's `split` is null.
+
+`eval --onnx` also runs the checkpoint the model was exported from (recorded in the model's
+metadata by `bigmodel export`, see `export.metadata`) and reports how closely the two agree; an
+explicit `--checkpoint` overrides it, and a model without that record is compared with
+`eval.checkpoint` (a warning says so).
 """
 
 from __future__ import annotations
@@ -29,7 +50,8 @@ from bigmodel_cli.errors import JobFailed, UsageError
 from bigmodel_cli.evaluation import gates as G
 from bigmodel_cli.evaluation import metrics as M
 from bigmodel_cli.evaluation.dataset import load_eval_split
-from bigmodel_cli.run import Run, load_network, load_run
+from bigmodel_cli.inference.predictor import CheckpointPredictor, OnnxPredictor
+from bigmodel_cli.run import Run, load_run
 
 
 @dataclass
@@ -54,17 +76,19 @@ class Plan:
     label: str
     run: Run
     cfg: Any  # schema.EvalSection with the command line's values applied
-    split: str
+    split: str | None  # None: a raw file's rows (--data FILE)
     x: np.ndarray
     y: np.ndarray
     data_dir: Path
     other_data: Path | None  # --data DIR, or None for the run's own prepared data
     out_dir: Path
+    stem: str  # file names: <stem>.json, <stem>_predictions.csv, <stem>_roc.png... (output_place)
     gates: list[G.Gate]
     outputs: Callable[[np.ndarray], np.ndarray]  # raw model outputs for raw inputs, batched
     source: dict[str, str]  # {"checkpoint": path} or {"model": path}
     reference: Callable[[np.ndarray], np.ndarray] | None = None  # the PyTorch model, when evaluating ONNX
     reference_path: str | None = None
+    reference_source: str | None = None  # what chose the reference checkpoint
     threshold_source: str = "eval.threshold"
 
 
@@ -76,34 +100,83 @@ def plan(run_dir: str | Path, options: Options | None = None, onnx: Path | None 
     classes = run.manifest["classes"] if run.recipe.task == "classification" else None
     known = M.metric_names(run.recipe.task, len(classes or []), cfg.top_k)
     gates = G.resolve(cfg, options.fail_under, options.fail_over, known)
+    raw_file = options.data is not None and options.data.is_file()
+    if raw_file and options.split is not None:
+        raise UsageError(f"--split {options.split}: --data {options.data} is a raw file whose every row is evaluated; "
+                         f"drop --split")
     split = options.split or cfg.split
     x, y, _ = load_eval_split(run, split, options.data)
     data_dir = Path(options.data or run.recipe.prepared_dir)
-    out_dir = run.path / "eval" / (options.data.resolve().stem if options.data else "")
-    common = dict(label=str(run_dir), run=run, cfg=cfg, split=split, x=x, y=y, data_dir=data_dir,
-                  other_data=options.data, out_dir=out_dir, gates=gates,
-                  threshold_source="--threshold" if options.threshold is not None else "eval.threshold")
     binary_only = options.threshold is not None or options.threshold_search not in (None, "none")
     if binary_only and len(classes or []) != 2:
         console.warn("--threshold and --threshold-search apply to binary classification only; ignored")
     checkpoint = options.checkpoint or cfg.checkpoint
     rows = batch_rows(cfg.batch_size, x)
+    common = dict(label=str(run_dir), run=run, cfg=cfg, split=None if raw_file else split, x=x, y=y,
+                  data_dir=data_dir, other_data=options.data, gates=gates,
+                  threshold_source="--threshold" if options.threshold is not None else "eval.threshold")
     if onnx is None:
-        outputs, path = _torch_model(run, checkpoint, rows)
-        return Plan(outputs=outputs, source={"checkpoint": str(path)}, **common)
-    from bigmodel_cli.evaluation.predict import OnnxModel
-
-    expect = {"input_shape": run.manifest["input_shape"]}
-    if classes is not None:
-        expect["class_names"] = classes
-    model = OnnxModel(onnx, run.recipe.task, expect)
+        model = CheckpointPredictor(run, checkpoint)
+        out_dir, stem = output_place(run.path, split, options.data, _checkpoint_tag(run.path, checkpoint, model.path))
+        return Plan(outputs=lambda inputs: model.predict(inputs, rows), source=model.source, out_dir=out_dir,
+                    stem=stem, **common)
+    model = OnnxPredictor(run, onnx)
+    out_dir, stem = output_place(run.path, split, options.data, onnx_tag(onnx))
+    spec, chosen_by = _reference_checkpoint(run, options.checkpoint, cfg.checkpoint, model.metadata)
     try:
-        reference, path = _torch_model(run, checkpoint, rows)
+        reference = CheckpointPredictor(run, spec)
     except UsageError as e:
         console.warn(f"no agreement with PyTorch reported: {e}")
-        reference, path = None, None
-    return Plan(outputs=lambda inputs: model.predict(inputs, rows), source={"model": str(onnx)},
-                reference=reference, reference_path=str(path) if path else None, **common)
+        reference = None
+    return Plan(outputs=lambda inputs: model.predict(inputs, rows), source=model.source, out_dir=out_dir, stem=stem,
+                reference=(lambda inputs: reference.predict(inputs, rows)) if reference else None,
+                reference_path=str(reference.path) if reference else None, reference_source=chosen_by, **common)
+
+
+def output_place(run_path: Path, split: str, data: Path | None, tag: str) -> tuple[Path, str]:
+    """(folder, file stem) of an evaluation's files: see the module docstring's table."""
+    folder = Path(run_path) / "eval"
+    base = split
+    if data is not None:
+        folder = folder / f"data-{data.stem if data.is_file() else data.resolve().name}"
+        base = "rows" if data.is_file() else split
+    return folder, f"{base}.{tag}" if tag else base
+
+
+def _checkpoint_tag(run_path: Path, spec: str, path: Path) -> str:
+    """'' for the run's best checkpoint, 'last' for its last, else the checkpoint file's (or folder's) stem."""
+    if spec in ("best", "last"):
+        return "" if spec == "best" else "last"
+    resolved = Path(path).resolve()
+    if resolved.parent == (Path(run_path) / "checkpoints").resolve() and resolved.stem in ("best", "last"):
+        return "" if resolved.stem == "best" else "last"
+    return resolved.stem
+
+
+def onnx_tag(path: Path) -> str:
+    """'onnx' for model.onnx, 'int8.onnx' for model.int8.onnx, 'digits.onnx' for digits.onnx."""
+    name = Path(path).name
+    base = name[: -len(".onnx")] if name.lower().endswith(".onnx") else name
+    if base == "model":
+        return "onnx"
+    return f"{base[len('model.'):] if base.startswith('model.') else base}.onnx"
+
+
+def _reference_checkpoint(run: Run, explicit: str | None, configured: str, meta) -> tuple[str, str]:
+    """The checkpoint an ONNX model is compared with, and what chose it."""
+    from bigmodel_cli.export.metadata import recorded_checkpoint
+
+    if explicit is not None:
+        return explicit, "--checkpoint"
+    if meta.checkpoint:
+        spec, same = recorded_checkpoint(run.path, meta.checkpoint)
+        if not same:
+            console.warn(f"{meta.checkpoint.get('path')}, the checkpoint this model was exported from, has changed "
+                         f"since the export (or is gone); its agreement with the model is not the export's")
+        return spec, "recorded by bigmodel export"
+    console.warn(f"the model does not record the checkpoint it was exported from (an older export); comparing it "
+                 f"with eval.checkpoint ({configured})")
+    return configured, "eval.checkpoint (not recorded by the export)"
 
 
 def _effective_config(run: Run, options: Options):
@@ -134,16 +207,6 @@ def batch_rows(batch_size: int | None, x: np.ndarray) -> int:
     return int(np.clip(8 * 2**20 // row_bytes, 64, 8192))
 
 
-def _torch_model(run: Run, checkpoint: str, batch_size: int):
-    from bigmodel_cli import devices
-    from bigmodel_cli.evaluation.predict import predict
-
-    net, norm, path = load_network(run, checkpoint)
-    device = devices.resolve("auto")  # the GPU when there is one
-    net, norm = net.to(device), norm.to(device)
-    return (lambda inputs: predict(net, norm, inputs, device, batch_size)), path
-
-
 def evaluate(run_dir: str | Path, options: Options | None = None, onnx: Path | None = None) -> dict[str, Any]:
     """Plan and execute one evaluation; the report's `gates` says whether each quality gate held."""
     return execute(plan(run_dir, options, onnx))
@@ -155,7 +218,7 @@ def execute(p: Plan) -> dict[str, Any]:
     started = time.perf_counter()
     task = p.run.recipe.task
     outputs = p.outputs(p.x)
-    _check_finite(outputs, p.split)
+    _check_finite(outputs, _rows_named(p.split, p.data_dir))
     y = np.asarray(p.y)
     report: dict[str, Any] = {"run": p.label, "split": p.split, "n": int(len(y)), **p.source, "task": task,
                               "data": str(p.data_dir), "warnings": []}
@@ -176,12 +239,17 @@ def execute(p: Plan) -> dict[str, Any]:
     return report
 
 
-def _check_finite(outputs: np.ndarray, split: str) -> None:
+def _rows_named(split: str | None, data: Path) -> str:
+    """"split 'test'", or "the rows of new.csv" for a raw file."""
+    return f"split '{split}'" if split is not None else f"the rows of {data.name}"
+
+
+def _check_finite(outputs: np.ndarray, rows: str) -> None:
     """A model that outputs NaN/inf has failed; metrics of it would be silently wrong."""
     bad = np.flatnonzero(~np.isfinite(outputs).all(axis=1))
     if len(bad):
-        raise JobFailed(f"the model's outputs are NaN or infinite on {len(bad)} of {len(outputs)} rows of split "
-                        f"'{split}' (first: row {bad[0]}); nothing written")
+        raise JobFailed(f"the model's outputs are NaN or infinite on {len(bad)} of {len(outputs)} rows of {rows} "
+                        f"(first: row {bad[0]}); nothing written")
 
 
 def _warn(report: dict[str, Any], message: str) -> None:
@@ -190,7 +258,7 @@ def _warn(report: dict[str, Any], message: str) -> None:
 
 
 def _classify(p: Plan, outputs: np.ndarray, y: np.ndarray, report: dict[str, Any]):
-    from bigmodel_cli.evaluation.predict import softmax
+    from bigmodel_cli.inference.batch import softmax
 
     classes = p.run.manifest["classes"]
     proba = softmax(outputs)
@@ -217,7 +285,7 @@ def _threshold(p: Plan, report: dict[str, Any]) -> float:
 
 
 def _search_threshold(p: Plan, criterion: str, report: dict[str, Any]) -> dict[str, Any] | None:
-    from bigmodel_cli.evaluation.predict import softmax
+    from bigmodel_cli.inference.batch import softmax
 
     if p.split == "val":
         _warn(report, "the threshold is searched on the split being evaluated (val): its metrics are optimistic")
@@ -238,7 +306,8 @@ def _explain_undefined(report: dict[str, Any], y: np.ndarray) -> None:
     report["undefined_metrics"] = M.undefined(report["metrics"])
     for name in report["undefined_metrics"]:
         reason = M.why_undefined(name, y, report.get("classes"))
-        _warn(report, f"{name} is undefined on split '{report['split']}' ({reason}); reported as null")
+        _warn(report, f"{name} is undefined on {_rows_named(report['split'], Path(report['data']))} ({reason}); "
+                      f"reported as null")
 
 
 def _confidence(p: Plan, report: dict[str, Any], y: np.ndarray, scores, pred) -> None:
@@ -256,10 +325,10 @@ def _confidence(p: Plan, report: dict[str, Any], y: np.ndarray, scores, pred) ->
 
 def _agreement(p: Plan, outputs: np.ndarray) -> dict[str, Any]:
     """How closely the ONNX model matches the PyTorch checkpoint on the same rows."""
-    from bigmodel_cli.evaluation.predict import softmax
+    from bigmodel_cli.inference.batch import softmax
 
     reference = p.reference(p.x)
-    out: dict[str, Any] = {"checkpoint": p.reference_path}
+    out: dict[str, Any] = {"checkpoint": p.reference_path, "checkpoint_chosen_by": p.reference_source}
     if p.run.recipe.task == "classification":
         got, want = softmax(outputs), softmax(reference)
         threshold = p.cfg.threshold if got.shape[1] == 2 else None
@@ -276,7 +345,7 @@ def _write(p: Plan, report: dict[str, Any], y: np.ndarray, pred: np.ndarray, sco
     """Predictions CSV, plots and the JSON report, renamed into place together only if all succeed."""
     from bigmodel_cli.evaluation import plots, predictions_csv
 
-    out, split = p.out_dir, p.split
+    out, split = p.out_dir, p.stem
     report["files"] = {"report": str(out / f"{split}.json"), "predictions": str(out / f"{split}_predictions.csv"),
                        "plots": []}
     with contextlib.ExitStack() as stack:

@@ -1,7 +1,10 @@
-"""fp16 and int8 versions of an exported fp32 ONNX model, and the metric check that guards int8.
+"""fp16 and int8 versions of an exported fp32 ONNX model, and how much faster int8 runs.
 
-    to_fp16(Path("fp32.onnx"), Path("model.onnx"))                            # bigmodel export RUN --quantize fp16
-    method = to_int8(Path("fp32.onnx"), Path("model.onnx"), calib, "resnet18")  # ... --quantize int8
+    to_fp16(Path("fp32.onnx"), Path("model.fp16.onnx"))                       # bigmodel export RUN --quantize fp16
+    to_int8(Path("fp32.onnx"), Path("model.int8.onnx"), calib, "static")      # ... --quantize int8
+    speedup(Path("fp32.onnx"), Path("model.int8.onnx"), rows, np.float32)     # fp32 time / int8 time at batch 64
+
+The accuracy check that guards int8 is `verify.metric_drop`.
 
 fp16 keeps float32 inputs and outputs (`keep_io_types`), so clients and `bigmodel serve` send
 the same tensors as to the fp32 model. int8 is onnxruntime's static quantisation (QDQ,
@@ -19,7 +22,6 @@ import logging
 import tempfile
 import time
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 
@@ -130,36 +132,6 @@ def to_int8(src: Path, dest: Path, calibration: np.ndarray | None, method: str) 
                 from None
 
 
-def session(path: Path):
-    import onnxruntime as ort
-
-    return ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-
-
-def predict(sess, x: np.ndarray, dtype, batch_size: int = 256) -> np.ndarray:
-    """The graph's first output (logits or prediction) for every row of `x`."""
-    first = sess.get_outputs()[0].name
-    out = [sess.run([first], {"input": np.ascontiguousarray(x[i : i + batch_size], dtype=dtype)})[0]
-           for i in range(0, len(x), batch_size)]
-    return np.concatenate(out).astype(np.float32) if out else np.zeros((0, 1), np.float32)
-
-
-def main_metric(task: str, outputs: np.ndarray, y: np.ndarray) -> tuple[str, float]:
-    """accuracy (classification) or r2 (regression), both as fractions."""
-    if task == "classification":
-        return "accuracy", float((outputs.argmax(1) == np.asarray(y)).mean()) if len(y) else 1.0
-    pred, y = outputs.reshape(len(y), -1)[:, 0], np.asarray(y, np.float64).reshape(-1)
-    denom = float(((y - y.mean()) ** 2).sum()) or 1.0
-    return "r2", 1.0 - float(((pred - y) ** 2).sum()) / denom
-
-
-def compare_metric(fp32: Path, quantized: Path, x: np.ndarray, y: np.ndarray, task: str, dtype) -> dict[str, Any]:
-    """The main metric of both models on the same validation rows, and the drop in points."""
-    name, base = main_metric(task, predict(session(fp32), x, dtype), y)
-    _, quant = main_metric(task, predict(session(quantized), x, dtype), y)
-    return {"metric": name, "rows": int(len(y)), "fp32": base, "quantized": quant, "drop_points": (base - quant) * 100}
-
-
 def latency_ms(sess, batch: np.ndarray, repeats: int = 10) -> float:
     """Median wall time of one session.run on `batch`."""
     feed = {"input": batch}
@@ -175,5 +147,8 @@ def latency_ms(sess, batch: np.ndarray, repeats: int = 10) -> float:
 
 def speedup(fp32: Path, quantized: Path, x: np.ndarray, dtype, batch: int = 64) -> float:
     """fp32 time / quantised time at `batch` rows (repeated when the split is smaller): > 1 is faster."""
+    from bigmodel_cli.inference.session import create_session
+
     rows = np.ascontiguousarray(np.resize(np.asarray(x, dtype), (batch, *x.shape[1:])))
-    return latency_ms(session(fp32), rows) / max(latency_ms(session(quantized), rows), 1e-9)
+    fp32_ms = latency_ms(create_session(fp32, device="cpu"), rows)
+    return fp32_ms / max(latency_ms(create_session(quantized, device="cpu"), rows), 1e-9)

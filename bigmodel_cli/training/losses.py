@@ -1,8 +1,9 @@
-"""The loss for a task, from the recipe's `train.loss` (auto: BCE when binary, cross-entropy otherwise, MSE
-for regression), with class weights for imbalance, label smoothing and an optional L1 penalty.
+"""The loss of a supervised task, for the loss name `models.build.resolve_loss` picked from `train.loss` (auto:
+BCE when binary, cross-entropy otherwise, MSE for regression), with class weights for imbalance, label
+smoothing and an optional L1 penalty.
 
-Binary BCE trains a one-logit head; `BinaryLogits` presents it to the rest of the tool as two logits
-`[0, z]`, so that softmax gives `[1 - sigmoid(z), sigmoid(z)]` and eval, export and serve need no special case.
+Binary BCE trains a one-logit head (`models.build.BinaryLogits`) that everything else sees as two
+logits `[0, z]`; the loss reads `z` back from them.
 """
 
 from __future__ import annotations
@@ -12,35 +13,6 @@ import torch
 from torch import nn
 
 from bigmodel_cli.errors import UsageError
-
-
-class BinaryLogits(nn.Module):
-    """Wrap a one-output network as two logits `[0, z]` (class 0, class 1)."""
-
-    def __init__(self, net: nn.Module):
-        super().__init__()
-        self.net = net
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        z = self.net(x)
-        return torch.cat([torch.zeros_like(z), z], dim=1)
-
-
-def resolve_loss(cfg, task: str, classes: list[str] | None) -> str:
-    """The concrete loss name for `train.loss` and the data, or an exit-2 error when they do not fit."""
-    name = cfg.loss
-    if name == "auto":
-        if task == "regression":
-            return "mse"
-        return "bce" if classes is not None and len(classes) == 2 else "cross_entropy"
-    if task == "regression" and name in ("cross_entropy", "bce"):
-        raise UsageError(f"train.loss {name} is for classification; regression takes mse, mae or huber")
-    if task == "classification" and name in ("mse", "mae", "huber"):
-        raise UsageError(f"train.loss {name} is for regression; classification takes cross_entropy or bce")
-    if name == "bce" and (classes is None or len(classes) != 2):
-        raise UsageError(f"train.loss bce needs exactly 2 classes, the data has {len(classes or [])}; "
-                         "use cross_entropy")
-    return name
 
 
 def class_weights(cfg, y_train: np.ndarray, n_classes: int) -> torch.Tensor | None:

@@ -24,7 +24,8 @@ class PlainLog:
     def end_epoch(self, row: dict[str, Any], improved: bool) -> None:
         metrics = " ".join(f"{k}={fmt(v)}" for k, v in row.items() if k.startswith(("train_", "val_")))
         sps = row.get("samples_per_s") or 0.0
-        console.info(f"epoch {row['epoch']}/{self.epochs} {metrics} lr={row['lr']:.3g} "
+        lrs = " ".join(f"{k}={v:.3g}" for k, v in row.items() if k == "lr" or k.startswith("lr_"))
+        console.info(f"epoch {row['epoch']}/{self.epochs} {metrics} {lrs} "
                      f"{sps:.0f} samples/s {row['time_s']:.1f}s{' *' if improved else ''}")
 
 
@@ -74,8 +75,9 @@ def plot_curves(history: list[dict[str, Any]], monitor: str, dest) -> None:
     from bigmodel_cli import atomic
 
     epochs = [r["epoch"] for r in history]
-    panels = [("loss", ["train_loss", "val_loss"])]
-    if monitor not in ("train_loss", "val_loss"):
+    losses = [k for k in history[-1] if k.startswith("train_")] + (["val_loss"] if "val_loss" in history[-1] else [])
+    panels = [("loss", losses)]
+    if monitor not in losses:
         panels.append((monitor, [monitor]))
     fig, axes = plt.subplots(1, len(panels), figsize=(5.5 * len(panels), 4), squeeze=False)
     for ax, (title, keys) in zip(axes[0], panels, strict=True):

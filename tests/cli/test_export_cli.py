@@ -1,5 +1,6 @@
 """`bigmodel export` and `bigmodel benchmark` as a user runs them: JSON out, and exit 2 for every bad request."""
 
+import json
 import shutil
 
 import pytest
@@ -14,15 +15,36 @@ def run(digits_run, tmp_path):
     return dest
 
 
+@pytest.mark.slow  # three commands: export int8, benchmark, benchmark A B (~45 s on 2 busy cores)
 def test_export_int8_json_and_benchmark_gate(cli, run):
     result = cli("export", str(run), "--quantize", "int8", "--verify-samples", "64", "--json")
     assert result.code == 0, result.stderr
     report = result.json()
     assert report["quantize"] == "int8" and report["verification"]["samples"] == 64
-    assert report["int8"]["metric"]["drop_points"] <= 1.0 and (run / "model.onnx").is_file()
+    assert report["int8"]["metric"]["drop_points"] <= 1.0 and report["model"] == str(run / "model.int8.onnx")
+    assert json.loads((run / "export.int8.json").read_text())["int8"] == report["int8"]
+    assert not (run / "model.onnx").exists() and not (run / "export.json").exists()  # fp32's names stay free
     result = cli("benchmark", str(run), "--batch-sizes", "1", "--iterations", "3", "--fail-under", "accuracy=1.01")
     assert result.code == 3, result.stderr
-    assert "onnxruntime-fp32" in result.stdout and "benchmark gate failed" in result.stderr
+    assert result.stdout == ""  # the table is human output: stderr
+    assert "onnxruntime-fp32" in result.stderr and "benchmark gate failed" in result.stderr
+    assert f"{run}: cnn_small (width 32" in result.stderr  # the model and width measured are named
+
+    # the run against its int8 file, side by side: B (the file) is scored on A's validation rows
+    result = cli("benchmark", str(run), str(run / "model.int8.onnx"), "--batch-sizes", "1,8", "--iterations", "3",
+                 "--json")
+    assert result.code == 0, result.stderr
+    both = result.json()  # stdout holds the JSON document only
+    (pair,) = both["comparison"]
+    assert (pair["a"], pair["b"]) == ("onnxruntime-fp32", "onnxruntime-int8")
+    accuracy_a, accuracy_b = pair["metric_a"]["accuracy"], pair["metric_b"]["accuracy"]
+    assert accuracy_a > 0.8 and abs(accuracy_b - accuracy_a) <= 0.01
+    assert pair["size_ratio_b_over_a"] < 0.5
+    a, b = both["a"]["backends"]["onnxruntime-fp32"], both["b"]["backends"]["onnxruntime-int8"]
+    for size in ("1", "8"):
+        assert pair["latency_ratio_b_over_a"][size] == b["latency"][size]["p50_ms"] / a["latency"][size]["p50_ms"]
+    assert both["b"]["onnx"] == str(run / "model.int8.onnx") and both["b"]["model"]["name"] == "cnn_small"
+    assert "B/A" not in result.stderr  # --json: no table
 
 
 @pytest.mark.parametrize("case", ["no checkpoint", "broken checkpoint", "missing out dir", "unknown quantize",
@@ -43,6 +65,7 @@ def test_bad_export_requests_exit_2_with_one_line_and_write_nothing(cli, run, tm
         recipe = (run / "recipe.yaml").read_text()
         (run / "recipe.yaml").write_text(recipe.replace(str(_data_of(run)), str(data)))
         (data / "train" / "x.npy").unlink()
+        (run / "reference" / "train_x.npy").unlink()  # nor the train rows the run carries
         args += ["--quantize", "int8"]
     before = tree(tmp_path)
     result = cli("export", *args)

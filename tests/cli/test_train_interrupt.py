@@ -40,6 +40,6 @@ def test_deterministic_training_repeats_exactly(tmp_path):
         assert run_cli(*args, "--run-dir", run, cwd=tmp_path).code == 0
     import torch
 
-    a = torch.load(tmp_path / "a/checkpoints/last.pt", weights_only=True)["model"]
-    b = torch.load(tmp_path / "b/checkpoints/last.pt", weights_only=True)["model"]
+    a = torch.load(tmp_path / "a/checkpoints/last.pt", weights_only=True)["networks"]["model"]
+    b = torch.load(tmp_path / "b/checkpoints/last.pt", weights_only=True)["networks"]["model"]
     assert all(torch.equal(a[k], b[k]) for k in a)

@@ -61,7 +61,7 @@ def test_sigkill_at_several_points_then_resume_is_bit_exact(tmp_path):
 
     a = torch.load(tmp_path / "straight/checkpoints/last.pt", weights_only=True)
     b = torch.load(tmp_path / "cut/checkpoints/last.pt", weights_only=True)
-    assert all(torch.equal(a["model"][k], b["model"][k]) for k in a["model"])
+    assert all(torch.equal(a["networks"]["model"][k], b["networks"]["model"][k]) for k in a["networks"]["model"])
     assert a["loop"]["step"] == b["loop"]["step"] == 3 * 20
     assert history(tmp_path / "straight") == history(tmp_path / "cut")
     assert not list((tmp_path / "cut").rglob(".*.tmp"))  # temporaries of killed writes are cleaned on resume

@@ -64,7 +64,7 @@ def test_tabular_csv_on_the_users_own_table(cli, tmp_path):
     scored = cli("eval", str(result.run), "--data", str(fresh), "--json", cwd=tmp_path)
     assert scored.code == 0, scored.stderr
     assert scored.json()["n"] == 40 and scored.json()["metrics"]["accuracy"] > 0.5
-    assert (result.run / "eval" / "new" / "test.json").is_file()
+    assert (result.run / "eval" / "data-new" / "rows.json").is_file()  # a raw file has no split
     bad = write_csv(tmp_path / "bad.csv", [{**row, "label": "unknown"} if i == 3 else row
                                           for i, row in enumerate(people_rows(10, seed=2))])
     refused = cli("eval", str(result.run), "--data", str(bad), cwd=tmp_path)

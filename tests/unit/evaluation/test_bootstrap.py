@@ -10,7 +10,7 @@ from bigmodel_cli.evaluation.bootstrap import (
     RegressionResample,
     confidence_intervals,
 )
-from bigmodel_cli.evaluation.predict import softmax
+from bigmodel_cli.inference.batch import softmax
 
 
 def draw(rng, n):

@@ -37,7 +37,8 @@ def test_data_dir_with_the_same_schema_is_evaluated_into_its_own_folder(run_copy
     np.save(month / "test/y.npy", y)
     report = evaluate(run, Options(data=month, plots=False))
     assert report["data"] == str(month) and report["n"] == 15
-    assert (run / "eval/2026-11/test.json").is_file() and (run / "eval/2026-11/test_predictions.csv").is_file()
+    assert (run / "eval/data-2026-11/test.json").is_file()
+    assert (run / "eval/data-2026-11/test_predictions.csv").is_file()
     assert json.loads((run / "eval/test.json").read_text())["metrics"] == own["metrics"]  # the run's own untouched
     assert report["per_class"]["c"]["support"] == 5
 
@@ -104,6 +105,77 @@ def test_onnx_model_gives_the_checkpoint_metrics_and_agreement(exported):
     agreement = onnx_report["onnx"]
     assert agreement["agreement"] == 1.0 and agreement["max_abs_difference"] < 1e-5
     assert agreement["checkpoint"].endswith("best.pt")
+    assert agreement["checkpoint_chosen_by"] == "recorded by bigmodel export"
+    # each evaluation keeps its own files: the checkpoint's test.json, the ONNX model's test.onnx.json
+    assert json.loads((exported / "eval/test.json").read_text())["checkpoint"].endswith("best.pt")
+    assert json.loads((exported / "eval/test.onnx.json").read_text())["model"] == str(exported / "model.onnx")
+
+
+def perturbed_last(run):
+    """Make checkpoints/last.pt a different model from best.pt (as after more epochs that did not improve)."""
+    import torch
+
+    state = torch.load(run / "checkpoints/last.pt", weights_only=True)
+    first = next(k for k in state["networks"]["model"] if k.endswith("weight"))
+    generator = torch.Generator().manual_seed(0)
+    state["networks"]["model"][first] += torch.randn(state["networks"]["model"][first].shape, generator=generator) * 2.0
+    torch.save(state, run / "checkpoints/last.pt")
+
+
+def test_onnx_exported_from_last_is_compared_with_last_not_best(run_copy, capsys):
+    from bigmodel_cli.export.onnx_export import export_run
+
+    run = run_copy("binary")
+    perturbed_last(run)
+    exported = export_run(run, checkpoint="last")
+    assert exported["checkpoint"]["which"] == "last" and exported["checkpoint"]["path"] == "checkpoints/last.pt"
+    assert json.loads((run / "export.json").read_text())["checkpoint"]["which"] == "last"
+    report = evaluate(run, Options(plots=False), onnx=run / "model.onnx")
+    agreement = report["onnx"]
+    assert agreement["checkpoint"].endswith("last.pt") and agreement["max_abs_difference"] < 1e-5
+    assert agreement["agreement"] == 1.0
+    # best.pt really is another model: an explicit --checkpoint best shows the difference the old code reported
+    against_best = evaluate(run, Options(plots=False, checkpoint="best"), onnx=run / "model.onnx")["onnx"]
+    assert against_best["checkpoint"].endswith("best.pt") and against_best["checkpoint_chosen_by"] == "--checkpoint"
+    assert against_best["max_abs_difference"] > 0.05
+    assert "has changed since the export" not in capsys.readouterr().err
+    perturbed_last(run)  # trained on after the export: the recorded checkpoint no longer matches the model
+    again = evaluate(run, Options(plots=False), onnx=run / "model.onnx")["onnx"]
+    assert again["max_abs_difference"] > 0.05
+    assert "the checkpoint this model was exported from, has changed since the export" in capsys.readouterr().err
+
+
+def test_best_last_and_onnx_evaluations_of_one_split_keep_their_own_files(run_copy):
+    run = run_copy("binary")
+    perturbed_last(run)
+    best = evaluate(run, Options(plots=True))
+    last = evaluate(run, Options(plots=True, checkpoint="last"))
+    assert best["files"]["report"] == str(run / "eval/test.json")
+    assert last["files"]["report"] == str(run / "eval/test.last.json")
+    assert last["files"]["predictions"] == str(run / "eval/test.last_predictions.csv")
+    assert (run / "eval/test.last_roc.png").read_bytes()[:4] == b"\x89PNG"
+    on_disk = {name: json.loads((run / f"eval/{name}.json").read_text()) for name in ("test", "test.last")}
+    assert on_disk["test"]["checkpoint"].endswith("best.pt") and on_disk["test"]["metrics"] == best["metrics"]
+    assert on_disk["test.last"]["checkpoint"].endswith("last.pt") and on_disk["test.last"]["metrics"] == last["metrics"]
+    assert best["metrics"] != last["metrics"]
+    by_path = evaluate(run, Options(plots=False, checkpoint=str(run / "checkpoints/last.pt")))
+    assert by_path["files"]["report"] == str(run / "eval/test.last.json")  # the same checkpoint, the same name
+
+
+def test_raw_file_is_evaluated_into_its_own_folder_without_a_split_name(run_copy, tmp_path):
+    from sklearn.datasets import load_breast_cancer
+
+    run = run_copy("binary")
+    bunch = load_breast_cancer(as_frame=True)
+    frame = bunch.frame.sample(60, random_state=3)
+    frame["target"] = [str(bunch.target_names[t]) for t in frame["target"]]
+    frame.to_csv(tmp_path / "new.csv", index=False)
+    report = evaluate(run, Options(data=tmp_path / "new.csv", plots=False))
+    assert report["split"] is None and report["n"] == 60 and report["metrics"]["accuracy"] > 0.8
+    assert report["files"]["report"] == str(run / "eval/data-new/rows.json")
+    assert (run / "eval/data-new/rows_predictions.csv").is_file() and not (run / "eval/test.json").exists()
+    with pytest.raises(UsageError, match=r"--split val: --data .*new.csv is a raw file whose every row is evaluated"):
+        evaluate(run, Options(data=tmp_path / "new.csv", split="val"))
 
 
 def test_onnx_model_of_another_run_or_missing_is_exit_2(exported, runs, tmp_path):

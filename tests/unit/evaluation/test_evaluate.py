@@ -195,8 +195,8 @@ def test_a_model_that_outputs_nan_fails_the_job_and_writes_nothing(run_copy):
 
     run = run_copy("regression")
     state = torch.load(run / "checkpoints/best.pt", weights_only=True)
-    first = next(k for k in state["model"] if k.endswith("weight"))
-    state["model"][first][0, 0] = float("nan")
+    first = next(k for k in state["networks"]["model"] if k.endswith("weight"))
+    state["networks"]["model"][first][0, 0] = float("nan")
     torch.save(state, run / "checkpoints/best.pt")
     with pytest.raises(JobFailed, match=r"outputs are NaN or infinite on \d+ of \d+ rows of split 'test'"):
         evaluate(run)

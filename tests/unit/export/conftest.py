@@ -41,7 +41,7 @@ def train_family(name: str, root: Path, digits_data: Path | None = None) -> Path
     """A run dir of model `name` trained for one epoch: text on a generated table, images on digits 1x8x8."""
     from bigmodel_cli.config.recipe import resolve
     from bigmodel_cli.data.prepare import prepare
-    from bigmodel_cli.training.trainer import fit
+    from bigmodel_cli.training.loop import fit, load_data
 
     recipe_name, kind, sets = FAMILIES[name]
     overrides = {"model.name": name, **sets, "data.prepared": str(root / "data")}
@@ -53,19 +53,9 @@ def train_family(name: str, root: Path, digits_data: Path | None = None) -> Path
     recipe = resolve(recipe_name, overrides, ["train.epochs=1", "train.batch_size=32"])
     if not (root / "data").is_dir():
         prepare(recipe)
-    fit(recipe, root / "run", arrays=_few_rows(recipe.prepared_dir))
+    # 96 train rows and 32 validation rows: export tests need trained weights, not a good model
+    fit(recipe, root / "run", data=load_data(recipe).subset(96, 32))
     return root / "run"
-
-
-def _few_rows(prepared: str):
-    """96 train rows and 32 validation rows: export tests need trained weights, not a good model."""
-    import numpy as np
-
-    from bigmodel_cli.data import manifest as manifests
-    from bigmodel_cli.training.trainer import Arrays
-
-    (x_train, y_train), (x_val, y_val) = (manifests.load_split(prepared, s) for s in ("train", "val"))
-    return Arrays(np.array(x_train[:96]), np.array(y_train[:96]), np.array(x_val[:32]), np.array(y_val[:32]))
 
 
 @pytest.fixture(scope="session")

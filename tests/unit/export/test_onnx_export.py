@@ -8,7 +8,9 @@ import pytest
 import torch
 
 from bigmodel_cli.errors import JobFailed, UsageError
+from bigmodel_cli.export import metadata
 from bigmodel_cli.export import onnx_export as oe
+from bigmodel_cli.export import verify as V
 
 
 @pytest.fixture
@@ -26,9 +28,13 @@ def test_export_writes_a_checked_model_that_matches_pytorch(run):
     onnx.checker.check_model(model, full_check=True)
     assert [i.name for i in model.graph.input] == ["input"]
     assert model.graph.input[0].type.tensor_type.shape.dim[0].dim_param  # dynamic batch
-    meta = {p.key: p.value for p in model.metadata_props}
-    assert {"bigmodel_version", "task", "class_names", "input_shape", "recipe", "normalization"} <= set(meta)
-    assert json.loads(meta["normalization"])["per"] == "channel"
+    meta = metadata.read(path)
+    assert {"bigmodel_version", "task", "class_names", "input_shape", "recipe", "normalization"} <= set(meta.raw)
+    assert meta.normalization["per"] == "channel" and meta.input_shape == [1, 8, 8] and meta.task == "classification"
+    assert meta.class_names == [str(d) for d in range(10)] and meta.quantize == "none"
+    assert meta.model["name"] == "cnn_small" and meta.model["args"]["width"] == 32
+    assert meta.checkpoint == report["checkpoint"] and meta.checkpoint["which"] == "best"
+    assert meta.checkpoint["path"] == "checkpoints/best.pt"  # relative: the run directory can move
     assert report["verification"]["passed"] and report["exporter"] == "dynamo"
     # raw pixels in, the same probabilities as the trained network on normalised pixels
     x = np.random.default_rng(0).integers(0, 256, (7, 1, 8, 8)).astype(np.float32)
@@ -43,7 +49,7 @@ def test_export_writes_a_checked_model_that_matches_pytorch(run):
 
 
 def test_failed_verification_exits_1_and_leaves_no_file(run, monkeypatch):
-    real = oe.verify
+    real = V.verify_onnx
 
     class Skewed(torch.nn.Module):  # a PyTorch reference that disagrees with the exported graph
         def __init__(self, module):
@@ -54,7 +60,7 @@ def test_failed_verification_exits_1_and_leaves_no_file(run, monkeypatch):
             logits, proba = self.module(x)
             return logits, proba.flip(1)
 
-    monkeypatch.setattr(oe, "verify", lambda path, module, *a: real(path, Skewed(module), *a))
+    monkeypatch.setattr(V, "verify_onnx", lambda path, module, *a: real(path, Skewed(module), *a))
     with pytest.raises(JobFailed, match="verification failed"):
         oe.export_run(run)
     assert not (run / "model.onnx").exists() and not (run / "export.json").exists()

@@ -6,7 +6,8 @@ import torch
 
 from bigmodel_cli.config.schema import ModelSection
 from bigmodel_cli.errors import UsageError
-from bigmodel_cli.models import build_from_recipe, create_model, list_models
+from bigmodel_cli.models import create_model, list_models
+from bigmodel_cli.models.build import build_from_recipe, check_fits
 
 SHAPES = {"tabular": [[5], [30]], "image": [[1, 8, 8], [3, 32, 32]], "text": [[12]]}
 SMALL_IMAGES_ONLY = {"resnet34", "resnet50", "vit_b_16"}  # the big ones: one shape keeps the suite fast
@@ -95,6 +96,4 @@ def test_user_component_is_called_with_data_shapes(tmp_path, monkeypatch):
 
 def test_output_size_mismatch_is_reported():
     with pytest.raises(UsageError, match=r"expected output \[N, 3\]"):
-        from bigmodel_cli.models.registry import _check_fits
-
-        _check_fits(torch.nn.Linear(4, 2), "x", [4], 3)
+        check_fits(torch.nn.Linear(4, 2), "x", [4], 3)

@@ -4,7 +4,8 @@ import torch
 
 from bigmodel_cli.config.schema import TrainSection
 from bigmodel_cli.errors import UsageError
-from bigmodel_cli.training.losses import BinaryLogits, TaskLoss, class_weights, l1_penalty, resolve_loss
+from bigmodel_cli.models.build import BinaryLogits, resolve_loss
+from bigmodel_cli.training.losses import TaskLoss, class_weights, l1_penalty
 
 
 def test_auto_loss_per_task():
