@@ -68,7 +68,8 @@ def test_export_before_train(cli, workdir):
     (workdir / "runs/digits-cnn").mkdir(parents=True)
     (workdir / "runs/digits-cnn/recipe.yaml").write_text(catalog.path_of("digits-cnn").read_text())
     result = cli("export", "runs/digits-cnn", cwd=workdir)
-    assert result.code == 2 and "no best.pt checkpoint; train first" in result.stderr
+    # a run folder whose training never started (only recipe.yaml): it says so and what to do
+    assert result.code == 2 and "a training that never started" in result.stderr and "train it again" in result.stderr
     assert len(result.stderr.strip().splitlines()) == 1
     assert not (workdir / "runs/digits-cnn/model.onnx").exists()
     assert {k: v for k, v in tree(workdir).items() if k in before} == before
