@@ -54,13 +54,13 @@ def test_mnist_cnn(cli, tmp_path):
 
 @pytest.mark.slow
 def test_cifar10_resnet18(cli, tmp_path):
-    root = write_cifar10(tmp_path / "datasets", per_batch=24, n_test=40)
+    root = write_cifar10(tmp_path / "datasets", per_batch=16, n_test=30)
     result = run_recipe(cli, tmp_path, "cifar10-resnet18", source=f"torchvision:cifar10:{root}",
                         sets=[*SHORT, "train.epochs=2", "train.batch_size=16"])
     assert result.manifest["classes"][:2] == ["airplane", "automobile"]
-    assert result.manifest["input_shape"] == [3, 32, 32] and result.manifest["splits"]["test"] == 40
-    assert result.eval["n"] == 40 and "top_5_accuracy" in result.eval["metrics"]
-    assert_learned(result.eval, margin=0.4)  # chance 0.10; measured 1.00 after 2 epochs of 7 steps
+    assert result.manifest["input_shape"] == [3, 32, 32] and result.manifest["splits"]["test"] == 30
+    assert result.eval["n"] == 30 and "top_5_accuracy" in result.eval["metrics"]
+    assert_learned(result.eval, margin=0.4)  # chance 0.10; measured 0.80 after 2 epochs of 5 steps
     trained = recipe_of(result.run)
     assert trained["data"]["augment"]["crop_padding"] == 4 and trained["data"]["augment"]["horizontal_flip"] == 0.5
     assert trained["train"]["precision"] == "bf16-mixed"  # autocast on the CPU too
