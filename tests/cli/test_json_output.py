@@ -23,6 +23,7 @@ COMMANDS = {
     "eval": [f"runs/{NAME}"],
     "export": [f"runs/{NAME}", "--verify-samples", "16"],
     "benchmark": [f"runs/{NAME}", "--batch-sizes", "1", "--iterations", "2"],
+    "tune": ["-r", NAME, "--space", "space.yaml", "--trials", "1", "--prune", "none", "--set", "train.epochs=1"],
 }
 
 
@@ -62,6 +63,7 @@ def workdir(tmp_path_factory):
 @pytest.mark.slow
 def test_json_is_one_document_and_human_output_is_on_stderr(workdir):
     assert run_cli("recipes", "copy", NAME, "mine.yaml", cwd=workdir).code == 0
+    (workdir / "space.yaml").write_text("train.optimizer.lr: {float: [1.0e-4, 1.0e-2], log: true}\n")
     documents = {}
     for command, args in COMMANDS.items():  # in pipeline order: each step needs the one before
         result = run_cli(*command.split(), *args, "--json", cwd=workdir)
