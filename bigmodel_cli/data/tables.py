@@ -34,6 +34,7 @@ SNIFF_BYTES = 1 << 16
 BOMS = ((codecs.BOM_UTF8, "utf-8"), (codecs.BOM_UTF16_LE, "utf-16"), (codecs.BOM_UTF16_BE, "utf-16"))
 BLOCK_BYTES = 1 << 20  # CSV/JSON bytes parsed at a time (larger blocks made the threaded reader hold more)
 BATCH_ROWS = 65536  # rows per record batch of the mapped table: each pass over it works a batch at a time
+CHUNK_BYTES = 1 << 24  # RowSource: at most about this many bytes of columns per chunk of new rows
 CONVERSION_ERROR = re.compile(r"In CSV column #(\d+): CSV conversion error to ")
 
 
@@ -395,17 +396,23 @@ class RowSource:
             raise UsageError(f"{self.path}: unsupported file type '{suffix}'; use one of {', '.join(TABLE_SUFFIXES)}")
         _check_column_names(self.path, self.names)
 
-    def chunks(self, types: dict[str, pa.DataType | None], rows: int = BATCH_ROWS) -> Iterator[tuple[int, pa.Table]]:
+    def chunks(self, types: dict[str, pa.DataType | None], rows: int = BATCH_ROWS,
+               max_bytes: int = CHUNK_BYTES) -> Iterator[tuple[int, pa.Table]]:
         """(first row, Table of the columns of `types`, in that order) of `rows` rows each (the last: the rest),
-        in file order."""
+        in file order; fewer rows when that many would hold more than about `max_bytes` (wide rows, long texts),
+        the same number in every chunk, judged from the first rows read."""
         missing = [name for name in types if name not in self.names]
         if missing:
             raise UsageError(f"{self.path}: no column '{missing[0]}'")
         batches = {"csv": self._csv_batches, "jsonl": self._jsonl_batches, "parquet": self._parquet_batches}
         first, pending, count = 0, [], 0
+        sized = False
         for batch in batches[self.format](types, rows):
             if not batch.num_rows:
                 continue
+            if not sized:
+                rows = max(1, min(rows, max_bytes * batch.num_rows // max(1, batch.nbytes)))
+                sized = True
             pending.append(batch)
             count += batch.num_rows
             while count >= rows:

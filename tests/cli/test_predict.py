@@ -312,3 +312,48 @@ def test_text_lines_and_tables_and_truncation_as_in_training(text_run, tmp_path)
     quiet_predict(text_run / "model.onnx", data=[tmp_path / "cut.txt"], out=tmp_path / "c.csv")
     np.testing.assert_allclose(pd.read_csv(tmp_path / "c.csv")[["p_neg", "p_pos"]].to_numpy()[0],
                                a[["p_neg", "p_pos"]].to_numpy()[2], atol=1e-6)
+
+
+# ---------------------------------------------------------------- a file larger than the memory allowed
+
+CAP = 384 * 2**20  # private memory (prlimit --data) allowed; the file below is 440 MiB
+
+
+def write_wide(path: Path, blocks: int = 400) -> int:
+    """Customers with a 1,000-character note each (passed through to the output): 1,000 rows written `blocks`
+    times. The rows' number is returned."""
+    rows = people(1000, seed=9)
+    lines = [",".join(["customer_id", "age", "income", "city", "member", "notes"]) + "\n"]
+    block = "".join(f"{r['customer_id']},{'' if r['age'] is None else r['age']},{r['income']},{r['city'] or ''},"
+                    f"{r['member']},{'n' * 1000}\n" for r in rows)
+    with path.open("w") as f:
+        f.write(lines[0])
+        for _ in range(blocks):
+            f.write(block)
+    return blocks * len(rows)
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(shutil.which("prlimit") is None, reason="needs util-linux prlimit")
+def test_a_file_larger_than_the_memory_allowed_is_predicted_in_bounded_memory(table_run, tmp_path):
+    import os
+    import subprocess
+    import sys
+
+    n = write_wide(tmp_path / "big.csv")
+    assert (tmp_path / "big.csv").stat().st_size > CAP
+    env = {**os.environ, "CI": "1"}
+    proc = subprocess.run(["prlimit", f"--data={CAP}", sys.executable, "-m", "bigmodel_cli", "predict",
+                           str(table_run / "model.onnx"), "--data", str(tmp_path / "big.csv"), "--keep",
+                           "customer_id,notes", "--out", str(tmp_path / "preds.csv"), "--json"],
+                          capture_output=True, text=True, timeout=600, env=env)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert json.loads(proc.stdout)["rows"] == n
+    assert (tmp_path / "preds.csv").stat().st_size > CAP
+    with (tmp_path / "preds.csv").open() as f:
+        assert f.readline().startswith('"customer_id","notes","prediction","probability","p_no","p_yes"')
+    # the control: the same cap stops a process that reads the file whole
+    control = subprocess.run(["prlimit", f"--data={CAP}", sys.executable, "-c",
+                              f"import pyarrow.csv as c; print(c.read_csv({str(tmp_path / 'big.csv')!r}).num_rows)"],
+                             capture_output=True, text=True, timeout=300, env=env)
+    assert control.returncode != 0 and "MemoryError" in control.stderr
