@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import os
 import queue
+import sys
 import threading
 import time
 from collections import deque
@@ -113,6 +114,10 @@ def plan(model: Path, options: Options) -> Plan:
     spec, task = input_spec(model)
     classes = spec.classes or []
     _check_outputs(task, classes, options)
+    columns = Columns(task, classes, options.top_k, options.threshold)
+    clash = [k for k in options.keep if k in columns.names]
+    if clash:
+        raise UsageError(f"--keep {clash[0]}: the output has a column of that name; rename it in the input")
     out = Path(options.out) if options.out else _default_out(model, options.data[0])
     output_format(out)
     for given in options.data:
@@ -124,10 +129,6 @@ def plan(model: Path, options: Options) -> Plan:
         input_kind, chunks, total, where = _lines(options)
     else:
         input_kind, chunks, total, where = _table(spec, options, model)
-    columns = Columns(task, classes, options.top_k, options.threshold)
-    clash = [k for k in options.keep if k in columns.names]
-    if clash:
-        raise UsageError(f"--keep {clash[0]}: the output has a column of that name; rename it in the input")
     return Plan(model, spec, task, options, input_kind, chunks, total, out, columns, where)
 
 
@@ -251,13 +252,17 @@ def execute(p: Plan) -> dict[str, Any]:
     examples: list[dict[str, Any]] = []
     source: dict[str, str] = {}
     with OutputFile(p.out) as out, _progress(p.total) as progress:
-        results = _in_process(p, source) if options.devices == 1 else _in_workers(p, source)
-        for chunk, outputs, bad in results:
-            mask = _bad_rows(p, chunk, bad, examples)
-            counts["rows"] += chunk.rows
-            counts["bad"] += int(mask.sum()) if mask is not None else 0
-            out.write(p.columns.table(outputs, chunk.keep, mask, options.on_bad_row))
-            progress(chunk.rows)
+        writer = _Background(out.write)
+        try:
+            results = _in_process(p, source) if options.devices == 1 else _in_workers(p, source)
+            for chunk, outputs, bad in results:
+                mask = _bad_rows(p, chunk, bad, examples)
+                counts["rows"] += chunk.rows
+                counts["bad"] += int(mask.sum()) if mask is not None else 0
+                writer(p.columns.table(outputs, chunk.keep, mask, options.on_bad_row))
+                progress(chunk.rows)
+        finally:
+            writer.close()
         if counts["rows"] == 0:
             raise UsageError(f"{p.where}: no rows to predict")
     seconds = time.perf_counter() - start
@@ -412,6 +417,36 @@ def _prefetch(items: Iterator[Any], depth: int) -> Iterator[Any]:
                 box.get_nowait()
             except queue.Empty:
                 thread.join(0.05)
+
+
+class _Background:
+    """`write(item)` calls `fn(item)` in a thread of its own, at most `depth` items behind; its error is raised by
+    the next call or by `close`."""
+
+    def __init__(self, fn: Callable[[Any], None], depth: int = 2):
+        self.fn, self.box, self.error = fn, queue.Queue(maxsize=depth), None
+        self.thread = threading.Thread(target=self._drain, name="predict-write", daemon=True)
+        self.thread.start()
+
+    def _drain(self) -> None:
+        while (item := self.box.get()) is not None:
+            if self.error is None:
+                try:
+                    self.fn(item)
+                except BaseException as e:  # noqa: BLE001 - raised in the caller's thread
+                    self.error = e
+
+    def __call__(self, item: Any) -> None:
+        if self.error is not None:
+            raise self.error
+        self.box.put(item)
+
+    def close(self) -> None:
+        """Wait for every item to be written; raise the writer's error, unless another one is on its way."""
+        self.box.put(None)
+        self.thread.join()
+        if self.error is not None and sys.exc_info()[1] is None:
+            raise self.error
 
 
 # ---------------------------------------------------------------- N worker processes

@@ -231,8 +231,8 @@ def test_cli_exit_2_one_line_naming_the_missing_column_and_json_summary(cli, tab
 @pytest.mark.parametrize("args, message", [
     (["--top-k", "3"], "--top-k 3: must be between 1 and the number of classes (2)"),
     (["--threshold", "1.5"], "--threshold 1.5: must be between 0 and 1"),
-    (["--keep", "custmer_id"], "--keep custmer_id: "),
-    (["--keep", "prediction"], "--keep prediction: "),
+    (["--keep", "custmer_id"], "new.csv has no such column; did you mean 'customer_id'?"),
+    (["--keep", "prediction"], "--keep prediction: the output has a column of that name"),
     (["--on-bad-row", "ignore"], "--on-bad-row ignore: expected one of error, skip, null"),
     (["--out", "preds.xlsx"], "unknown format '.xlsx'"),
 ])
