@@ -483,6 +483,8 @@ class RowSource:
         enc = sniff_encoding(_head(self.path), self.encoding)
         if enc == "utf-8":
             with open(self.path, "rb") as f:
+                if f.read(3) != codecs.BOM_UTF8:
+                    f.seek(0)
                 rest = b""
                 while block := f.read(BLOCK_BYTES):
                     block = rest + block

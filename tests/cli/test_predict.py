@@ -288,7 +288,7 @@ def test_images_of_any_mode_from_checkpoint_and_onnx(digits_exported, tmp_path):
     assert a["path"].tolist() == [str(f) for f in files]
     assert (a["prediction"].to_numpy() == np.array(labels)).mean() > 0.8  # grey, RGB, RGBA, palette alike
     assert (a["top_1"] == a["prediction"]).all() and (a["p_top_1"] >= a["p_top_2"]).all()
-    quiet_predict(digits_exported / "model.onnx", data=files[:50], out=tmp_path / "b.csv", top_k=3)
+    quiet_predict(digits_exported / "model.onnx", data=files[:50], out=tmp_path / "b.csv", top_k=3, devices=2)
     b = pd.read_csv(tmp_path / "b.csv")
     assert b["prediction"].tolist() == a["prediction"].tolist()[:50]
     np.testing.assert_allclose(b["p_top_1"], a["p_top_1"][:50], atol=1e-5)

@@ -214,7 +214,8 @@ def test_csv_junk_in_a_later_block_is_read_as_text_and_no_row_is_lost_or_repeate
 
 def test_jsonl_lines_of_mixed_types_or_broken_json_become_bad_rows(tmp_path):
     path = tmp_path / "rows.jsonl"
-    path.write_text('{"a": 1, "b": "x"}\n\n{"a": "two", "b": "y"}\nnot json\n{"b": "z", "c": 1}\n')
+    path.write_text('\ufeff{"a": 1, "b": "x"}\n\n{"a": "two", "b": "y"}\nnot json\n{"b": "z", "c": 1}\n',
+                    encoding="utf-8")  # with a byte-order mark
     source = RowSource(path)
     assert source.names == ["a", "b", "c"]
     (first, chunk), = list(source.chunks({"a": pa.float64(), "b": None}))
