@@ -27,7 +27,7 @@ class OnnxModel:
     """`predict(x)` runs the `logits` (classification) or `prediction` (regression) output batch by batch."""
 
     def __init__(self, path: str | Path, task: str | None, expect: dict[str, Any] | None = None, device: str = "auto",
-                 threads: int = 0, label: str | None = None):
+                 threads: int = 0, label: str | None = None, spinning: bool | None = None):
         from bigmodel_cli.export import metadata
         from bigmodel_cli.inference.session import create_session
 
@@ -35,7 +35,7 @@ class OnnxModel:
         where = label or f"--onnx {self.path}"
         if not self.path.is_file():
             raise UsageError(f"{where}: file not found; create it with: bigmodel export RUN_DIR")
-        self.session = create_session(self.path, device, threads, label=where)
+        self.session = create_session(self.path, device, threads, spinning=spinning, label=where)
         self.metadata = metadata.from_session(self.session, where)
         for key, want in (expect or {}).items():
             got = getattr(self.metadata, key)

@@ -321,7 +321,8 @@ def _summary(p: Plan, counts: dict[str, int], examples: list[dict[str, Any]], so
 def _in_process(p: Plan, source: dict[str, str]) -> Iterator[tuple[Chunk, np.ndarray, dict[int, str]]]:
     from bigmodel_cli.inference.predictor import open_model
 
-    model = open_model(p.model, p.options.checkpoint, p.options.device, p.options.threads)
+    # onnxruntime threads that spin between batches would take the cores the reader and writer threads need
+    model = open_model(p.model, p.options.checkpoint, p.options.device, p.options.threads, spinning=False)
     source.update(model.source)
     size = batch_size(p.options, p.input_kind)
     for chunk, x, bad in _prefetch(_encoded(p, p.chunks()), depth=2):
@@ -511,7 +512,7 @@ def _start_worker(model: str, checkpoint: str, device: str, threads: int, slots,
     from bigmodel_cli.inference.predictor import open_model
 
     try:
-        _WORKER["model"] = open_model(Path(model), checkpoint, device, threads)
+        _WORKER["model"] = open_model(Path(model), checkpoint, device, threads, spinning=False)
     except Exception as e:  # noqa: BLE001 - raised again by the first task, in the parent
         _WORKER["error"] = e
 

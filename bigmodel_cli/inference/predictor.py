@@ -65,7 +65,8 @@ class CheckpointPredictor:
 class OnnxPredictor:
     """An exported model in onnxruntime; with `run`, checked against it (class names, input shape)."""
 
-    def __init__(self, run, path: Path, device: str = "auto", label: str | None = None, threads: int = 0):
+    def __init__(self, run, path: Path, device: str = "auto", label: str | None = None, threads: int = 0,
+                 spinning: bool | None = None):
         from bigmodel_cli.data import manifest as manifests
         from bigmodel_cli.inference.onnx_model import OnnxModel
 
@@ -75,7 +76,7 @@ class OnnxPredictor:
             if run.recipe.task == "classification":
                 expect["class_names"] = run.manifest["classes"]
         task = run.recipe.task if run is not None else None
-        self.model = OnnxModel(path, task, expect, device=device, label=label, threads=threads)
+        self.model = OnnxModel(path, task, expect, device=device, label=label, threads=threads, spinning=spinning)
         self.path, self.task, self.metadata = Path(path), self.model.task, self.model.metadata
         self.source = {"model": str(path)}
         self.run, self.label = run, label or str(path)
@@ -95,9 +96,11 @@ def load_predictor(run, checkpoint: str = "best", onnx: Path | None = None, devi
     return CheckpointPredictor(run, checkpoint, device)
 
 
-def open_model(path: Path, checkpoint: str = "best", device: str = "auto", threads: int = 0) -> Predictor:
+def open_model(path: Path, checkpoint: str = "best", device: str = "auto", threads: int = 0,
+               spinning: bool | None = None) -> Predictor:
     """A run directory (its `checkpoint`) or an ONNX file (its run, when it lies in one, is only a fallback for
-    metadata an older export did not write)."""
+    metadata an older export did not write). `spinning`: whether onnxruntime's idle threads busy-wait (None: its
+    default, on)."""
     from bigmodel_cli.run import load_run
 
     path = Path(path)
@@ -108,7 +111,7 @@ def open_model(path: Path, checkpoint: str = "best", device: str = "auto", threa
                          if path.exists() else f"{path}: no such run directory or model file")
     if device == "auto":  # decided without importing torch (seconds) just to ask it whether there is a GPU
         device = "cuda" if gpu_count() else "cpu"
-    return OnnxPredictor(None, path, device, label=str(path), threads=threads)
+    return OnnxPredictor(None, path, device, label=str(path), threads=threads, spinning=spinning)
 
 
 def gpu_count() -> int:
