@@ -34,7 +34,7 @@ SNIFF_BYTES = 1 << 16
 BOMS = ((codecs.BOM_UTF8, "utf-8"), (codecs.BOM_UTF16_LE, "utf-16"), (codecs.BOM_UTF16_BE, "utf-16"))
 BLOCK_BYTES = 1 << 20  # CSV/JSON bytes parsed at a time (larger blocks made the threaded reader hold more)
 BATCH_ROWS = 65536  # rows per record batch of the mapped table: each pass over it works a batch at a time
-CHUNK_BYTES = 1 << 24  # RowSource: at most about this many bytes of columns per chunk of new rows
+CHUNK_BYTES = 1 << 23  # RowSource: at most about this many bytes of columns per chunk of new rows
 CONVERSION_ERROR = re.compile(r"In CSV column #(\d+): CSV conversion error to ")
 
 

@@ -325,7 +325,7 @@ def _in_process(p: Plan, source: dict[str, str]) -> Iterator[tuple[Chunk, np.nda
     model = open_model(p.model, p.options.checkpoint, p.options.device, p.options.threads, spinning=False)
     source.update(model.source)
     size = batch_size(p.options, p.input_kind)
-    for chunk, x, bad in _prefetch(_encoded(p, p.chunks()), depth=2):
+    for chunk, x, bad in _prefetch(_encoded(p, p.chunks()), depth=1):
         yield chunk, _run(model, x, bad, chunk.rows, size, p.columns.width), bad
 
 
@@ -424,7 +424,7 @@ class _Background:
     """`write(item)` calls `fn(item)` in a thread of its own, at most `depth` items behind; its error is raised by
     the next call or by `close`."""
 
-    def __init__(self, fn: Callable[[Any], None], depth: int = 2):
+    def __init__(self, fn: Callable[[Any], None], depth: int = 1):
         self.fn, self.box, self.error = fn, queue.Queue(maxsize=depth), None
         self.thread = threading.Thread(target=self._drain, name="predict-write", daemon=True)
         self.thread.start()
