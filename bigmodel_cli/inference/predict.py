@@ -89,6 +89,7 @@ class Plan:
     out: Path
     columns: Columns
     where: str
+    opened: Any = None  # the model, opened by `plan` when this process runs it (--devices 1)
 
 
 def predict(model: Path, options: Options) -> dict[str, Any]:
@@ -111,7 +112,15 @@ def plan(model: Path, options: Options) -> Plan:
         raise UsageError(f"--batch-size {options.batch_size}: must be at least 1")
     if not options.data:
         raise UsageError("--data: give the file or folder to predict")
-    spec, task = input_spec(model)
+    opened = None
+    if options.devices == 1:
+        from bigmodel_cli.inference.predictor import open_model
+
+        # onnxruntime threads that spin between batches would take the cores the reader and writer threads need
+        opened = open_model(model, options.checkpoint, options.device, options.threads, spinning=False)
+        spec, task = opened.inputs, opened.task
+    else:
+        spec, task = input_spec(model)
     classes = spec.classes or []
     _check_outputs(task, classes, options)
     columns = Columns(task, classes, options.top_k, options.threshold)
@@ -129,7 +138,7 @@ def plan(model: Path, options: Options) -> Plan:
         input_kind, chunks, total, where = _lines(options)
     else:
         input_kind, chunks, total, where = _table(spec, options, model)
-    return Plan(model, spec, task, options, input_kind, chunks, total, out, columns, where)
+    return Plan(model, spec, task, options, input_kind, chunks, total, out, columns, where, opened)
 
 
 def _check_outputs(task: str, classes: list[str], options: Options) -> None:
@@ -319,10 +328,7 @@ def _summary(p: Plan, counts: dict[str, int], examples: list[dict[str, Any]], so
 
 
 def _in_process(p: Plan, source: dict[str, str]) -> Iterator[tuple[Chunk, np.ndarray, dict[int, str]]]:
-    from bigmodel_cli.inference.predictor import open_model
-
-    # onnxruntime threads that spin between batches would take the cores the reader and writer threads need
-    model = open_model(p.model, p.options.checkpoint, p.options.device, p.options.threads, spinning=False)
+    model = p.opened
     source.update(model.source)
     size = batch_size(p.options, p.input_kind)
     for chunk, x, bad in _prefetch(_encoded(p, p.chunks()), depth=1):
@@ -330,8 +336,8 @@ def _in_process(p: Plan, source: dict[str, str]) -> Iterator[tuple[Chunk, np.nda
 
 
 def _encoded(p: Plan, chunks: Iterator[Chunk]) -> Iterator[tuple[Chunk, np.ndarray, dict[int, str]]]:
-    if p.input_kind != "images":
-        for chunk in chunks:
+    if p.input_kind != "images":  # reading in one thread, encoding in another
+        for chunk in _prefetch(chunks, depth=1):
             yield (chunk, *encode(p.spec, p.input_kind, chunk))
         return
     from bigmodel_cli.data.images import decode_chunks
