@@ -319,7 +319,7 @@ def test_text_lines_and_tables_and_truncation_as_in_training(text_run, tmp_path)
 CAP = 416 * 2**20  # private memory (prlimit --data) allowed; the file below is 440 MiB
 
 
-def write_wide(path: Path, blocks: int = 400) -> int:
+def write_wide(path: Path, blocks: int = 450) -> int:
     """Customers with a 1,000-character note each (passed through to the output): 1,000 rows written `blocks`
     times. The rows' number is returned."""
     rows = people(1000, seed=9)
