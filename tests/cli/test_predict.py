@@ -316,7 +316,7 @@ def test_text_lines_and_tables_and_truncation_as_in_training(text_run, tmp_path)
 
 # ---------------------------------------------------------------- a file larger than the memory allowed
 
-CAP = 416 * 2**20  # private memory (prlimit --data) allowed; the file below is 440 MiB
+CAP = 416 * 2**20  # private memory (prlimit --data) allowed; the file below is 441 MiB
 
 
 def write_wide(path: Path, blocks: int = 450) -> int:
