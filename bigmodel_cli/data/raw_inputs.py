@@ -130,6 +130,9 @@ class InputSpec:
         and left as zeros; without, the first one is an exit-2 error naming its row number
         (`first_row` + its index + 1).
         """
+        if isinstance(rows, Mapping):  # columns of JSON values (one tensor per column): mixed types read as text
+            rows = pa.Table.from_pydict({name: values if isinstance(values, (pa.Array, pa.ChunkedArray, np.ndarray))
+                                         else _column(list(values)) for name, values in rows.items()})
         table = preprocess.as_table(rows)
         self.check_columns(table.column_names)
         if self.kind == "text":

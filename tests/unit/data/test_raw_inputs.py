@@ -103,6 +103,9 @@ def test_bad_values_name_the_row_or_are_reported(prepared):
     x = spec.table(table, first_row=100, bad=bad)
     assert bad == {1: "column 'age' is 'forty', not a number"}
     assert not x[1].any() and x[0, prepared[0]["features"].index("age")] == 41.0 and x[3, 0] == 7.0
+    columns = {"age": [41, "forty"], "income": [1.0, 2.0], "city": ["Oslo", 3], "member": [True, None]}
+    with pytest.raises(UsageError, match="row 2: column 'age' is 'forty', not a number"):
+        spec.table(columns)  # a column per tensor, as a server may get them: mixed JSON types are no crash
 
 
 def test_missing_column_names_the_nearest_and_json_keys_are_checked(prepared):
