@@ -232,9 +232,9 @@ def log_artifacts(run_dir: str | Path, files: list[str | Path], document: dict[s
         return None
     run_root = Path(run_dir).resolve()
     try:
-        from bigmodel_cli.tracking import mlflow_worker as worker
+        from bigmodel_cli.tracking.mlflow_worker import connect, log_metrics
 
-        client = worker.connect(uri)
+        client = connect(uri)
         for f in files:
             path = Path(f).resolve()
             if not path.is_file():
@@ -246,7 +246,7 @@ def log_artifacts(run_dir: str | Path, files: list[str | Path], document: dict[s
             client.log_artifact(run_id, str(path), artifact_path=None if folder in ("", ".") else folder)
         metrics = (document or {}).get("metrics") or {}
         if metrics:
-            worker.log_metrics(client, run_id, {f"{prefix}_{k}" if prefix else k: v for k, v in metrics.items()}, 0)
+            log_metrics(client, run_id, {f"{prefix}_{k}" if prefix else k: v for k, v in metrics.items()}, 0)
     except Exception as e:
         console.warn(f"mlflow: could not add files to run {run_id} in {_redact(uri)} "
                      f"({type(e).__name__}: {str(e).strip().splitlines()[0][:200] if str(e).strip() else ''})")
