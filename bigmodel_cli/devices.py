@@ -31,19 +31,38 @@ def ort_providers(device: str = "auto") -> list[str]:
 
 
 def _gpu_present() -> bool:
-    import shutil
-    import subprocess
+    """A GPU this process may use: asked of torch when it is already imported, else of nvidia-smi (importing
+    torch only to find out costs seconds of a server's or a prediction's start-up)."""
+    import sys
 
-    try:
+    if "torch" in sys.modules:
         import torch
 
         if torch.cuda.is_available():
             return True
-    except ImportError:
-        pass
+    return bool(gpu_ids())
+
+
+def gpu_count() -> int:
+    return len(gpu_ids())
+
+
+def gpu_ids() -> list[str]:
+    """The GPUs this process may use, as CUDA_VISIBLE_DEVICES names them (else as nvidia-smi lists them); no
+    torch import."""
+    import os
+    import shutil
+    import subprocess
+
+    visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+    if visible is not None:
+        return [d.strip() for d in visible.split(",") if d.strip() and d.strip() != "-1"]
     if shutil.which("nvidia-smi") is None:
-        return False
+        return []
     try:
-        return subprocess.run(["nvidia-smi", "-L"], capture_output=True, timeout=10).returncode == 0
+        listed = subprocess.run(["nvidia-smi", "-L"], capture_output=True, text=True, timeout=10)
     except (OSError, subprocess.SubprocessError):
-        return False
+        return []
+    if listed.returncode:
+        return []
+    return [str(i) for i, line in enumerate(line for line in listed.stdout.splitlines() if line.startswith("GPU "))]

@@ -466,7 +466,7 @@ def _in_workers(p: Plan, source: dict[str, str]) -> Iterator[tuple[Chunk, np.nda
     import multiprocessing
     from concurrent.futures import ProcessPoolExecutor
 
-    from bigmodel_cli.inference.predictor import gpu_ids
+    from bigmodel_cli.devices import gpu_ids
 
     n = p.options.devices
     threads = p.options.threads or max(1, (os.cpu_count() or 1) // n)

@@ -24,6 +24,7 @@ from typing import Any, Protocol
 import numpy as np
 
 from bigmodel_cli.data.raw_inputs import InputSpec
+from bigmodel_cli.devices import gpu_count
 from bigmodel_cli.errors import UsageError
 
 
@@ -112,31 +113,6 @@ def open_model(path: Path, checkpoint: str = "best", device: str = "auto", threa
     if device == "auto":  # decided without importing torch (seconds) just to ask it whether there is a GPU
         device = "cuda" if gpu_count() else "cpu"
     return OnnxPredictor(None, path, device, label=str(path), threads=threads, spinning=spinning)
-
-
-def gpu_count() -> int:
-    return len(gpu_ids())
-
-
-def gpu_ids() -> list[str]:
-    """The GPUs this process may use, as CUDA_VISIBLE_DEVICES names them (else as nvidia-smi lists them); no
-    torch import."""
-    import os
-    import shutil
-    import subprocess
-
-    visible = os.environ.get("CUDA_VISIBLE_DEVICES")
-    if visible is not None:
-        return [d.strip() for d in visible.split(",") if d.strip() and d.strip() != "-1"]
-    if shutil.which("nvidia-smi") is None:
-        return []
-    try:
-        listed = subprocess.run(["nvidia-smi", "-L"], capture_output=True, text=True, timeout=10)
-    except (OSError, subprocess.SubprocessError):
-        return []
-    if listed.returncode:
-        return []
-    return [str(i) for i, line in enumerate(line for line in listed.stdout.splitlines() if line.startswith("GPU "))]
 
 
 def input_spec(path: Path) -> tuple[InputSpec, str]:
