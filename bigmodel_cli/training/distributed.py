@@ -436,7 +436,7 @@ def agree(d: Dist, recipe, manifest: dict[str, Any], resume: bool):
     if not d.enabled:
         return recipe
     from bigmodel_cli import __version__
-    from bigmodel_cli.training.resume import flat
+    from bigmodel_cli.tracking.run_info import flatten as flat
 
     mine = {"recipe": recipe, "fingerprint": manifest.get("fingerprint"), "resume": resume, "where": d.where,
             "versions": f"bigmodel {__version__}, torch {torch.__version__}"}
