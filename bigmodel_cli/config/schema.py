@@ -94,6 +94,13 @@ class AugmentSection(Section):
     grayscale: float = Field(default=0.0, ge=0.0, le=1.0)  # probability of turning an RGB image grey
 
 
+class CorruptSection(Section):
+    """Corruption of clean images for `task: restoration`, applied on the fly to [0, 1] pixels, never stored."""
+
+    gaussian_noise: float = Field(default=0.0, ge=0.0)  # std of additive Gaussian noise on [0, 1] pixels (0.5)
+    mask: float = Field(default=0.0, ge=0.0, lt=1.0)  # inpainting: area fraction of a random square hole set to 0
+
+
 class DataSection(Section):
     source: str | None = None  # sklearn:NAME, torchvision:mnist:ROOT, a .csv/.parquet/.jsonl file, an image folder
     kind: Literal["auto", "tabular", "image", "text"] = "auto"  # auto: text when the table has data.text_column
@@ -115,6 +122,7 @@ class DataSection(Section):
     image: ImageSection = Field(default_factory=ImageSection)
     text: TextSection = Field(default_factory=TextSection)
     augment: AugmentSection = Field(default_factory=AugmentSection)
+    corrupt: CorruptSection = Field(default_factory=CorruptSection)  # task: restoration only
 
 
 class ModelSection(Section):
@@ -169,6 +177,29 @@ class EarlyStoppingSection(Section):
     min_delta: float = Field(default=0.0, ge=0.0)
 
 
+class GanSection(Section):
+    """GAN training (`task: generation` with a GAN model), named as StudioGAN/MMagic users know them."""
+
+    loss: Literal["bce", "hinge", "wgan-gp"] = "bce"  # bce: non-saturating; hinge; wgan-gp: Wasserstein + penalty
+    d_steps: int = Field(default=1, ge=1)  # discriminator updates per generator update
+    g_lr: float | None = Field(default=None, gt=0.0)  # generator learning rate (None: train.optimizer.lr)
+    d_lr: float | None = Field(default=None, gt=0.0)  # discriminator learning rate (None: train.optimizer.lr); TTUR
+    g_betas: tuple[float, float] = (0.5, 0.999)  # Adam betas of the generator
+    d_betas: tuple[float, float] = (0.5, 0.999)  # Adam betas of the discriminator
+    r1_gamma: float = Field(default=0.0, ge=0.0)  # R1 penalty gamma/2 * |grad D(real)|^2 (0: off)
+    gp_lambda: float = Field(default=10.0, ge=0.0)  # wgan-gp: weight of the gradient penalty on interpolates
+    ema_decay: float | None = Field(default=0.999, ge=0.0, lt=1.0)  # EMA generator (evaluated, exported); None: off
+    spectral_norm: bool = False  # spectral normalisation of every conv/linear layer of D
+
+
+class VaeSection(Section):
+    """VAE training (`task: generation` with a VAE model): the negative ELBO, beta-weighted KL."""
+
+    beta: float = Field(default=1.0, ge=0.0)  # weight of the KL term (beta-VAE); the reported nelbo uses 1
+    reconstruction: Literal["bce", "mse"] = "bce"  # bce: Bernoulli on [0, 1] pixels; mse: Gaussian with std sigma
+    sigma: float = Field(default=0.1, gt=0.0)  # mse: the decoder's fixed Gaussian std on [0, 1] pixels
+
+
 class TrainSection(Section):
     epochs: int = Field(default=10, ge=1)
     batch_size: int = Field(default=64, ge=1)  # per process
@@ -193,6 +224,8 @@ class TrainSection(Section):
     loader_workers: int = Field(default=0, ge=0)  # 0: gather batches in a background thread; N: N worker processes
     sync_batchnorm: bool = False  # ddp on GPUs: BatchNorm statistics over all processes (N x batch == 1 x N*batch)
     early_stopping: EarlyStoppingSection = Field(default_factory=EarlyStoppingSection)
+    gan: GanSection = Field(default_factory=GanSection)  # task: generation, GAN models
+    vae: VaeSection = Field(default_factory=VaeSection)  # task: generation, VAE models
 
     @field_validator("precision", mode="before")
     @classmethod
@@ -213,6 +246,17 @@ class TrainSection(Section):
         return int(self.devices) if self.devices.isdigit() else 1
 
 
+class GenerativeEvalSection(Section):
+    """Evaluation of generators: FID/KID and friends on the features of a classification run of ours."""
+
+    features: str | None = None  # a classification run dir (same image shape and classes): its penultimate layer
+    #   gives FID/KID/precision/recall features and its predictions the class shares (None: eval --features RUN)
+    samples: int = Field(default=1000, ge=2)  # generated images scored by eval
+    val_samples: int = Field(default=256, ge=2)  # val_fid each epoch: val images and as many samples (fixed z)
+    kid_subsets: int = Field(default=50, ge=1)  # KID: random subsets averaged
+    nearest_k: int = Field(default=3, ge=1)  # precision/recall: k-th nearest neighbour radius of each manifold
+
+
 class EvalSection(Section):
     split: Literal["test", "val", "train"] = "test"
     checkpoint: str = "best"  # best | last | a path
@@ -225,6 +269,7 @@ class EvalSection(Section):
     ci: float | None = Field(default=None, gt=0.0, lt=1.0)  # bootstrap confidence level for headline metrics (0.95)
     ci_resamples: int = Field(default=1000, ge=10)  # bootstrap resamples (seeded by the recipe's seed)
     plots: bool = True  # write the PNG plots (ROC, PR, confusion, calibration; regression: fit, residuals)
+    generative: GenerativeEvalSection = Field(default_factory=GenerativeEvalSection)  # generation/restoration
 
 
 class VerifySection(Section):
@@ -260,7 +305,7 @@ class ServeSection(Section):
 
 class Recipe(Section):
     name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$")  # names data/<name> and runs/<name>
-    task: Literal["classification", "regression"] = "classification"
+    task: Literal["classification", "regression", "generation", "restoration"] = "classification"
     seed: int = 0
     data: DataSection = Field(default_factory=DataSection)
     model: ModelSection = Field(default_factory=ModelSection)
