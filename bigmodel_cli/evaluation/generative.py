@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import contextlib
 import time
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -141,7 +142,7 @@ def frechet_metric(extractor: nn.Module, keep_real: bool = False):
 
 def _batches(x: np.ndarray):
     for start in range(0, len(x), BATCH):
-        yield torch.from_numpy(np.ascontiguousarray(x[start:start + BATCH])).float()
+        yield torch.from_numpy(np.array(x[start:start + BATCH], dtype=np.float32))
 
 
 @torch.no_grad()
@@ -160,8 +161,10 @@ def fid_kid(extractor: nn.Module, real: np.ndarray, fake: np.ndarray, subsets: i
     from torchmetrics.image.kid import KernelInceptionDistance
 
     fid = frechet_metric(extractor)
-    kid = KernelInceptionDistance(feature=extractor, subsets=subsets, subset_size=min(1000, len(real), len(fake)),
-                                  sync_on_compute=False)
+    with warnings.catch_warnings():  # "KID will save all extracted features": a few thousand rows here
+        warnings.simplefilter("ignore", UserWarning)
+        kid = KernelInceptionDistance(feature=extractor, subsets=subsets,
+                                      subset_size=min(1000, len(real), len(fake)), sync_on_compute=False)
     for metric in (fid, kid):
         for batch in _batches(real):
             metric.update(batch, real=True)
@@ -205,7 +208,7 @@ def class_scores(proba: np.ndarray, classes: list[str]) -> dict[str, Any]:
     shares = np.bincount(proba.argmax(axis=1), minlength=k) / max(len(proba), 1)
     nonzero = shares[shares > 0]
     return {"inception_score": float(np.exp(kl.mean())),
-            "class_entropy": float(-(nonzero * np.log(nonzero)).sum() / np.log(k)) if k > 1 else 1.0,
+            "class_entropy": max(0.0, float(-(nonzero * np.log(nonzero)).sum() / np.log(k))) if k > 1 else 1.0,
             "class_coverage": float((shares >= 0.5 / k).mean()), "min_class_share": float(shares.min()),
             "class_shares": dict(zip(classes, shares.round(6).tolist(), strict=True))}
 

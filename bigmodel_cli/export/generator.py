@@ -396,6 +396,7 @@ def export_generator(run, checkpoint: str, out: Path, opset: int, verify_model: 
                              checkpoint=record)
     props.pop(metadata.NORMALIZATION, None)  # the graph takes raw pixels or latents; its scaling is inside
     props[metadata.INPUT_SHAPE] = json.dumps([spec.latent_dim] if spec.task == "generation" else spec.image_shape)
+    props[metadata.INPUT_KIND] = "latent" if spec.task == "generation" else "image"
     props.update(spec.props())
     import tempfile
 
@@ -409,7 +410,11 @@ def export_generator(run, checkpoint: str, out: Path, opset: int, verify_model: 
         if verify_model:
             float_path = Path(work) / "float.onnx"
             _to_onnx(floats, sample, names, float_path, opset)
-            check = _verify(tmp, float_path, exact, floats, feeds, run.recipe.export.verify)
+            try:
+                check = _verify(tmp, float_path, exact, floats, feeds, run.recipe.export.verify)
+            except Exception as e:  # onnxruntime refusing the graph on these inputs (a batch size baked in...)
+                raise JobFailed(f"export verification failed: onnxruntime cannot run the exported model on "
+                                f"{rows} inputs ({str(e).strip().splitlines()[0][:200]}); no model written") from e
             if not check["passed"]:
                 raise JobFailed(f"export verification failed: the exported model differs from PyTorch (max abs error "
                                 f"{check['max_abs_error']:.3g} on [0, 1] pixels, identical pixels "

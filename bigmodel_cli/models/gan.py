@@ -76,7 +76,7 @@ class Generator(nn.Module):
     def forward(self, z: torch.Tensor, label: torch.Tensor | None = None) -> torch.Tensor:
         if self.embed is not None:
             z = torch.cat([z, self.embed(label).to(z.dtype)], dim=1)
-        h = self.project(z).view(len(z), self.channels, self.base_h, self.base_w)
+        h = self.project(z).view(-1, self.channels, self.base_h, self.base_w)
         return self.body(h)
 
 
