@@ -58,6 +58,8 @@ def eval_run(
     features: Path | None = typer.Option(None, "--features", help="Generation runs: a classification run of the "
                                          "same data whose penultimate features FID/KID/precision/recall use and whose "
                                          "predictions give the class shares (default: eval.generative.features)."),
+    samples: int | None = typer.Option(None, "--samples", help="Generation runs: images generated and scored "
+                                       "(default: eval.generative.samples, 1000)."),
     as_json: bool = JSON,
 ) -> None:
     """Evaluate runs on a split; exit 3 when a gate (--fail-under/--fail-over or the recipe's) fails."""
@@ -70,7 +72,8 @@ def eval_run(
     options = Options(split=split, checkpoint=checkpoint, data=data, threshold=threshold,
                       threshold_search=threshold_search, ci=ci, plots=plots,
                       fail_under=gates.parse(fail_under or [], "fail_under"),
-                      fail_over=gates.parse(fail_over or [], "fail_over"), features=features)
+                      fail_over=gates.parse(fail_over or [], "fail_over"), features=features,
+                      samples=samples)
     plans = [plan(run_dir, options, model) for run_dir, model in runs_and_models(paths, onnx)]
     reports = [execute(p) for p in plans]
     if len(reports) > 1 and all("confusion_matrix" in r for r in reports):

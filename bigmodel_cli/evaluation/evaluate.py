@@ -68,6 +68,7 @@ class Options:
     fail_under: dict[str, float] = field(default_factory=dict)
     fail_over: dict[str, float] = field(default_factory=dict)
     features: Path | None = None  # generation: a classification run whose features FID/KID... use
+    samples: int | None = None  # generation: images generated and scored (None: eval.generative.samples)
 
 
 GENERATIVE = ("generation", "restoration")

@@ -227,9 +227,9 @@ def generation_scores(extractor: ClassifierFeatures, real: np.ndarray, fake: np.
 def check_sample_sizes(extractor_features: int, samples: int, reference: int, split: str) -> None:
     need = extractor_features + 1
     if samples < need:
-        raise UsageError(f"eval.generative.samples {samples}: FID needs at least {need} generated images (more than "
-                         f"the extractor's {extractor_features} features); set --set eval.generative.samples={need} "
-                         f"or more (1000 recommended)")
+        raise UsageError(f"{samples} samples: FID needs at least {need} generated images (more than "
+                         f"the extractor's {extractor_features} features); pass --samples {need} or more (1000 "
+                         f"recommended)")
     if reference < need:
         raise UsageError(f"split '{split}' has {reference} images; FID needs at least {need} real images (more than "
                          f"the extractor's {extractor_features} features); evaluate on a larger split (--split)")
@@ -256,6 +256,10 @@ def evaluate_generative(run_dir: str | Path, options, onnx: Path | None = None) 
                          "ONNX generator against it (identical pixels) and `bigmodel generate MODEL.onnx` samples it")
     if options.ci is not None:
         console.warn("--ci: no bootstrap intervals for generative metrics; ignored")
+    if options.samples is not None:
+        if options.samples < 2:
+            raise UsageError(f"--samples {options.samples}: expected 2 or more images")
+        cfg = cfg.model_copy(update={"generative": cfg.generative.model_copy(update={"samples": options.samples})})
     split = options.split or cfg.split
     which = options.checkpoint or cfg.checkpoint
     kind, net, ckpt_path = load_generative(run, which)
@@ -324,8 +328,8 @@ def _generation(run, kind, net, cfg, split, x_ref, y_ref, extractor, record, rep
         split_rows = Split(np.asarray(x_ref), np.asarray(y_ref))
         metrics.update(vae_scores(net, run.recipe.train.vae, split_rows, "cpu", seed, net.conditional, prefix=""))
         report["nelbo_units"] = "nats per image (single-sample ELBO, beta 1); bits_per_dim = nelbo / (C*H*W*ln 2)"
-        x = torch.from_numpy(np.asarray(x_ref[:16])).float() / 255.0
-        y = torch.from_numpy(np.asarray(y_ref[:16])) if net.conditional else None
+        x = torch.from_numpy(np.array(x_ref[:16], dtype=np.float32)) / 255.0
+        y = torch.from_numpy(np.array(y_ref[:16])) if net.conditional else None
         mu, _ = net.encode(x, y)
         recon = torch.sigmoid(net.decode(mu, y))
         pictures["reconstructions"] = np.round(torch.cat([x, recon]).numpy() * 255).astype(np.uint8)
