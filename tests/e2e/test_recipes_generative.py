@@ -80,7 +80,9 @@ def test_digits_vae_pipeline(cli, tmp_path):
     ok(cli("train", "-r", "digits-vae", "--set", "model.args={latent_dim: 4, width: 8}", "--set", "train.epochs=2",
            "--json"), "train")
     run = tmp_path / "runs/digits-vae"
-    evaluated = ok(cli("eval", str(run), "--json"), "eval")  # the recipe's gate: nelbo <= 40
+    evaluated = ok(cli("eval", str(run), "--fail-over", "nelbo=1000", "--json"), "eval")  # 2 epochs: not the
+    assert evaluated["gates"] == [{"metric": "nelbo", "kind": "fail_over", "limit": 1000.0,  # recipe's gate (40)
+                                   "value": evaluated["metrics"]["nelbo"], "passed": True}]
     assert {"nelbo", "bits_per_dim", "mse", "psnr"} <= set(evaluated["metrics"])
     assert (run / "eval/test_interpolation.png").is_file()
     exported = ok(cli("export", str(run), "--json"), "export")
