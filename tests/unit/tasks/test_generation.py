@@ -110,8 +110,9 @@ def test_generative_models_have_the_shapes_of_the_data():
         vae = create_model("conv_vae", num_classes=1, input_shape=shape, latent_dim=4, width=8)
         logits, mu, logvar = vae(torch.rand(2, *shape), None, torch.randn(2, 4))
         assert list(logits.shape) == [2, *shape] and mu.shape == logvar.shape == (2, 4)
-        assert list(create_model("dncnn", num_classes=1, input_shape=shape, width=8, depth=3)(
-            torch.rand(2, *shape)).shape) == [2, *shape]
+        for name, args in (("dncnn", {"width": 8, "depth": 3}), ("unet_small", {"width": 8})):
+            assert list(create_model(name, num_classes=1, input_shape=shape, **args)(torch.rand(2, *shape)).shape) \
+                == [2, *shape]
 
 
 @pytest.mark.parametrize(("sets", "message"), [
