@@ -106,7 +106,7 @@ def test_digits_vae_pipeline(cli, tmp_path):
 @pytest.mark.slow
 def test_digits_denoise_pipeline(cli, tmp_path):
     ok(cli("prepare-data", "-r", "digits-denoise", "--json"), "prepare-data")
-    ok(cli("train", "-r", "digits-denoise", "--set", "model.args={width: 16, depth: 4}", "--set", "train.epochs=3",
+    ok(cli("train", "-r", "digits-denoise", "--set", "model.args={width: 8}", "--set", "train.epochs=3",
            "--json"), "train")
     run = tmp_path / "runs/digits-denoise"
     evaluated = ok(cli("eval", str(run), "--fail-under", "psnr_gain=1", "--json"), "eval")
