@@ -211,6 +211,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--workdir", type=Path, default=None)
     parser.add_argument("--only", default="gan,vae,denoise,throughput")
+    parser.add_argument("--features", type=Path, default=None, help="a trained digits-cnn run to reuse (else trained)")
     args = parser.parse_args()
     warnings.filterwarnings("ignore")
     os.environ.setdefault("CI", "1")
@@ -223,8 +224,9 @@ def main() -> None:
           f"{' '.join(f'{v:.1f}' for v in os.getloadavg())} on {os.cpu_count()} cores", flush=True)
     out: list = []
     if "gan" in parts:
-        _fit("digits-cnn", root)
-        bench_gan(root, root / "runs/digits-cnn", out)
+        if args.features is None:
+            _fit("digits-cnn", root)
+        bench_gan(root, args.features or root / "runs/digits-cnn", out)
     if "vae" in parts:
         bench_vae(root, out)
     if "denoise" in parts:

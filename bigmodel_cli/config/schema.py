@@ -189,6 +189,7 @@ class GanSection(Section):
     r1_gamma: float = Field(default=0.0, ge=0.0)  # R1 penalty gamma/2 * |grad D(real)|^2 (0: off)
     gp_lambda: float = Field(default=10.0, ge=0.0)  # wgan-gp: weight of the gradient penalty on interpolates
     ema_decay: float | None = Field(default=0.999, ge=0.0, lt=1.0)  # EMA generator (evaluated, exported); None: off
+    #   the decay warms up as min(ema_decay, (1 + n) / (10 + n)) over the n EMA updates so far
     spectral_norm: bool = False  # spectral normalisation of every conv/linear layer of D
 
 

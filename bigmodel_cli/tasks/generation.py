@@ -310,10 +310,25 @@ class Generation:
 
 
 def ema(generator: nn.Module, decay: float) -> nn.Module:
-    """An EMA copy of G that averages its BatchNorm statistics too (use_buffers), as StyleGAN's G_ema."""
-    from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
+    """An EMA copy of G that averages its BatchNorm statistics too (use_buffers), as StyleGAN's G_ema.
 
-    return AveragedModel(generator, multi_avg_fn=get_ema_multi_avg_fn(decay), use_buffers=True)
+    The decay warms up as min(decay, (1 + n) / (10 + n)) over the n updates so far (as diffusers' and timm's
+    EMAs do): with a fixed 0.999, a run of a few hundred steps would be judged and exported with an EMA still
+    close to G's random initial weights.
+    """
+    from torch.optim.swa_utils import AveragedModel
+
+    @torch.no_grad()
+    def update(averaged: list[torch.Tensor], current: list[torch.Tensor], n_averaged: torch.Tensor) -> None:
+        n = float(n_averaged)
+        rate = 1.0 - min(decay, (1.0 + n) / (10.0 + n))
+        if torch.is_floating_point(averaged[0]):
+            torch._foreach_lerp_(averaged, current, rate)
+        else:  # integer buffers (BatchNorm's batch count): the current value
+            for mine, theirs in zip(averaged, current, strict=True):
+                mine.copy_(theirs)
+
+    return AveragedModel(generator, multi_avg_fn=update, use_buffers=True)
 
 
 def discriminator_loss(loss: str, real: torch.Tensor, fake: torch.Tensor) -> torch.Tensor:
