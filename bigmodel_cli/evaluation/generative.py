@@ -335,7 +335,7 @@ def _generation(run, kind, net, cfg, split, x_ref, y_ref, extractor, record, rep
         pictures["reconstructions"] = np.round(torch.cat([x, recon]).numpy() * 255).astype(np.uint8)
         pictures["interpolation"] = _interpolation(net, mu, y)
     report["metrics"] = metrics
-    report["n"] = n
+    report["n"] = n if extractor is not None else int(len(x_ref))  # samples scored, else the split's images
 
 
 def _interpolation(net, mu: torch.Tensor, y: torch.Tensor | None) -> np.ndarray:

@@ -69,10 +69,11 @@ def test_digits_dcgan_pipeline(cli, tmp_path, digits_run):
     run = tmp_path / "runs/digits-dcgan"
     assert trained["monitor"] == "val_fid" and trained["epochs_run"] == 2
     assert (run / "samples/epoch_002.png").is_file() and (run / "curves.png").is_file()
-    evaluated = ok(cli("eval", str(run), "--features", str(digits_run), "--samples", "100", "--json"), "eval")
+    gate = cli("eval", str(run), "--features", str(digits_run), "--samples", "100", "--fail-over", "fid=0.0001",
+               "--json")
+    assert gate.code == 3 and "gate failed: fid" in gate.stderr  # the report is written and printed all the same
+    evaluated = gate.json()
     assert evaluated["metrics"]["fid"] > evaluated["floor"]["fid"] > 0 and len(evaluated["class_shares"]) == 10
-    gate = cli("eval", str(run), "--features", str(digits_run), "--samples", "100", "--fail-over", "fid=0.0001")
-    assert gate.code == 3 and "fid" in gate.stderr
     exported = ok(cli("export", str(run), "--json"), "export")
     assert exported["inputs"]["label"]["dtype"] == "int64" and exported["outputs"]["image"]["dtype"] == "uint8"
     for out in ("a.png", "b.png"):
