@@ -141,6 +141,7 @@ def test_restoration_eval_compares_with_the_corrupted_input(denoise_run):
 def test_conditional_gan_exports_the_contract(gan_run, tmp_path):
     report = export_run(gan_run)
     assert report["verification"]["passed"] and report["verification"]["identical_pixels"] >= 0.999
+    assert report["verification"]["float_pixels_from"].startswith("the exported graph")
     session = ort.InferenceSession(str(gan_run / "model.onnx"), providers=["CPUExecutionProvider"])
     assert [(i.name, i.type) for i in session.get_inputs()] == [("z", "tensor(float)"), ("label", "tensor(int64)")]
     assert [(o.name, o.type) for o in session.get_outputs()] == [("image", "tensor(uint8)")]
