@@ -1,7 +1,9 @@
 """Where output goes: human text to stderr, one JSON document to stdout with `--json`.
 
 `--json` keeps stdout clean for `jq`; everything a person reads goes through `console`
-(stderr). Progress bars only when stderr is a terminal and `CI` is not set.
+(stderr), listings included. Only documents go to stdout: the `--json` document, the
+recipe file `recipes show` prints (as `cat` would), and `--version`.
+Progress bars only when stderr is a terminal and `CI` is not set.
 """
 
 from __future__ import annotations
@@ -13,9 +15,8 @@ from typing import Any
 
 from rich.console import Console
 
-console = Console(stderr=True, highlight=False, soft_wrap=True)  # logs, progress, reports of jobs
-# the answer of listing commands (recipes list, info); wide when piped so lines are not cut
-stdout = Console(highlight=False, width=None if sys.stdout.isatty() else 200)
+# everything a person reads: logs, progress, reports, listings (`info`, `recipes list`)
+console = Console(stderr=True, highlight=False, soft_wrap=True)
 
 
 def debug_enabled() -> bool:

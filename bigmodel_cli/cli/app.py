@@ -12,7 +12,7 @@ import sys
 import typer
 
 from bigmodel_cli import __version__
-from bigmodel_cli.cli import benchmark, export, generate, info, prepare_data, recipes, serve, train
+from bigmodel_cli.cli import benchmark, export, generate, info, prepare_data, recipes, serve, train, tune
 from bigmodel_cli.cli import eval as eval_cmd
 
 app = typer.Typer(
@@ -31,6 +31,7 @@ app.command("eval")(eval_cmd.eval_run)
 app.command("export")(export.export)
 app.command("benchmark")(benchmark.benchmark)
 app.command("serve")(serve.serve)
+app.command("tune")(tune.tune)
 app.command("generate")(generate.generate)
 
 
@@ -51,7 +52,6 @@ def _root(
 
 def main(argv: list[str] | None = None) -> None:
     """Console entry point: run the app and turn every failure into one line and an exit code."""
-    from bigmodel_cli.console import debug_enabled
     from bigmodel_cli.errors import BigmodelError
 
     args = list(sys.argv[1:] if argv is None else argv)
@@ -60,28 +60,60 @@ def main(argv: list[str] | None = None) -> None:
         os.environ["BIGMODEL_DEBUG"] = "1"
     try:
         code = app(args=args, prog_name="bigmodel", standalone_mode=False)
-    except BigmodelError as e:
-        _fail(str(e), e.exit_code, debug_enabled())
     except typer.Exit as e:
         sys.exit(e.exit_code)
-    except (typer.Abort, KeyboardInterrupt):
-        _fail("interrupted", 130, debug_enabled())
+    except (typer.Abort, KeyboardInterrupt) as e:
+        _fail("interrupted", 130, e)
     except Exception as e:
+        memory = _out_of_memory(e)
+        if memory is not None:  # also when the engine re-raised it as a usage error
+            _fail(f"out of memory ({memory}); lower the batch size (train.batch_size or eval.batch_size, e.g. "
+                  f"--set train.batch_size=16) or use a smaller model", 1, e)
+        if isinstance(e, BigmodelError):
+            _fail(str(e), e.exit_code, e)
         if hasattr(e, "format_message") and isinstance(getattr(e, "exit_code", None), int):
             # the parser's usage errors: unknown option, missing argument, bad value
             ctx = getattr(e, "ctx", None)
             hint = f" (see '{ctx.command_path} --help')" if ctx is not None else ""
-            _fail(f"{e.format_message()}{hint}", 2 if e.exit_code == 1 else e.exit_code, debug_enabled())
+            _fail(f"{e.format_message()}{hint}", 2 if e.exit_code == 1 else e.exit_code, e)
         # a bug of ours: say so on one line, traceback with --debug
-        _fail(f"internal error: {type(e).__name__}: {e} (rerun with --debug for the traceback)", 1, debug_enabled())
+        _fail(f"internal error: {type(e).__name__}: {e} (rerun with --debug for the traceback)", 1, e)
     sys.exit(code if isinstance(code, int) else 0)
 
 
-def _fail(message: str, code: int, show_traceback: bool) -> None:
-    if show_traceback:
+def _chain(error: BaseException) -> list[BaseException]:
+    """The error and every exception behind it (`raise ... from e`, or raised while handling one)."""
+    seen: list[BaseException] = []
+    while error is not None and all(error is not s for s in seen):
+        seen.append(error)
+        error = error.__cause__ or error.__context__
+    return seen
+
+
+# what torch's allocators say when an allocation fails (CUDA, CPU), when not an OutOfMemoryError
+_OOM_MESSAGES = ("out of memory", "not enough memory", "can't allocate memory", "cannot allocate memory")
+
+
+def _out_of_memory(error: BaseException) -> str | None:
+    """`MemoryError` or torch's out-of-memory error anywhere in the chain: a one-line description, else None."""
+    for e in _chain(error):
+        names = {t.__name__ for t in type(e).__mro__}
+        text = str(e).strip().splitlines()[0] if str(e).strip() else ""
+        if isinstance(e, MemoryError) or "OutOfMemoryError" in names or (
+                isinstance(e, RuntimeError) and any(m in text.lower() for m in _OOM_MESSAGES)):
+            return f"{type(e).__name__}: {text[:200]}" if text else type(e).__name__
+    return None
+
+
+def _fail(message: str, code: int, error: BaseException | None = None) -> None:
+    from bigmodel_cli.console import debug_enabled
+
+    if error is not None and debug_enabled():
         import traceback
 
-        traceback.print_exc()
+        for e in _chain(error):  # show every cause under --debug, also one a `raise ... from None` hid
+            e.__suppress_context__ = False
+        traceback.print_exception(type(error), error, error.__traceback__)
     first_line = message.strip().splitlines()[0] if message.strip() else "failed"
     sys.stderr.write(f"error: {first_line}\n")
     sys.stderr.flush()

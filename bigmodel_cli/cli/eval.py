@@ -76,6 +76,13 @@ def eval_run(
                       samples=samples)
     plans = [plan(run_dir, options, model) for run_dir, model in runs_and_models(paths, onnx)]
     reports = [execute(p) for p in plans]
+    from bigmodel_cli.tracking import log_artifacts
+
+    for p, r in zip(plans, reports, strict=True):  # into the run's MLflow run, when it was trained with one
+        files = [r["files"]["report"], *([r["files"]["predictions"]] if "predictions" in r["files"] else []),
+                 *r["files"]["plots"]]
+        run_path = p.run.path if hasattr(p, "run") else p.run_dir  # a generative plan holds its run directory
+        log_artifacts(run_path, files, document=r, prefix=Path(r["files"]["report"]).stem.replace(".", "_"))
     if len(reports) > 1 and all("confusion_matrix" in r for r in reports):
         print_side_by_side(reports)
     finish(reports[0] if len(reports) == 1 else {"runs": reports}, as_json)

@@ -17,7 +17,7 @@ def info(as_json: bool = JSON) -> None:
     report = describe()
     finish(report, as_json)
     if not as_json:
-        from bigmodel_cli.console import stdout as console
+        from bigmodel_cli.console import console
 
         console.print(f"bigmodel {report['bigmodel_version']}  python {report['python']}  {report['platform']}")
         t = report["torch"]

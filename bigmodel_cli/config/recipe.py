@@ -46,17 +46,17 @@ def locate(ref: str) -> Path:
 def load_yaml(path: Path) -> dict[str, Any]:
     try:
         text = path.read_text(encoding="utf-8")
-    except UnicodeDecodeError:
-        raise UsageError(f"{path}: not a text file (recipes are UTF-8 YAML)") from None
+    except UnicodeDecodeError as e:
+        raise UsageError(f"{path}: not a text file (recipes are UTF-8 YAML)") from e
     except OSError as e:
-        raise UsageError(f"{path}: cannot read ({e.strerror})") from None
+        raise UsageError(f"{path}: cannot read ({e.strerror})") from e
     try:
         data = yaml.safe_load(text)
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
         where = f" line {mark.line + 1}" if mark is not None else ""
         problem = getattr(e, "problem", None) or str(e).splitlines()[0]
-        raise UsageError(f"{path}:{where} not valid YAML: {problem}") from None
+        raise UsageError(f"{path}:{where} not valid YAML: {problem}") from e
     if not isinstance(data, dict):
         raise UsageError(f"{path}: a recipe must be a YAML mapping of sections (name, task, data, model, train...)")
     return data
@@ -70,8 +70,10 @@ def parse_set(item: str) -> tuple[str, Any]:
         raise UsageError(f"--set '{item}': expected KEY=VALUE, e.g. --set train.epochs=5")
     try:
         value = yaml.safe_load(raw) if raw.strip() else ""
-    except yaml.YAMLError:
-        value = raw
+    except yaml.YAMLError as e:
+        problem = getattr(e, "problem", None) or str(e).splitlines()[0]
+        raise UsageError(f"--set {item}: VALUE is not valid YAML ({problem}); quote a string that contains "
+                         f"YAML syntax: --set '{key}=\"...\"'") from e
     return key, value
 
 
@@ -85,7 +87,15 @@ def set_dotted(data: dict[str, Any], key: str, value: Any, origin: str) -> None:
         if not isinstance(child, dict):
             raise UsageError(f"{origin}: cannot set '{key}': '{'.'.join(parts[: i + 1])}' is not a section")
         node = child
+    if value in (None, False) and parts[-1] == "early_stopping" and isinstance(node.get(parts[-1]), dict):
+        # `--set train.early_stopping=null` turns early stopping off and keeps the monitor best.pt follows
+        node[parts[-1]] = {**node[parts[-1]], "patience": None}
+        return
     node[parts[-1]] = value
+
+
+# the CLI options that set a recipe key, named in errors about the value they gave
+FLAGS = {"train.devices": "--devices", "data.source": "--source", "data.prepared": "--out"}
 
 
 def resolve(
@@ -93,20 +103,37 @@ def resolve(
     flags: dict[str, Any] | None = None,
     sets: list[str] | None = None,
 ):
-    """Load, override and validate a recipe; returns a `schema.Recipe`."""
+    """Load, override and validate a recipe; returns a `schema.Recipe`.
+
+    A problem with a value that came from an option or a `--set` names that option, not the file.
+    """
     path = locate(str(ref))
-    data = load_yaml(path)
-    data = copy.deepcopy(data)
+    written = load_yaml(path)
+    data = copy.deepcopy(written)
+    overrides: list[tuple[str, str]] = []  # (dotted key, the option that set it), in the order applied
     for key, value in (flags or {}).items():
         if value is not None:
-            set_dotted(data, key, value, "option")
+            origin = f"{FLAGS[key]} {value}" if key in FLAGS else f"option {key}={value}"
+            set_dotted(data, key, value, origin)
+            overrides.append((key, origin))
     for item in sets or []:
         key, value = parse_set(item)
         set_dotted(data, key, value, f"--set {item}")
-    return validate(data, str(path))
+        overrides.append((key, f"--set {item}"))
+    recipe = validate(data, str(path), overrides)
+    _check_model_args(recipe, written, overrides, path)
+    return recipe
 
 
-def validate(data: dict[str, Any], origin: str):
+def _origin_of(key: str, overrides: list[tuple[str, str]], default: str) -> str:
+    """The option that set `key` (or a section around it, or a key inside it); the file otherwise."""
+    for set_key, origin in reversed(overrides):
+        if set_key == key or set_key.startswith(key + ".") or key.startswith(set_key + "."):
+            return origin
+    return default
+
+
+def validate(data: dict[str, Any], origin: str, overrides: list[tuple[str, str]] | None = None):
     from pydantic import ValidationError
 
     from bigmodel_cli.config.schema import Recipe
@@ -114,7 +141,42 @@ def validate(data: dict[str, Any], origin: str):
     try:
         return Recipe.model_validate(data)
     except ValidationError as e:
-        raise RecipeError([f"{origin}: {describe(err, data)}" for err in e.errors()]) from None
+        found = [f"{_origin_of(_dotted(err), overrides or [], origin)}: {describe(err, data)}" for err in e.errors()]
+        raise RecipeError(found) from e
+
+
+def _check_model_args(recipe, written: dict[str, Any], overrides: list[tuple[str, str]], path: Path) -> None:
+    """`--set model.name=X` on a recipe whose `model.args` were written for another model: say how to drop them.
+
+    Only when the name came from an option, the arguments from the file, and both models take the same
+    kind of data; the builder's signature is checked for arguments it does not take.
+    """
+    origin = next((o for k, o in reversed(overrides) if k in ("model", "model.name")), None)
+    if origin is None or any(k == "model" or k.startswith("model.args") for k, _ in overrides):
+        return
+    file_model = written.get("model") if isinstance(written.get("model"), dict) else {}
+    args = recipe.model.args
+    if not args or not recipe.model.name or file_model.get("name") == recipe.model.name:
+        return
+    import inspect
+
+    from bigmodel_cli.models import registry  # importing bigmodel_cli.models registers every family
+
+    new_kinds, old_kinds = registry.kinds_of(recipe.model.name), registry.kinds_of(str(file_model.get("name")))
+    if new_kinds is None:
+        return  # an unknown name: the registry's own error names the nearest one
+    if old_kinds is not None and set(old_kinds).isdisjoint(new_kinds):
+        return  # a model for another kind of data: the registry says that, which matters more
+    params = inspect.signature(registry.builder(recipe.model.name)).parameters
+    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()):
+        return
+    unknown = [k for k in args if k not in params]
+    if unknown:
+        takes = [k for k in params if k not in ("num_classes", "input_shape")]
+        raise RecipeError([
+            f"{origin}: model.args {', '.join(unknown)} in {path.name} were written for "
+            f"'{file_model.get('name') or file_model.get('component')}' and '{recipe.model.name}' does not take "
+            f"them; add --set model.args={{}} to use its defaults (it takes: {', '.join(takes) or 'nothing'})"])
 
 
 def problems(path: Path) -> list[str]:
@@ -161,9 +223,17 @@ def _value_at(data: Any, loc: tuple[Any, ...]) -> Any:
     return data
 
 
+def _loc(err: dict[str, Any]) -> tuple[Any, ...]:
+    return tuple(p for p in err["loc"] if p not in ("function-after", "function-before"))
+
+
+def _dotted(err: dict[str, Any]) -> str:
+    return ".".join(str(p) for p in _loc(err))
+
+
 def describe(err: dict[str, Any], data: dict[str, Any]) -> str:
-    loc = tuple(p for p in err["loc"] if p not in ("function-after", "function-before"))
-    key = ".".join(str(p) for p in loc) or "(top level)"
+    loc = _loc(err)
+    key = _dotted(err) or "(top level)"
     kind = err["type"]
     if kind == "extra_forbidden":
         model = _model_at(loc)

@@ -72,15 +72,15 @@ class BinningSection(Section):
 class TextSection(Section):
     tokenizer: Literal["word", "bpe", "wordpiece"] = "word"  # fitted on train texts with `tokenizers`
     vocab_size: int = Field(default=20000, ge=3)  # including [PAD]=0 and [UNK]=1
-    lowercase: bool = True
+    lowercase: bool = True  # lower-case texts before tokenising (and in serve)
     max_length: int = Field(default=128, ge=1)  # ids per text: longer truncated, shorter padded with 0
 
 
 class ColorJitterSection(Section):
-    brightness: float = Field(default=0.0, ge=0.0)
-    contrast: float = Field(default=0.0, ge=0.0)
-    saturation: float = Field(default=0.0, ge=0.0)
-    hue: float = Field(default=0.0, ge=0.0, le=0.5)
+    brightness: float = Field(default=0.0, ge=0.0)  # brightness factor drawn from [1 - this, 1 + this]
+    contrast: float = Field(default=0.0, ge=0.0)  # contrast factor drawn from [1 - this, 1 + this]
+    saturation: float = Field(default=0.0, ge=0.0)  # saturation factor drawn from [1 - this, 1 + this]
+    hue: float = Field(default=0.0, ge=0.0, le=0.5)  # hue shift drawn from [-this, this] (of a full turn)
 
 
 class AugmentSection(Section):
@@ -90,7 +90,7 @@ class AugmentSection(Section):
     horizontal_flip: float = Field(default=0.0, ge=0.0, le=1.0)  # probability
     vertical_flip: float = Field(default=0.0, ge=0.0, le=1.0)  # probability
     rotation: float = Field(default=0.0, ge=0.0, le=180.0)  # degrees, uniform in [-rotation, rotation]
-    color_jitter: ColorJitterSection | None = None
+    color_jitter: ColorJitterSection | None = None  # random colour changes (torchvision ColorJitter); null: none
     grayscale: float = Field(default=0.0, ge=0.0, le=1.0)  # probability of turning an RGB image grey
 
 
@@ -145,21 +145,22 @@ class ModelSection(Section):
 
 
 class OptimizerSection(Section):
-    name: Literal["sgd", "adam", "adamw", "adagrad", "rmsprop"] = "adamw"
-    lr: float = Field(default=1e-3, gt=0.0)
+    name: Literal["sgd", "adam", "adamw", "adagrad", "rmsprop"] = "adamw"  # the torch.optim optimiser
+    lr: float = Field(default=1e-3, gt=0.0)  # peak learning rate; warm-up and the schedule scale it
     weight_decay: float = Field(default=0.0, ge=0.0)  # L2 / decoupled decay on weights
     decay_norm_and_bias: bool = False  # also decay biases and normalisation weights
     momentum: float = Field(default=0.9, ge=0.0)  # sgd, rmsprop
     nesterov: bool = False  # sgd
     betas: tuple[float, float] = (0.9, 0.999)  # adam, adamw
-    eps: float = Field(default=1e-8, gt=0.0)
+    eps: float = Field(default=1e-8, gt=0.0)  # added to denominators (adam, adamw, adagrad, rmsprop)
 
 
 class SchedulerSection(Section):
     name: Literal["constant", "step", "exponential", "linear", "cosine", "onecycle", "plateau"] = "constant"
+    #   learning-rate schedule per optimiser step; plateau: lowered when the early-stopping monitor stalls
     warmup_epochs: float = Field(default=0.0, ge=0.0)  # linear warm-up from lr * warmup_start_factor, in epochs
     warmup_steps: int | None = Field(default=None, ge=0)  # or in optimiser steps (wins over warmup_epochs)
-    warmup_start_factor: float = Field(default=0.01, gt=0.0, le=1.0)
+    warmup_start_factor: float = Field(default=0.01, gt=0.0, le=1.0)  # warm-up starts at lr x this
     step_size: int = Field(default=10, ge=1)  # step: epochs between decays
     gamma: float = Field(default=0.1, gt=0.0)  # step/exponential: decay factor (per step_size epochs / per epoch)
     min_lr_factor: float = Field(default=0.0, ge=0.0, le=1.0)  # cosine/linear: final lr = lr * min_lr_factor
@@ -174,7 +175,7 @@ class EarlyStoppingSection(Section):
     monitor: str = "val_loss"  # any logged metric: val_loss, val_accuracy, val_f1, val_r2, train_loss...
     mode: Literal["auto", "min", "max"] = "auto"  # auto: min for losses/errors, max otherwise
     patience: int | None = Field(default=None, ge=1)  # epochs without improvement before stopping; None: never
-    min_delta: float = Field(default=0.0, ge=0.0)
+    min_delta: float = Field(default=0.0, ge=0.0)  # a smaller change of the monitor is no improvement
 
 
 class GanSection(Section):
@@ -202,31 +203,38 @@ class VaeSection(Section):
 
 
 class TrainSection(Section):
-    epochs: int = Field(default=10, ge=1)
+    epochs: int = Field(default=10, ge=1)  # passes over the train split (early stopping may end sooner)
     batch_size: int = Field(default=64, ge=1)  # per process
     optimizer: OptimizerSection = Field(default_factory=OptimizerSection)
     scheduler: SchedulerSection = Field(default_factory=SchedulerSection)
     loss: Literal["auto", "cross_entropy", "bce", "mse", "mae", "huber"] = "auto"  # auto: bce if binary, else
     #   cross_entropy; mse for regression. bce trains a one-logit head (logits reported as [0, z])
-    huber_delta: float = Field(default=1.0, gt=0.0)
+    huber_delta: float = Field(default=1.0, gt=0.0)  # loss huber: error where it turns from squared to linear
     class_weights: Literal["auto"] | list[float] | None = None  # auto: inverse class frequency in train
     label_smoothing: float = Field(default=0.0, ge=0.0, lt=1.0)  # cross_entropy only
     precision: Literal["32", "bf16-mixed", "16-mixed", "bf16-true"] = "32"  # 16-mixed needs a GPU
     accumulate: int = Field(default=1, ge=1)  # gradient accumulation steps (effective batch = batch_size x this)
-    clip_grad_norm: float | None = Field(default=None, gt=0.0)
+    clip_grad_norm: float | None = Field(default=None, gt=0.0)  # clip the gradients' total L2 norm; null: never
     l1: float = Field(default=0.0, ge=0.0)  # L1 penalty on weights, added to the loss
     compile: bool = False  # torch.compile the model (falls back with a warning)
     deterministic: bool = False  # torch.use_deterministic_algorithms
-    tensorboard: bool = False  # also log to RUN_DIR/tensorboard (needs the tensorboard package)
+    tensorboard: bool = False  # also log to RUN_DIR/tensorboard (same as report_to: [tensorboard])
+    report_to: list[Literal["mlflow", "tensorboard"]] = Field(default_factory=list)  # trackers (--report-to)
     devices: str = "auto"  # auto | cpu | cuda | N (N processes: one per GPU, or CPU processes with gloo)
     strategy: Literal["auto", "ddp", "fsdp"] = "auto"  # with N processes; auto: ddp
     activation_checkpointing: bool = False  # fsdp: recompute activations of each sharded block in backward
     checkpoint_every_steps: int | None = Field(default=None, ge=1)  # also save last.pt every N optimiser steps
     loader_workers: int = Field(default=0, ge=0)  # 0: gather batches in a background thread; N: N worker processes
     sync_batchnorm: bool = False  # ddp on GPUs: BatchNorm statistics over all processes (N x batch == 1 x N*batch)
-    early_stopping: EarlyStoppingSection = Field(default_factory=EarlyStoppingSection)
+    dist_timeout_s: float = Field(default=45.0, gt=0.0)  # N processes: a rank silent this long fails the run
+    early_stopping: EarlyStoppingSection = Field(default_factory=EarlyStoppingSection)  # null or false: off
     gan: GanSection = Field(default_factory=GanSection)  # task: generation, GAN models
     vae: VaeSection = Field(default_factory=VaeSection)  # task: generation, VAE models
+
+    @field_validator("early_stopping", mode="before")
+    @classmethod
+    def _early_stopping_off(cls, v: Any) -> Any:
+        return {"patience": None} if v is None or v is False else v
 
     @field_validator("precision", mode="before")
     @classmethod
@@ -259,7 +267,7 @@ class GenerativeEvalSection(Section):
 
 
 class EvalSection(Section):
-    split: Literal["test", "val", "train"] = "test"
+    split: Literal["test", "val", "train"] = "test"  # the prepared split eval reads (--split)
     checkpoint: str = "best"  # best | last | a path
     batch_size: int | None = Field(default=None, ge=1)  # rows per inference batch; None: ~8 MiB of input (64..8192)
     fail_under: dict[str, float] = Field(default_factory=dict)  # quality gates, e.g. {accuracy: 0.9}
@@ -275,16 +283,16 @@ class EvalSection(Section):
 
 class VerifySection(Section):
     atol: float = Field(default=1e-4, ge=0.0)  # max |onnx - torch| allowed on probabilities
-    rtol: float = Field(default=1e-3, ge=0.0)
+    rtol: float = Field(default=1e-3, ge=0.0)  # relative tolerance, on top of atol
     samples: int = Field(default=512, ge=1)  # validation rows compared
     min_agreement: float = Field(default=0.999, ge=0.0, le=1.0)  # fraction of equal predicted classes
     fp16_atol: float = Field(default=1e-2, ge=0.0)  # --quantize fp16: looser tolerance on probabilities
-    fp16_rtol: float = Field(default=5e-2, ge=0.0)
-    fp16_min_agreement: float = Field(default=0.99, ge=0.0, le=1.0)
+    fp16_rtol: float = Field(default=5e-2, ge=0.0)  # --quantize fp16: relative tolerance
+    fp16_min_agreement: float = Field(default=0.99, ge=0.0, le=1.0)  # --quantize fp16: equal predicted classes
 
 
 class ExportSection(Section):
-    opset: int = Field(default=18, ge=13)
+    opset: int = Field(default=18, ge=13)  # ONNX opset version (--opset)
     quantize: Literal["none", "fp16", "int8"] = "none"  # int8: static QDQ per-channel (dynamic for mlp/text)
     format: Literal["onnx", "torchscript"] = "onnx"  # torchscript: a traced .pt for libtorch
     max_metric_drop: float = Field(default=1.0, ge=0.0)  # int8: largest allowed drop of the main metric, points
@@ -293,21 +301,24 @@ class ExportSection(Section):
 
 
 class ServeSection(Section):
-    host: str = "127.0.0.1"
-    port: int = Field(default=8000, ge=0, le=65535)
+    host: str = "127.0.0.1"  # address to listen on; 0.0.0.0: every interface (in a container)
+    port: int = Field(default=8000, ge=0, le=65535)  # 0: a free port, printed when the server is ready
     max_batch_size: int = Field(default=32, ge=1)  # rows one session.run (and one request) carries at most
     max_queue_delay_ms: float = Field(default=2.0, ge=0.0)  # longest wait for more rows before a batch runs
     max_queue: int = Field(default=1024, ge=1)  # requests waiting for a batch at most; more get 503
     grace_seconds: float = Field(default=30.0, ge=0.0)  # SIGTERM: time to finish in-flight requests
     max_body_mb: float = Field(default=64.0, gt=0.0)  # larger request bodies get 413
+    max_inflight_mb: float = Field(default=256.0, gt=0.0)  # decoded bytes of all requests in flight; more get 503
+    request_timeout_s: float = Field(default=30.0, gt=0.0)  # a request head or body not in by then gets 408
     threads: int = Field(default=0, ge=0)  # onnxruntime intra-op threads (0: one per core)
     access_log: bool = True  # one JSON line per request on stderr
 
 
 class Recipe(Section):
     name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$")  # names data/<name> and runs/<name>
-    task: Literal["classification", "regression", "generation", "restoration"] = "classification"
-    seed: int = 0
+    task: Literal["classification", "regression", "generation", "restoration"] = "classification"  # decides
+    #   outputs, loss, metrics, export
+    seed: int = 0  # seeds the split, weights, shuffling, augmentation and bootstrap
     data: DataSection = Field(default_factory=DataSection)
     model: ModelSection = Field(default_factory=ModelSection)
     train: TrainSection = Field(default_factory=TrainSection)

@@ -41,19 +41,60 @@ def test_version_and_module_entry_point(cli):
 def test_recipes_list_show_copy(cli, tmp_path):
     listed = cli("recipes", "list", "--json").json()["recipes"]
     assert {"digits-cnn", "breast-cancer-mlp"} <= {r["name"] for r in listed}
-    shown = cli("recipes", "show", "digits-cnn").stdout
+    human = cli("recipes", "list")
+    assert human.code == 0 and human.stdout == ""  # the listing is for people: stderr
+    lines = human.stderr.splitlines()
+    assert lines[0].split() == ["recipe", "task", "model", "data"] and max(map(len, lines)) <= 100
+    assert any(line.split()[:3] == ["digits-cnn", "classification", "cnn_small"] for line in lines)
+    shown = cli("recipes", "show", "digits-cnn").stdout  # the file itself is the answer, as `cat` prints it
     assert shown.startswith("# digits-cnn") and yaml.safe_load(shown)["name"] == "digits-cnn"
     assert cli("recipes", "copy", "digits-cnn", "mine.yaml").code == 0
-    assert (tmp_path / "mine.yaml").read_text() == shown
+    copied = (tmp_path / "mine.yaml").read_text()
+    assert yaml.safe_load(copied) == {**yaml.safe_load(shown), "name": "mine"}  # only the name differs
+    assert copied.startswith("# mine: ") and "bigmodel train -r mine.yaml" in copied and "runs/mine" in copied
+    assert len(copied.splitlines()) == len(shown.splitlines())  # every comment kept
     again = cli("recipes", "copy", "digits-cnn", "mine.yaml")
     assert again.code == 2 and "already exists" in again.stderr
     assert cli("recipes", "validate", "mine.yaml").code == 0
 
 
-def test_info_json_lists_versions_devices_and_models(cli):
+def test_copy_is_named_after_its_file_so_its_data_is_its_own(cli, tmp_path):
+    """Issue 20: a copy that kept `name: breast-cancer-mlp` prepared its data into the shipped recipe's folder."""
+    copied = cli("recipes", "copy", "breast-cancer-mlp", "my-recipe.yaml")
+    assert copied.code == 0, copied.stderr
+    assert yaml.safe_load((tmp_path / "my-recipe.yaml").read_text())["name"] == "my-recipe"
+    prepared = cli("prepare-data", "-r", "my-recipe.yaml", "--json")
+    assert prepared.code == 0, prepared.stderr
+    assert prepared.json()["prepared"] == "data/my-recipe"
+    assert (tmp_path / "data/my-recipe/manifest.json").is_file() and not (tmp_path / "data/breast-cancer-mlp").exists()
+    named = cli("recipes", "copy", "breast-cancer-mlp", "other.yaml", "--name", "churn-v2")
+    assert named.code == 0 and yaml.safe_load((tmp_path / "other.yaml").read_text())["name"] == "churn-v2"
+
+
+def test_copy_refuses_a_name_that_would_share_a_shipped_recipes_folders(cli, tmp_path):
+    for args, message in [
+        (["digits-cnn", "digits-cnn.yaml"], "digits-cnn.yaml: the copy's name 'digits-cnn' (its file name) is a "
+                                            "shipped recipe's name"),
+        (["digits-cnn", "x.yaml", "--name", "wine-mlp"], "--name wine-mlp is a shipped recipe's name"),
+        (["digits-cnn", "my recipe.yaml"], "'my recipe' (its file name) is not a valid recipe name"),
+        (["digits-cnn", "."], "the copy's name 'digits-cnn'"),  # into a folder: the shipped file name
+    ]:
+        result = cli("recipes", "copy", *args)
+        assert result.code == 2 and "pass --name" in result.stderr and message in result.stderr, result.stderr
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_info_lists_versions_devices_and_models(cli):
+    import torch
+
     report = cli("info", "--json").json()
     assert report["bigmodel_version"] == __version__
-    assert report["torch"]["cuda_available"] in (True, False)
+    assert report["torch"]["version"] == torch.__version__
+    assert report["torch"]["cuda_available"] is torch.cuda.is_available()
+    assert len(report["torch"]["devices"]) == torch.cuda.device_count()
     assert "CPUExecutionProvider" in report["onnxruntime"]["usable_providers"]
     assert {"mlp", "cnn_small", "resnet18", "vit_b_16", "transformer_encoder", "lstm"} <= set(report["models"])
-    assert report["distributed"]["gloo"] is True and report["distributed"]["backend"] in ("gloo", "nccl")
+    assert report["distributed"]["gloo"] is True
+    assert report["distributed"]["backend"] == ("nccl" if torch.cuda.is_available() else "gloo")
+    human = cli("info")
+    assert human.code == 0 and human.stdout == "" and f"bigmodel {__version__}" in human.stderr

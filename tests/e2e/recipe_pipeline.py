@@ -4,7 +4,8 @@
     result = run_recipe(cli, tmp_path, "mnist-cnn", source=f"torchvision:mnist:{root}")
 
 prepare-data -> train -> eval -> export (verified) -> one inference through the exported model with
-onnxruntime on raw test rows. Every step must exit 0; the reports are returned for the recipe's own asserts.
+onnxruntime on raw test rows. Every step must exit 0; the reports are returned for the recipe's own asserts,
+which include `assert_learned`: the trained model beats chance on the test split by a stated margin.
 """
 
 from __future__ import annotations
@@ -69,3 +70,17 @@ def run_recipe(cli, workdir: Path, name: str, *, source: str | None = None, sets
     manifest = json.loads((data / "manifest.json").read_text())
     assert prepared["manifest"]["splits"] == manifest["splits"]
     return RecipeResult(run, data, manifest, evaluated, exported, x, outputs)
+
+
+def chance_accuracy(report: dict[str, Any]) -> float:
+    """The accuracy of always answering the test split's most frequent class (rows of the confusion matrix)."""
+    counts = [sum(row) for row in report["confusion_matrix"]]
+    return max(counts) / sum(counts)
+
+
+def assert_learned(report: dict[str, Any], margin: float) -> None:
+    """The test accuracy is at least chance (the majority class's share) plus `margin`: an untrained model,
+    or one that answers a single class, fails this."""
+    accuracy, chance = report["metrics"]["accuracy"], chance_accuracy(report)
+    assert accuracy >= chance + margin, (f"test accuracy {accuracy:.3f} is not {margin} above chance {chance:.3f} "
+                                         f"on {report['n']} rows: the model did not learn")

@@ -21,7 +21,7 @@ import onnx
 import onnxruntime as ort
 import pytest
 import tritonclient.http as triton
-from recipe_pipeline import run_recipe
+from recipe_pipeline import assert_learned, run_recipe
 from test_pipeline import http, start_server
 
 from bigmodel_cli.data.preprocess import apply_text
@@ -67,18 +67,22 @@ def write_reviews(path: Path, rows: int, seed: int = 0) -> Path:
     return path
 
 
-SMALL = ["model.args.d_model=16", "model.args.num_heads=2", "model.args.num_layers=1",
-         "model.args.dim_feedforward=32", "data.text.max_length=24", "train.epochs=1", "eval.fail_under={}"]
+# a small model for 4 epochs without warm-up: on 2,000 reviews it reached test accuracy 0.73 and val 0.71 (a
+# bag-of-words logistic regression: 0.71); on 400 reviews a smaller one stayed near chance on the test split
+SMALL = ["model.args.d_model=32", "model.args.num_heads=2", "model.args.num_layers=1",
+         "model.args.dim_feedforward=64", "data.text.max_length=32", "train.epochs=4",
+         "train.scheduler.warmup_epochs=0", "eval.fail_under={}"]
 
 
 @pytest.mark.slow
 def test_text_transformer_recipe_and_serving(cli, tmp_path: Path) -> None:
-    source = write_reviews(tmp_path / "reviews.csv", 400)
+    source = write_reviews(tmp_path / "reviews.csv", 2000)
     result = run_recipe(cli, tmp_path, NAME, source=str(source), sets=SMALL)
     assert result.manifest["kind"] == "text" and result.manifest["classes"] == ["negative", "positive"]
     text_spec = result.manifest["preprocessing"]["text"]
-    assert text_spec["max_length"] == 24 and text_spec["pad_id"] == 0 and text_spec["tokenizer_kind"] == "wordpiece"
-    assert result.eval["n"] == result.manifest["splits"]["test"] and 0 <= result.eval["metrics"]["accuracy"] <= 1
+    assert text_spec["max_length"] == 32 and text_spec["pad_id"] == 0 and text_spec["tokenizer_kind"] == "wordpiece"
+    assert result.eval["n"] == result.manifest["splits"]["test"] == 300
+    assert_learned(result.eval, margin=0.1)  # chance 0.5; the sentiment words: about 0.7 (best possible ~0.87)
 
     model_path = result.run / "model.onnx"
     meta = {p.key: p.value for p in onnx.load(str(model_path)).metadata_props}
@@ -104,7 +108,7 @@ def _check_served(url: str, texts: list[str], ids: np.ndarray, expected: np.ndar
     status, meta = http(f"{url}/v2/models/{NAME}")
     assert status == 200 and meta["inputs"] == [{"name": "input", "datatype": "INT64", "shape": [-1, -1]}]
     described = meta["parameters"]["text_input"]
-    assert described["strings"]["datatype"] == "BYTES" and described["token_ids"]["max_length"] == 24
+    assert described["strings"]["datatype"] == "BYTES" and described["token_ids"]["max_length"] == 32
 
     # (a) token ids as JSON, cut to the longest text: the server pads them back to max_length
     length = int((ids != 0).sum(axis=1).max())

@@ -1,11 +1,13 @@
 """The image recipes end to end with the real commands, each on tiny data in its real format written here:
 mnist-cnn (MNIST idx files), cifar10-resnet18 (CIFAR-10 python batches), imagefolder-resnet50 (a folder of
-PNG/JPEG files, from a torchvision resnet50 state dict with the backbone frozen) and imagefolder-vit.
+PNG/JPEG files, from a resnet50 state dict with the backbone frozen) and imagefolder-vit.
 
     pytest tests/e2e/test_recipes_images.py --durations=0
 
-prepare-data -> train 1 epoch -> eval -> export (verified) -> one onnxruntime inference (recipe_pipeline).
-The heavy models run at 32x32 and the ViT with 2 small blocks; everything else is the recipe file's.
+prepare-data -> train a few epochs -> eval -> export (verified) -> one onnxruntime inference (recipe_pipeline).
+The data shows its class in the pixels (learnable_data.py; the folder: one saturated channel per class), so a
+few epochs learn it and each test asserts test accuracy above chance by a stated margin. The heavy models run
+at 32x32 and the ViT with 2 small blocks, without warm-up; everything else is the recipe file's.
 """
 
 from __future__ import annotations
@@ -14,11 +16,15 @@ import json
 
 import pytest
 import torch
-from recipe_pipeline import run_recipe
+from learnable_data import write_cifar10, write_mnist
+from recipe_pipeline import assert_learned, run_recipe
 
-from tests.unit.data.conftest import make_image_folder, write_cifar10, write_mnist
+from bigmodel_cli.config.recipe import resolve
+from tests.unit.data.conftest import make_image_folder
 
-ONE_EPOCH = ["train.epochs=1", "eval.fail_under.accuracy=0"]  # tiny random data: the shipped gates cannot pass
+# a few epochs on tiny data: no warm-up (the recipes warm up over whole epochs), and the shipped gates (0.97 on
+# real MNIST) are not this data's; each test states its own margin over chance instead
+SHORT = ["train.scheduler.warmup_epochs=0", "eval.fail_under.accuracy=0"]
 
 
 def recipe_of(run) -> dict:
@@ -34,29 +40,32 @@ def steps_per_epoch(run) -> list[int]:
 
 @pytest.mark.slow
 def test_mnist_cnn(cli, tmp_path):
-    root = write_mnist(tmp_path / "datasets", n_train=60, n_test=20, gz=True)
+    root = write_mnist(tmp_path / "datasets", n_train=120, n_test=50)
     result = run_recipe(cli, tmp_path, "mnist-cnn", source=f"torchvision:mnist:{root}",
-                        sets=[*ONE_EPOCH, "train.batch_size=16"])
+                        sets=[*SHORT, "train.epochs=3", "train.batch_size=16"])
     manifest = result.manifest
     assert manifest["classes"] == [str(d) for d in range(10)] and manifest["input_shape"] == [1, 28, 28]
-    assert manifest["splits"]["test"] == 20  # MNIST's own t10k set, as predefined; val cut from its train
-    assert manifest["splits"]["train"] + manifest["splits"]["val"] == 60
-    assert result.eval["n"] == 20 and 0.0 <= result.eval["metrics"]["accuracy"] <= 1.0
+    assert manifest["splits"]["test"] == 50  # MNIST's own t10k set, as predefined; val cut from its train
+    assert manifest["splits"]["train"] + manifest["splits"]["val"] == 120
+    assert result.eval["n"] == 50
+    assert_learned(result.eval, margin=0.4)  # chance 0.10; measured 0.82 after 3 epochs of 7 steps
     assert result.outputs["probabilities"].shape == (4, 10) and result.inputs.shape == (4, 1, 28, 28)
 
 
 @pytest.mark.slow
 def test_cifar10_resnet18(cli, tmp_path):
-    root = write_cifar10(tmp_path / "datasets", per_batch=12, n_test=20)
+    root = write_cifar10(tmp_path / "datasets", per_batch=16, n_test=30)
     result = run_recipe(cli, tmp_path, "cifar10-resnet18", source=f"torchvision:cifar10:{root}",
-                        sets=[*ONE_EPOCH, "train.batch_size=16"])
+                        sets=[*SHORT, "train.epochs=2", "train.batch_size=16"])
     assert result.manifest["classes"][:2] == ["airplane", "automobile"]
-    assert result.manifest["input_shape"] == [3, 32, 32] and result.manifest["splits"]["test"] == 20
-    assert result.eval["n"] == 20 and "top_5_accuracy" in result.eval["metrics"]
+    assert result.manifest["input_shape"] == [3, 32, 32] and result.manifest["splits"]["test"] == 30
+    assert result.eval["n"] == 30 and "top_5_accuracy" in result.eval["metrics"]
+    assert_learned(result.eval, margin=0.4)  # chance 0.10; measured 0.80 after 2 epochs of 5 steps
     trained = recipe_of(result.run)
     assert trained["data"]["augment"]["crop_padding"] == 4 and trained["data"]["augment"]["horizontal_flip"] == 0.5
     assert trained["train"]["precision"] == "bf16-mixed"  # autocast on the CPU too
-    assert trained["train"]["scheduler"] == {**trained["train"]["scheduler"], "name": "cosine", "warmup_epochs": 1}
+    assert trained["train"]["scheduler"]["name"] == "cosine" and trained["train"]["optimizer"]["name"] == "sgd"
+    assert resolve("cifar10-resnet18").train.scheduler.warmup_epochs == 1  # the shipped recipe warms up (not here)
     assert result.outputs["probabilities"].shape == (4, 10)
 
 
@@ -70,14 +79,19 @@ def test_imagefolder_resnet50_frozen_pretrained(cli, tmp_path):
     pretrained = torchvision.models.resnet50().state_dict()  # stands for ImageNet weights: same keys and shapes
     torch.save(pretrained, weights)
     result = run_recipe(cli, tmp_path, "imagefolder-resnet50", source=str(images),
-                        sets=[*ONE_EPOCH, "data.image.size=32", "train.batch_size=16",
+                        sets=[*SHORT, "train.epochs=1", "data.image.size=32", "train.batch_size=16",
                               f"model.weights={weights}", "model.freeze=[backbone]"])
     assert result.manifest["classes"] == ["cat", "dog", "fox"] and result.manifest["input_shape"] == [3, 32, 32]
     assert result.eval["n"] == result.manifest["splits"]["test"] == 9
-    assert result.eval["metrics"]["accuracy"] >= 0.0 and len(result.eval["confusion_matrix"]) == 3
+    # no accuracy claim: a frozen *random* backbone (no ImageNet weights offline) gives features a new head does not
+    # separate in a few steps (measured at chance, 0.33, with lr 1e-3 and 1e-2 over 3-4 epochs); the folder data
+    # itself is learned in test_imagefolder_vit. What this test checks is loading, freezing and exporting.
+    matrix = result.eval["confusion_matrix"]
+    assert len(matrix) == 3 and sum(map(sum, matrix)) == result.eval["n"]
     assert result.outputs["probabilities"].shape == (4, 3)
 
-    trained = torch.load(result.run / "checkpoints" / "last.pt", map_location="cpu", weights_only=True)["networks"]["model"]
+    last = torch.load(result.run / "checkpoints" / "last.pt", map_location="cpu", weights_only=True)
+    trained = last["networks"]["model"]
     for key in ("layer1.0.conv1.weight", "layer4.2.conv3.weight", "layer3.5.bn2.weight", "layer1.0.bn1.running_mean",
                 "layer4.2.bn3.running_var"):  # weights and BatchNorm statistics alike
         assert torch.equal(trained[key], pretrained[key]), f"{key} changed although the backbone is frozen"
@@ -90,14 +104,17 @@ def test_imagefolder_vit(cli, tmp_path):
     images = make_image_folder(tmp_path / "photos", classes=("cat", "dog", "fox"), per_class=20)
     small = ["model.args.num_layers=2", "model.args.hidden_dim=64", "model.args.num_heads=2", "model.args.mlp_dim=128"]
     result = run_recipe(cli, tmp_path, "imagefolder-vit", source=str(images),
-                        sets=[*ONE_EPOCH, *small, "data.image.size=32", "train.batch_size=8"])
+                        sets=[*SHORT, *small, "data.image.size=32", "train.batch_size=8", "train.accumulate=2",
+                              "train.epochs=4"])
     assert result.manifest["input_shape"] == [3, 32, 32]
     assert result.eval["n"] == result.manifest["splits"]["test"] == 9
+    assert_learned(result.eval, margin=0.4)  # chance 0.33 (3 classes of 3 test images); measured 1.00
     assert result.outputs["probabilities"].shape == (4, 3)
     trained = recipe_of(result.run)["train"]
-    assert trained["precision"] == "bf16-mixed" and trained["accumulate"] == 8
-    # 42 training images in batches of 8 = 6 batches, accumulated 8 at a time: one optimiser step per epoch
-    assert steps_per_epoch(result.run) == [1]
+    assert trained["precision"] == "bf16-mixed" and trained["accumulate"] == 2
+    assert resolve("imagefolder-vit").train.accumulate == 8  # the shipped recipe's (one step per 256 images)
+    # 42 training images in batches of 8 = 6 batches, accumulated 2 at a time: 3 optimiser steps per epoch
+    assert steps_per_epoch(result.run) == [3, 3, 3, 3]
 
 
 @pytest.mark.slow

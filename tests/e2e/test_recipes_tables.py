@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from recipe_pipeline import run_recipe
+from recipe_pipeline import assert_learned, run_recipe
 
 from tests.unit.data.conftest import people_rows, write_csv
 
@@ -17,6 +17,7 @@ def test_wine_mlp(cli, tmp_path):
     assert result.manifest["classes"] == ["class_0", "class_1", "class_2"]
     assert report["n"] == result.manifest["splits"]["test"] == 36
     assert report["metrics"]["accuracy"] > 0.8 and "top_2_accuracy" in report["metrics"]
+    assert_learned(report, margin=0.4)  # chance: the largest cultivar, 0.39 of the test rows
     assert len(report["confusion_matrix"]) == 3
     assert result.outputs["probabilities"].shape == (len(result.inputs), 3)
 
@@ -57,6 +58,7 @@ def test_tabular_csv_on_the_users_own_table(cli, tmp_path):
     assert result.manifest["classes"] == ["high", "low", "mid"]
     assert "id" not in result.manifest["features"] and "label" not in result.manifest["features"]
     assert result.eval["metrics"]["accuracy"] > 0.6
+    assert_learned(result.eval, margin=0.1)  # the label follows age and city; chance is the largest class's share
     # raw rows with missing values, as a user would bring them, through the fitted transform
     fresh = write_csv(tmp_path / "new.csv", people_rows(40, seed=1))
     scored = cli("eval", str(result.run), "--data", str(fresh), "--json", cwd=tmp_path)
