@@ -237,7 +237,9 @@ def execute(p: Plan | GenerativePlan) -> dict[str, Any]:
     if isinstance(p, GenerativePlan):
         from bigmodel_cli.evaluation.generative import evaluate_generative
 
-        return evaluate_generative(p.run_dir, p.options, p.onnx)
+        return evaluate_generative(p.run_dir, p.options, p.onnx, _effective_config,
+                                   lambda path, split, which, ckpt: output_place(path, split, None,
+                                                                                _checkpoint_tag(path, which, ckpt)))
 
     started = time.perf_counter()
     task = p.run.recipe.task

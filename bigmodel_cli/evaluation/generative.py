@@ -40,6 +40,7 @@ from torch import nn
 
 from bigmodel_cli import atomic, console
 from bigmodel_cli.errors import UsageError
+from bigmodel_cli.evaluation.features import ClassifierFeatures, RandomFeatures, classifier_features, frechet_metric  # noqa: F401  (part of this module's interface)
 
 GAN_METRICS = ("fid", "kid", "kid_std", "inception_score", "class_entropy", "class_coverage", "min_class_share",
                "precision", "recall")
@@ -49,95 +50,7 @@ BATCH = 512
 GRID = 64
 
 
-# ---------------------------------------------------------------- feature extractors
-
-
-class ClassifierFeatures(nn.Module):
-    """Raw pixels (float 0..255, [N, C, H, W]) -> the penultimate features of a classification run's network
-    (the input of its head), in eval mode; `features_and_logits` also gives its logits."""
-
-    def __init__(self, net: nn.Module, norm: nn.Module, shape: list[int]):
-        super().__init__()
-        from bigmodel_cli.models.build import head_prefix
-
-        self.net, self.norm = net.eval(), norm.eval()
-        self._captured: torch.Tensor | None = None
-        head = dict(net.named_modules())[head_prefix(net)]
-        head.register_forward_hook(self._capture)
-        with torch.no_grad():
-            self.num_features = int(self.features_and_logits(torch.zeros([2, *shape]))[0].shape[1])
-
-    def _capture(self, module, inputs, output) -> None:
-        self._captured = inputs[0]
-
-    def features_and_logits(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        logits = self.net(self.norm(x.to(torch.float32)))
-        return self._captured.flatten(1).float(), logits.float()
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.features_and_logits(x)[0]
-
-    def train(self, mode: bool = True) -> ClassifierFeatures:
-        return super().train(False)  # always eval: BatchNorm statistics and dropout of the classifier stay fixed
-
-
-class RandomFeatures(nn.Module):
-    """A fixed random conv network (seeded Kaiming weights) as a feature extractor: val_fid without a classifier.
-    Distances in its 64 features compare generators of one data set; they are not classifier-FID values."""
-
-    def __init__(self, shape: list[int], seed: int = 0, features: int = 64):
-        super().__init__()
-        channels = shape[0]
-        self.body = nn.Sequential(nn.Conv2d(channels, 32, 3, padding=1), nn.ReLU(), nn.Conv2d(32, 64, 3, 2, 1),
-                                  nn.ReLU(), nn.Conv2d(64, features, 3, 2, 1), nn.ReLU(), nn.AdaptiveAvgPool2d(1),
-                                  nn.Flatten())
-        gen = torch.Generator().manual_seed(seed)
-        with torch.no_grad():
-            for module in self.body:
-                if isinstance(module, nn.Conv2d):
-                    fan_in = module.weight[0].numel()
-                    module.weight.copy_(torch.randn(module.weight.shape, generator=gen) * (2.0 / fan_in) ** 0.5)
-                    module.bias.zero_()
-        self.requires_grad_(False)
-        self.num_features = features
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.body(x.to(torch.float32) / 127.5 - 1.0)
-
-
-def classifier_features(run_dir: str | Path, data: dict[str, Any]) -> tuple[ClassifierFeatures, dict[str, Any]]:
-    """The extractor of a classification run trained on images of the same shape and classes, and its record."""
-    from bigmodel_cli.export.metadata import fingerprint
-    from bigmodel_cli.run import load_network, load_run
-
-    where = f"--features {run_dir}"
-    run = load_run(run_dir)
-    if run.recipe.task != "classification" or run.manifest["kind"] != "image":
-        raise UsageError(f"{where}: a {run.recipe.task} run on {run.manifest['kind']} data; the features come from "
-                         f"an image classification run (e.g. bigmodel train -r digits-cnn)")
-    shape, want = list(run.manifest["input_shape"]), list(data["input_shape"])
-    if shape != want:
-        raise UsageError(f"{where}: trained on images of shape {shape}, but this run's images are {want}; train a "
-                         f"classifier on the same data")
-    if data.get("classes") and run.manifest["classes"] != data["classes"]:
-        raise UsageError(f"{where}: its classes {run.manifest['classes'][:10]} differ from this run's "
-                         f"{data['classes'][:10]}; train a classifier on the same data")
-    net, norm, path = load_network(run, "best")
-    extractor = ClassifierFeatures(net, norm, shape)
-    record = {"run": str(Path(run_dir).resolve()), "checkpoint": str(path), "sha256": fingerprint(path),
-              "model": run.recipe.model.name or run.recipe.model.component, "layer": "penultimate (input of the head)",
-              "features": extractor.num_features, "classes": run.manifest["classes"]}
-    return extractor, record
-
-
 # ---------------------------------------------------------------- metrics
-
-
-def frechet_metric(extractor: nn.Module, keep_real: bool = False):
-    """torchmetrics' FID on `extractor`'s features (never synchronised across processes: each computes alike)."""
-    from torchmetrics.image.fid import FrechetInceptionDistance
-
-    return FrechetInceptionDistance(feature=extractor, reset_real_features=not keep_real, sync_on_compute=False)
 
 
 def _batches(x: np.ndarray):
@@ -238,17 +151,18 @@ def check_sample_sizes(extractor_features: int, samples: int, reference: int, sp
 # ---------------------------------------------------------------- the evaluation
 
 
-def evaluate_generative(run_dir: str | Path, options, onnx: Path | None = None) -> dict[str, Any]:
-    """Plan (every check first), score and write the report of a generation or restoration run."""
+def evaluate_generative(run_dir: str | Path, options, onnx: Path | None, config, place) -> dict[str, Any]:
+    """Plan (every check first), score and write the report of a generation or restoration run; `config(run,
+    options)` is the eval section with the command line applied, `place(run_path, split, which, checkpoint_path)`
+    the (folder, file stem) of the report (both from `evaluation.evaluate`)."""
     from bigmodel_cli.evaluation import gates as G
-    from bigmodel_cli.evaluation.evaluate import _checkpoint_tag, _effective_config, output_place
     from bigmodel_cli.run import load_run, prepared_split
     from bigmodel_cli.tasks.generation import load_generative
 
     started = time.perf_counter()
     run = load_run(run_dir)
     task = run.recipe.task
-    cfg = _effective_config(run, options)
+    cfg = config(run, options)
     if options.data is not None:
         raise UsageError(f"--data {options.data}: generative runs are evaluated on their own prepared splits")
     if onnx is not None:
@@ -277,7 +191,7 @@ def evaluate_generative(run_dir: str | Path, options, onnx: Path | None = None) 
                              "RUN_DIR (a classification run, e.g. runs/digits-cnn) or eval.generative.features")
         else:
             console.warn("no --features run: FID, KID, precision/recall and class shares are not computed")
-    out_dir, stem = output_place(run.path, split, None, _checkpoint_tag(run.path, which, ckpt_path))
+    out_dir, stem = place(run.path, split, which, ckpt_path)
     report: dict[str, Any] = {"run": str(run_dir), "task": task, "model": kind, "split": split,
                               "reference": {"split": split, "n": int(len(x_ref))}, "checkpoint": str(ckpt_path),
                               "warnings": []}
@@ -295,7 +209,7 @@ def evaluate_generative(run_dir: str | Path, options, onnx: Path | None = None) 
 
 
 def _generation(run, kind, net, cfg, split, x_ref, y_ref, extractor, record, report, pictures) -> None:
-    from bigmodel_cli.export.generator import LATENT_RULE, class_labels, latents
+    from bigmodel_cli.export.generator_spec import LATENT_RULE, class_labels, latents
     from bigmodel_cli.run import prepared_split
     from bigmodel_cli.tasks.base import Split
     from bigmodel_cli.tasks.generation import sample_pixels, vae_scores
@@ -362,7 +276,7 @@ def _restoration(run, net, x_ref, y_ref, report, pictures) -> None:
 
 
 def _write(out_dir: Path, stem: str, report: dict[str, Any], pictures: dict[str, np.ndarray], plots: bool) -> None:
-    from bigmodel_cli.export.generator import save_grid
+    from bigmodel_cli.export.generator_spec import save_grid
 
     report["files"] = {"report": str(out_dir / f"{stem}.json"), "plots": []}
     columns = {"reconstructions": 16, "interpolation": 10, "restorations": 16}

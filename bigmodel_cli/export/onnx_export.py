@@ -114,7 +114,7 @@ def export_run(run_dir: str | Path, checkpoint: str = "best", out: Path | None =
         if fmt != "onnx" or quantize != "none":
             raise UsageError(f"--format {fmt} --quantize {quantize}: {recipe.task} models are exported as fp32 ONNX "
                              "(drop --format/--quantize)")
-        return export_generator(run, checkpoint, out, opset, verify_model, verify_samples)
+        return export_generator(run, checkpoint, out, report_path(out), opset, verify_model, verify_samples)
     module, ckpt_path = exportable(run, checkpoint)
     job = _Job(run, module, opset, quantize, verify_model,
                metadata.checkpoint_record(run.path, checkpoint, ckpt_path), metadata.model_info(recipe, module.net))

@@ -32,7 +32,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from bigmodel_cli.errors import UsageError
-from bigmodel_cli.export.generator import class_labels, latents
+from bigmodel_cli.export.generator_spec import class_labels, latents
 from bigmodel_cli.models import registry
 from bigmodel_cli.tasks.base import Batch, Context, Parts, Split, Step
 from bigmodel_cli.training.optim import create_optimizer, create_schedule
@@ -286,7 +286,7 @@ class Generation:
         return row
 
     def _val_fid(self, net, extractor, val: Split, ctx: Context) -> float | None:
-        from bigmodel_cli.evaluation.generative import frechet_metric
+        from bigmodel_cli.evaluation.features import frechet_metric
 
         n = min(len(val), ctx.recipe.eval.generative.val_samples)
         if n <= extractor.num_features:
@@ -409,7 +409,7 @@ def vae_scores(vae: nn.Module, cfg, split: Split, device, seed: int, conditional
 
 def val_extractor(recipe, data: dict[str, Any]) -> tuple[nn.Module, str]:
     """The features val_fid uses: eval.generative.features (a classification run) or a seeded random network."""
-    from bigmodel_cli.evaluation.generative import RandomFeatures, classifier_features
+    from bigmodel_cli.evaluation.features import RandomFeatures, classifier_features
 
     run_dir = recipe.eval.generative.features
     if run_dir:
@@ -420,7 +420,7 @@ def val_extractor(recipe, data: dict[str, Any]) -> tuple[nn.Module, str]:
 
 def write_sample_grid(net: nn.Module, kind: str, latent_dim: int, conditional: bool, ctx: Context, seed: int) -> None:
     """samples/epoch_NNN.png: 64 images from the fixed latents of `seed` (classes in turn when conditional)."""
-    from bigmodel_cli.export.generator import save_grid
+    from bigmodel_cli.export.generator_spec import save_grid
 
     labels = class_labels(GRID, len(ctx.data["classes"])) if conditional else None
     pixels = sample_pixels(net, kind, latents(seed, GRID, latent_dim), labels, ctx.device)

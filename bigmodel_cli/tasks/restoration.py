@@ -142,7 +142,7 @@ class Restoration:
             scores = restoration_scores(net, val, ctx.recipe, ctx.device, ctx.recipe.train.loss)
             if ctx.dist.is_main and ctx.run_dir is not None and len(val):
                 clean, noisy, restored = restore_split(net, val, ctx.recipe, ctx.device, limit=GRID_IMAGES)
-                from bigmodel_cli.export.generator import save_grid
+                from bigmodel_cli.export.generator_spec import save_grid
 
                 save_grid(np.concatenate([noisy, restored, clean]),
                           ctx.run_dir / "samples" / f"epoch_{ctx.epoch:03d}.png", columns=len(clean))
