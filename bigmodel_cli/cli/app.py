@@ -12,7 +12,7 @@ import sys
 import typer
 
 from bigmodel_cli import __version__
-from bigmodel_cli.cli import benchmark, export, info, predict, prepare_data, recipes, serve, train, tune
+from bigmodel_cli.cli import benchmark, export, generate, info, predict, prepare_data, recipes, serve, train, tune
 from bigmodel_cli.cli import eval as eval_cmd
 
 app = typer.Typer(
@@ -33,6 +33,7 @@ app.command("benchmark")(benchmark.benchmark)
 app.command("serve")(serve.serve)
 app.command("predict")(predict.predict)
 app.command("tune")(tune.tune)
+app.command("generate")(generate.generate)
 
 
 def _version(value: bool) -> None:

@@ -7,6 +7,8 @@
     bigmodel eval runs/digits-cnn --onnx /tmp/digits.onnx      # a model file named after its run
     bigmodel eval runs/a runs/b --data data/2026-11            # two runs side by side on fresh data
     bigmodel eval runs/tabular-csv --data new.csv              # raw labelled rows, preprocessed as in training
+    bigmodel eval runs/digits-dcgan --features runs/digits-cnn --fail-over fid=20   # generators: FID/KID on our
+                                                               # classifier's features (evaluation.generative)
 
 `--onnx` is a flag, because Typer options cannot take an optional value: alone it means each
 run's `model.onnx`; a `.onnx` path written after a RUN_DIR (`--onnx PATH` reads naturally) is
@@ -53,6 +55,11 @@ def eval_run(
                                                 "metric is below. Repeatable; also eval.fail_under."),
     fail_over: list[str] | None = typer.Option(None, "--fail-over", help="Gate METRIC=VALUE for losses/errors: "
                                                "exit 3 when above. Repeatable; also eval.fail_over."),
+    features: Path | None = typer.Option(None, "--features", help="Generation runs: a classification run of the "
+                                         "same data whose penultimate features FID/KID/precision/recall use and whose "
+                                         "predictions give the class shares (default: eval.generative.features)."),
+    samples: int | None = typer.Option(None, "--samples", help="Generation runs: images generated and scored "
+                                       "(default: eval.generative.samples, 1000)."),
     as_json: bool = JSON,
 ) -> None:
     """Evaluate runs on a split; exit 3 when a gate (--fail-under/--fail-over or the recipe's) fails."""
@@ -65,15 +72,18 @@ def eval_run(
     options = Options(split=split, checkpoint=checkpoint, data=data, threshold=threshold,
                       threshold_search=threshold_search, ci=ci, plots=plots,
                       fail_under=gates.parse(fail_under or [], "fail_under"),
-                      fail_over=gates.parse(fail_over or [], "fail_over"))
+                      fail_over=gates.parse(fail_over or [], "fail_over"), features=features,
+                      samples=samples)
     plans = [plan(run_dir, options, model) for run_dir, model in runs_and_models(paths, onnx)]
     reports = [execute(p) for p in plans]
     from bigmodel_cli.tracking import log_artifacts
 
     for p, r in zip(plans, reports, strict=True):  # into the run's MLflow run, when it was trained with one
-        files = [r["files"]["report"], r["files"]["predictions"], *r["files"]["plots"]]
-        log_artifacts(p.run.path, files, document=r, prefix=Path(r["files"]["report"]).stem.replace(".", "_"))
-    if len(reports) > 1:
+        files = [r["files"]["report"], *([r["files"]["predictions"]] if "predictions" in r["files"] else []),
+                 *r["files"]["plots"]]
+        run_path = p.run.path if hasattr(p, "run") else p.run_dir  # a generative plan holds its run directory
+        log_artifacts(run_path, files, document=r, prefix=Path(r["files"]["report"]).stem.replace(".", "_"))
+    if len(reports) > 1 and all("confusion_matrix" in r for r in reports):
         print_side_by_side(reports)
     finish(reports[0] if len(reports) == 1 else {"runs": reports}, as_json)
     failed = [f"{r['run']}: {gates.failure_message(g)}" if len(reports) > 1 else gates.failure_message(g)

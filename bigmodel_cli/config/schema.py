@@ -94,6 +94,13 @@ class AugmentSection(Section):
     grayscale: float = Field(default=0.0, ge=0.0, le=1.0)  # probability of turning an RGB image grey
 
 
+class CorruptSection(Section):
+    """Corruption of clean images for `task: restoration`, applied on the fly to [0, 1] pixels, never stored."""
+
+    gaussian_noise: float = Field(default=0.0, ge=0.0)  # std of additive Gaussian noise on [0, 1] pixels (0.5)
+    mask: float = Field(default=0.0, ge=0.0, lt=1.0)  # inpainting: area fraction of a random square hole set to 0
+
+
 class DataSection(Section):
     source: str | None = None  # sklearn:NAME, torchvision:mnist:ROOT, a .csv/.parquet/.jsonl file, an image folder
     kind: Literal["auto", "tabular", "image", "text"] = "auto"  # auto: text when the table has data.text_column
@@ -115,6 +122,7 @@ class DataSection(Section):
     image: ImageSection = Field(default_factory=ImageSection)
     text: TextSection = Field(default_factory=TextSection)
     augment: AugmentSection = Field(default_factory=AugmentSection)
+    corrupt: CorruptSection = Field(default_factory=CorruptSection)  # task: restoration only
 
 
 class ModelSection(Section):
@@ -170,6 +178,30 @@ class EarlyStoppingSection(Section):
     min_delta: float = Field(default=0.0, ge=0.0)  # a smaller change of the monitor is no improvement
 
 
+class GanSection(Section):
+    """GAN training (`task: generation` with a GAN model), named as StudioGAN/MMagic users know them."""
+
+    loss: Literal["bce", "hinge", "wgan-gp"] = "bce"  # bce: non-saturating; hinge; wgan-gp: Wasserstein + penalty
+    d_steps: int = Field(default=1, ge=1)  # discriminator updates per generator update
+    g_lr: float | None = Field(default=None, gt=0.0)  # generator learning rate (None: train.optimizer.lr)
+    d_lr: float | None = Field(default=None, gt=0.0)  # discriminator learning rate (None: train.optimizer.lr); TTUR
+    g_betas: tuple[float, float] = (0.5, 0.999)  # Adam betas of the generator
+    d_betas: tuple[float, float] = (0.5, 0.999)  # Adam betas of the discriminator
+    r1_gamma: float = Field(default=0.0, ge=0.0)  # R1 penalty gamma/2 * |grad D(real)|^2 (0: off)
+    gp_lambda: float = Field(default=10.0, ge=0.0)  # wgan-gp: weight of the gradient penalty on interpolates
+    ema_decay: float | None = Field(default=0.999, ge=0.0, lt=1.0)  # EMA generator (evaluated, exported); None: off
+    #   the decay warms up as min(ema_decay, (1 + n) / (10 + n)) over the n EMA updates so far
+    spectral_norm: bool = False  # spectral normalisation of every conv/linear layer of D
+
+
+class VaeSection(Section):
+    """VAE training (`task: generation` with a VAE model): the negative ELBO, beta-weighted KL."""
+
+    beta: float = Field(default=1.0, ge=0.0)  # weight of the KL term (beta-VAE); the reported nelbo uses 1
+    reconstruction: Literal["bce", "mse"] = "bce"  # bce: Bernoulli on [0, 1] pixels; mse: Gaussian with std sigma
+    sigma: float = Field(default=0.1, gt=0.0)  # mse: the decoder's fixed Gaussian std on [0, 1] pixels
+
+
 class TrainSection(Section):
     epochs: int = Field(default=10, ge=1)  # passes over the train split (early stopping may end sooner)
     batch_size: int = Field(default=64, ge=1)  # per process
@@ -196,6 +228,8 @@ class TrainSection(Section):
     sync_batchnorm: bool = False  # ddp on GPUs: BatchNorm statistics over all processes (N x batch == 1 x N*batch)
     dist_timeout_s: float = Field(default=45.0, gt=0.0)  # N processes: a rank silent this long fails the run
     early_stopping: EarlyStoppingSection = Field(default_factory=EarlyStoppingSection)  # null or false: off
+    gan: GanSection = Field(default_factory=GanSection)  # task: generation, GAN models
+    vae: VaeSection = Field(default_factory=VaeSection)  # task: generation, VAE models
 
     @field_validator("early_stopping", mode="before")
     @classmethod
@@ -221,6 +255,17 @@ class TrainSection(Section):
         return int(self.devices) if self.devices.isdigit() else 1
 
 
+class GenerativeEvalSection(Section):
+    """Evaluation of generators: FID/KID and friends on the features of a classification run of ours."""
+
+    features: str | None = None  # a classification run dir (same image shape and classes): its penultimate layer
+    #   gives FID/KID/precision/recall features and its predictions the class shares (None: eval --features RUN)
+    samples: int = Field(default=1000, ge=2)  # generated images scored by eval
+    val_samples: int = Field(default=256, ge=2)  # val_fid each epoch: val images and as many samples (fixed z)
+    kid_subsets: int = Field(default=50, ge=1)  # KID: random subsets averaged
+    nearest_k: int = Field(default=3, ge=1)  # precision/recall: k-th nearest neighbour radius of each manifold
+
+
 class EvalSection(Section):
     split: Literal["test", "val", "train"] = "test"  # the prepared split eval reads (--split)
     checkpoint: str = "best"  # best | last | a path
@@ -233,6 +278,7 @@ class EvalSection(Section):
     ci: float | None = Field(default=None, gt=0.0, lt=1.0)  # bootstrap confidence level for headline metrics (0.95)
     ci_resamples: int = Field(default=1000, ge=10)  # bootstrap resamples (seeded by the recipe's seed)
     plots: bool = True  # write the PNG plots (ROC, PR, confusion, calibration; regression: fit, residuals)
+    generative: GenerativeEvalSection = Field(default_factory=GenerativeEvalSection)  # generation/restoration
 
 
 class VerifySection(Section):
@@ -270,7 +316,8 @@ class ServeSection(Section):
 
 class Recipe(Section):
     name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$")  # names data/<name> and runs/<name>
-    task: Literal["classification", "regression"] = "classification"  # decides outputs, loss, metrics, export
+    task: Literal["classification", "regression", "generation", "restoration"] = "classification"  # decides
+    #   outputs, loss, metrics, export
     seed: int = 0  # seeds the split, weights, shuffling, augmentation and bootstrap
     data: DataSection = Field(default_factory=DataSection)
     model: ModelSection = Field(default_factory=ModelSection)

@@ -67,6 +67,20 @@ class Options:
     plots: bool | None = None
     fail_under: dict[str, float] = field(default_factory=dict)
     fail_over: dict[str, float] = field(default_factory=dict)
+    features: Path | None = None  # generation: a classification run whose features FID/KID... use
+    samples: int | None = None  # generation: images generated and scored (None: eval.generative.samples)
+
+
+GENERATIVE = ("generation", "restoration")
+
+
+@dataclass
+class GenerativePlan:
+    """A generation/restoration run: `evaluation.generative` checks and scores it when executed."""
+
+    run_dir: Path
+    options: Options
+    onnx: Path | None
 
 
 @dataclass
@@ -92,10 +106,15 @@ class Plan:
     threshold_source: str = "eval.threshold"
 
 
-def plan(run_dir: str | Path, options: Options | None = None, onnx: Path | None = None) -> Plan:
+def plan(run_dir: str | Path, options: Options | None = None, onnx: Path | None = None) -> Plan | GenerativePlan:
     """Check everything an evaluation needs; exit-2 errors name the flag, file or column."""
     options = options or Options()
     run = load_run(run_dir)
+    if run.recipe.task in GENERATIVE:
+        return GenerativePlan(Path(run_dir), options, onnx)
+    if options.features is not None:
+        raise UsageError(f"--features {options.features}: for generation runs (FID/KID on a classifier's features); "
+                         f"{run_dir} is a {run.recipe.task} run")
     cfg = _effective_config(run, options)
     classes = run.manifest["classes"] if run.recipe.task == "classification" else None
     known = M.metric_names(run.recipe.task, len(classes or []), cfg.top_k)
@@ -212,8 +231,15 @@ def evaluate(run_dir: str | Path, options: Options | None = None, onnx: Path | N
     return execute(plan(run_dir, options, onnx))
 
 
-def execute(p: Plan) -> dict[str, Any]:
+def execute(p: Plan | GenerativePlan) -> dict[str, Any]:
     from bigmodel_cli.evaluation.report import print_report
+
+    if isinstance(p, GenerativePlan):
+        from bigmodel_cli.evaluation.generative import evaluate_generative
+
+        return evaluate_generative(p.run_dir, p.options, p.onnx, _effective_config,
+                                   lambda path, split, which, ckpt: output_place(path, split, None,
+                                                                                _checkpoint_tag(path, which, ckpt)))
 
     started = time.perf_counter()
     task = p.run.recipe.task

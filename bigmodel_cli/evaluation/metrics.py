@@ -31,7 +31,7 @@ HEADLINE = {  # the metrics `--ci` puts a confidence interval on
     "classification": ("accuracy", "balanced_accuracy", "f1", "roc_auc", "average_precision", "log_loss"),
     "regression": ("rmse", "mae", "r2", "mape"),
 }
-LOWER_IS_BETTER = ("loss", "mse", "rmse", "mae", "mape", "error")
+LOWER_IS_BETTER = ("loss", "mse", "rmse", "mae", "mape", "error", "fid", "kid", "nelbo", "bits_per_dim")
 DEFAULT_TOP_K = (2, 3, 5)
 
 

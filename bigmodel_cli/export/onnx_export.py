@@ -108,6 +108,13 @@ def export_run(run_dir: str | Path, checkpoint: str = "best", out: Path | None =
     quantize, fmt = quantize or recipe.export.quantize, fmt or recipe.export.format
     opset = opset or recipe.export.opset
     out = _check_request(run, out, quantize, fmt, opset, verify_samples)
+    if recipe.task in ("generation", "restoration"):  # z (+ label) or uint8 images -> uint8 images
+        from bigmodel_cli.export.generator import export_generator
+
+        if fmt != "onnx" or quantize != "none":
+            raise UsageError(f"--format {fmt} --quantize {quantize}: {recipe.task} models are exported as fp32 ONNX "
+                             "(drop --format/--quantize)")
+        return export_generator(run, checkpoint, out, report_path(out), opset, verify_model, verify_samples)
     module, ckpt_path = exportable(run, checkpoint)
     job = _Job(run, module, opset, quantize, verify_model,
                metadata.checkpoint_record(run.path, checkpoint, ckpt_path), metadata.model_info(recipe, module.net))

@@ -107,7 +107,9 @@ def build_from_recipe(model_section, data: dict[str, Any], one_logit: bool = Fal
     elif model_section.name:
         what = model_section.name
         fn = registry.builder(what)
-        kinds = registry.kinds_of(what)
+        kinds, tasks = registry.kinds_of(what), registry.tasks_of(what)
+        if tasks is not None and data["task"] not in tasks:
+            raise UsageError(f"model '{what}' is for task {'/'.join(tasks)}, but the recipe's task is {data['task']}")
         if kinds is not None and data["kind"] not in kinds:
             raise UsageError(f"model '{what}' takes {'/'.join(kinds)} data, but the prepared data "
                              f"is {data['kind']} (shape {shape})")

@@ -21,27 +21,38 @@ from bigmodel_cli.errors import UsageError
 
 _REGISTRY: dict[str, Callable[..., Any]] = {}
 _KINDS: dict[str, tuple[str, ...]] = {}
+_TASKS: dict[str, tuple[str, ...]] = {}
+SUPERVISED = ("classification", "regression")
 
 
-def register_model(name: str, kinds: tuple[str, ...] = ("tabular", "image", "text")):
+def register_model(name: str, kinds: tuple[str, ...] = ("tabular", "image", "text"),
+                   tasks: tuple[str, ...] = SUPERVISED):
+    """`tasks`: the recipe tasks the model serves (a GAN's builder returns a generator and discriminator pair)."""
+
     def wrap(fn: Callable[..., Any]) -> Callable[..., Any]:
         _REGISTRY[name] = fn
         _KINDS[name] = kinds
+        _TASKS[name] = tasks
         return fn
 
     return wrap
 
 
 def list_models() -> dict[str, dict[str, Any]]:
-    """Name -> {kinds, doc}; used by `bigmodel info` and by tests parametrised over every model."""
+    """Name -> {kinds, tasks, doc}; used by `bigmodel info` and by tests parametrised over every model."""
     return {
-        name: {"kinds": list(_KINDS[name]), "doc": (inspect.getdoc(fn) or "").splitlines()[0]}
+        name: {"kinds": list(_KINDS[name]), "tasks": list(_TASKS[name]),
+               "doc": (inspect.getdoc(fn) or "").splitlines()[0]}
         for name, fn in sorted(_REGISTRY.items())
     }
 
 
 def kinds_of(name: str) -> tuple[str, ...] | None:
     return _KINDS.get(name)
+
+
+def tasks_of(name: str) -> tuple[str, ...] | None:
+    return _TASKS.get(name)
 
 
 def builder(name: str) -> Callable[..., Any]:

@@ -25,7 +25,11 @@ def get_task(name: str):
 
 
 def _load() -> None:
+    from bigmodel_cli.tasks.generation import Generation
+    from bigmodel_cli.tasks.restoration import Restoration
     from bigmodel_cli.tasks.supervised import Supervised
 
     for name in ("classification", "regression"):
         _TASKS.setdefault(name, lambda name=name: Supervised(name))
+    _TASKS.setdefault("generation", Generation)
+    _TASKS.setdefault("restoration", Restoration)

@@ -21,6 +21,7 @@ optimizer, schedule, EMA and RNG state, exact resume, early stopping, metrics.js
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Protocol
 
 import numpy as np
@@ -65,6 +66,8 @@ class Context:
     steps_per_epoch: int
     total_steps: int
     monitor_mode: str  # "min" | "max": the direction of the early-stopping monitor
+    run_dir: Path | None = None  # where the run writes (a generator's samples/epoch_NNN.png)
+    epoch: int = 0  # the epoch being validated (1-based), set by the loop before `validate`
 
 
 @dataclass

@@ -175,7 +175,7 @@ class Trainer:
         self.steps_per_epoch = math.ceil(self.batches_per_epoch / cfg.accumulate)
         seed_everything(recipe.seed, cfg.deterministic)
         self.ctx = Context(recipe, data.manifest, self.device, dist, data.train, self.steps_per_epoch,
-                           self.steps_per_epoch * cfg.epochs, self.mode)
+                           self.steps_per_epoch * cfg.epochs, self.mode, run_dir)
         self.parts: Parts = self.task.build(self.ctx)
         if cfg.precision == "bf16-true":
             self.parts.inputs = torch.nn.Sequential(self.parts.inputs, ToDtype(torch.bfloat16))
@@ -407,6 +407,7 @@ class Trainer:
         for term in self.terms:
             count = state["counts"][term]
             row[f"train_{term}"] = state["sums"][term] / count if count else None
+        self.ctx.epoch = epoch + 1
         row.update(self.task.validate(self.parts, self.data.val, self.ctx))
         row.update(self._lrs())
         row.update({"samples_per_s": seen / train_time if train_time > 0 and seen else None,

@@ -1,0 +1,245 @@
+"""Generative figures of issue 15 on this machine, each printed beside its goal as a ratio.
+
+    .venv/bin/python benchmarks/bench_generative.py [--workdir DIR] [--only gan,vae,denoise,throughput]
+    OMP_NUM_THREADS=1 .venv/bin/python benchmarks/bench_generative.py   # on a machine crowded by other jobs
+
+- digits-dcgan as shipped: training time (goal <= 300 s), the smallest class share among 1000 samples
+  classified by digits-cnn (goal >= 5 %), classifier-feature FID over its real-train-vs-real-test floor
+  (goal <= 3x).
+- digits-vae as shipped: training time (goal <= 180 s), test negative ELBO and reconstruction PSNR against the
+  same model (conv_vae, same args) trained by a plain PyTorch script below with the same data, batch, optimizer,
+  epochs and early stopping on val NELBO (goal: within 2 %).
+- digits-denoise as shipped: PSNR gain of restored over noisy test images, sigma 0.5 (goal >= 8 dB).
+- GAN step throughput: the engine (digits-dcgan's networks, data, batch, optimizers and EMA) against a
+  hand-written PyTorch loop over the same arrays in memory, A/B interleaved 3 times, training phase only
+  (validation excluded), median samples/s (goal >= 0.95x).
+
+Everything runs in this one process, one after the other; the machine's load average is printed, since
+timings on shared cores are inflated by whatever else runs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import tempfile
+import time
+import warnings
+from pathlib import Path
+
+import numpy as np
+import torch
+
+ROUNDS = 3
+
+
+def _fit(name: str, root: Path, sets: list[str] = ()) -> tuple[dict, float]:
+    from bigmodel_cli.config.recipe import resolve
+    from bigmodel_cli.data.prepare import prepare
+    from bigmodel_cli.training.loop import fit
+
+    recipe = resolve(name, {"data.prepared": str(root / "data" / name)}, list(sets))
+    prepare(recipe)
+    started = time.perf_counter()
+    summary = fit(recipe, root / "runs" / name)
+    return summary, time.perf_counter() - started
+
+
+def _evaluate(run: Path, **options) -> dict:
+    from bigmodel_cli.evaluation.evaluate import Options, evaluate
+
+    return evaluate(run, Options(**options))
+
+
+def bench_gan(root: Path, cnn: Path, out: list) -> None:
+    _, seconds = _fit("digits-dcgan", root)
+    report = _evaluate(root / "runs/digits-dcgan", features=cnn)
+    m, floor = report["metrics"], report["floor"]
+    out.append(("digits-dcgan training time (s)", seconds, 300, "<=", seconds / 300))
+    out.append(("digits-dcgan smallest class share", m["min_class_share"], 0.05, ">=", m["min_class_share"] / 0.05))
+    out.append(("digits-dcgan FID / floor", m["fid"] / floor["fid"], 3.0, "<=", m["fid"] / floor["fid"] / 3.0))
+    print(f"  digits-dcgan: FID {m['fid']:.4f} (floor {floor['fid']:.4f}), KID {m['kid']:.4f} (floor "
+          f"{floor['kid']:.4f}), precision {m['precision']:.3f}, recall {m['recall']:.3f}, IS "
+          f"{m['inception_score']:.3f} (floor {floor['inception_score']:.3f}), class shares "
+          f"{json.dumps(report['class_shares'])}", flush=True)
+
+
+def reference_vae(root: Path) -> dict[str, float]:
+    """digits-vae's model trained by a plain PyTorch loop: same data, batch, Adam, epochs, early stopping."""
+    import math
+
+    import torch.nn.functional as F
+
+    from bigmodel_cli.config.recipe import resolve
+    from bigmodel_cli.models import create_model
+
+    recipe = resolve("digits-vae")
+    data = root / "data" / "digits-vae"
+    x = {s: torch.from_numpy(np.load(data / s / "x.npy")).float() / 255.0 for s in ("train", "val", "test")}
+    torch.manual_seed(recipe.seed)
+    vae = create_model("conv_vae", num_classes=10, input_shape=[1, 8, 8], **recipe.model.args)
+    opt = torch.optim.Adam(vae.parameters(), lr=recipe.train.optimizer.lr)
+    batch, epochs, patience = recipe.train.batch_size, recipe.train.epochs, recipe.train.early_stopping.patience
+
+    def elbo_terms(images, noise):
+        mu, logvar = vae.encode(images)
+        logits = vae.decode(mu + noise * torch.exp(0.5 * logvar))
+        rec = F.binary_cross_entropy_with_logits(logits, images, reduction="none").flatten(1).sum(1)
+        kl = 0.5 * (mu.pow(2) + logvar.exp() - 1 - logvar).sum(1)
+        return rec, kl, mu
+
+    @torch.no_grad()
+    def score(images):
+        vae.eval()
+        noise = torch.randn((len(images), vae.latent_dim), generator=torch.Generator().manual_seed(recipe.seed))
+        rec, kl, mu = elbo_terms(images, noise)
+        mse = (torch.sigmoid(vae.decode(mu)) - images).pow(2).flatten(1).mean(1).clamp_min(1e-10)
+        vae.train()
+        return float((rec + kl).mean()), float((10 * torch.log10(1 / mse)).mean())
+
+    best, best_state, bad = math.inf, None, 0
+    gen = torch.Generator().manual_seed(recipe.seed)
+    for _ in range(epochs):
+        order = torch.randperm(len(x["train"]), generator=gen)
+        for start in range(0, len(order), batch):
+            images = x["train"][order[start:start + batch]]
+            rec, kl, _ = elbo_terms(images, torch.randn(len(images), vae.latent_dim))
+            loss = (rec + kl).mean()
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+        val_nelbo, _ = score(x["val"])
+        if val_nelbo < best:
+            best, best_state, bad = val_nelbo, {k: v.clone() for k, v in vae.state_dict().items()}, 0
+        else:
+            bad += 1
+            if bad >= patience:
+                break
+    vae.load_state_dict(best_state)
+    nelbo, psnr = score(x["test"])
+    return {"nelbo": nelbo, "psnr": psnr}
+
+
+def bench_vae(root: Path, out: list) -> None:
+    _, seconds = _fit("digits-vae", root)
+    m = _evaluate(root / "runs/digits-vae")["metrics"]
+    started = time.perf_counter()
+    ref = reference_vae(root)
+    ref_seconds = time.perf_counter() - started
+    out.append(("digits-vae training time (s)", seconds, 180, "<=", seconds / 180))
+    for name in ("nelbo", "psnr"):
+        gap = abs(m[name] - ref[name]) / abs(ref[name])
+        out.append((f"digits-vae test {name} vs plain PyTorch", gap, 0.02, "<= (relative gap)", gap / 0.02))
+    print(f"  digits-vae: nelbo {m['nelbo']:.3f} (reference {ref['nelbo']:.3f}), psnr {m['psnr']:.3f} dB (reference "
+          f"{ref['psnr']:.3f}), bits/dim {m['bits_per_dim']:.4f}; reference script trained in {ref_seconds:.0f} s",
+          flush=True)
+
+
+def bench_denoise(root: Path, out: list) -> None:
+    _, seconds = _fit("digits-denoise", root)
+    m = _evaluate(root / "runs/digits-denoise")["metrics"]
+    out.append(("digits-denoise PSNR gain (dB)", m["psnr_gain"], 8.0, ">=", m["psnr_gain"] / 8.0))
+    print(f"  digits-denoise: PSNR {m['psnr']:.2f} dB vs noisy {m['psnr_corrupted']:.2f} dB, SSIM {m['ssim']:.3f} vs "
+          f"{m['ssim_corrupted']:.3f}; trained in {seconds:.0f} s", flush=True)
+
+
+def hand_written_gan(data: Path, steps: int) -> float:
+    """samples/s of a plain GAN loop with digits-dcgan's networks, data, batch, optimizers and EMA."""
+    import torch.nn.functional as F
+
+    from bigmodel_cli.config.recipe import resolve
+    from bigmodel_cli.models import create_model
+    from bigmodel_cli.tasks.generation import ema
+
+    recipe = resolve("digits-dcgan")
+    cfg, batch = recipe.train.gan, recipe.train.batch_size
+    x = torch.from_numpy(np.load(data / "train/x.npy"))
+    torch.manual_seed(0)
+    gan = create_model("dcgan", num_classes=10, input_shape=list(x.shape[1:]), **recipe.model.args)
+    g, d = gan.generator, gan.discriminator
+    g_ema = ema(g, cfg.ema_decay)
+    opt_g = torch.optim.Adam(g.parameters(), lr=cfg.g_lr, betas=cfg.g_betas)
+    opt_d = torch.optim.Adam(d.parameters(), lr=cfg.d_lr, betas=cfg.d_betas)
+    order = torch.randperm(len(x))
+    done, started = 0, time.perf_counter()
+    for step in range(steps):
+        rows = order[(step * batch) % len(x):(step * batch) % len(x) + batch]
+        real = x.index_select(0, rows).float() / 127.5 - 1
+        fake = g(torch.randn(len(real), g.latent_dim))
+        scores = d(torch.cat([real, fake.detach()]))
+        d_loss = F.softplus(-scores[:len(real)]).mean() + F.softplus(scores[len(real):]).mean()
+        opt_d.zero_grad(set_to_none=True)
+        d_loss.backward()
+        opt_d.step()
+        d.requires_grad_(False)
+        g_loss = F.softplus(-d(fake)).mean()
+        d.requires_grad_(True)
+        opt_g.zero_grad(set_to_none=True)
+        g_loss.backward()
+        opt_g.step()
+        g_ema.update_parameters(g)
+        float(d_loss), float(g_loss)  # the engine reads its logged terms once per step too
+        done += len(real)
+    return done / (time.perf_counter() - started)
+
+
+def bench_throughput(root: Path, out: list) -> None:
+    from bigmodel_cli.config.recipe import resolve
+    from bigmodel_cli.data.prepare import prepare
+    from bigmodel_cli.training.loop import fit
+
+    engine, hand = [], []
+    data = root / "data" / "digits-dcgan-speed"
+    sets = ["train.epochs=3", "train.early_stopping.patience=null"]
+    prepare(resolve("digits-dcgan", {"data.prepared": str(data)}, sets))
+    for i in range(ROUNDS):
+        recipe = resolve("digits-dcgan", {"data.prepared": str(data)}, sets)
+        fit(recipe, root / "runs" / f"speed-{i}")
+        rows = [json.loads(line) for line in (root / "runs" / f"speed-{i}" / "metrics.jsonl").read_text().split("\n")
+                if line]
+        engine.append(max(r["samples_per_s"] for r in rows[1:]))  # epoch 1 warms up
+        steps = rows[-1]["step"] - rows[0]["step"]
+        hand_written_gan(data, steps // 3)  # warm-up, as the engine's epoch 1
+        hand.append(hand_written_gan(data, steps))
+        print(f"  round {i + 1}: engine {engine[-1]:.0f} samples/s, hand-written {hand[-1]:.0f} samples/s", flush=True)
+    ratio = float(np.median(engine) / np.median(hand))
+    out.append(("GAN step throughput vs hand-written loop", ratio, 0.95, ">=", ratio / 0.95))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--workdir", type=Path, default=None)
+    parser.add_argument("--only", default="gan,vae,denoise,throughput")
+    parser.add_argument("--features", type=Path, default=None, help="a trained digits-cnn run to reuse (else trained)")
+    args = parser.parse_args()
+    warnings.filterwarnings("ignore")
+    os.environ.setdefault("CI", "1")
+    from bigmodel_cli import console
+
+    console.quiet(True)
+    root = args.workdir or Path(tempfile.mkdtemp(prefix="bench-generative-"))
+    parts = set(args.only.split(","))
+    print(f"workdir {root}; torch threads {torch.get_num_threads()}; load average before "
+          f"{' '.join(f'{v:.1f}' for v in os.getloadavg())} on {os.cpu_count()} cores", flush=True)
+    out: list = []
+    if "gan" in parts:
+        if args.features is None:
+            _fit("digits-cnn", root)
+        bench_gan(root, args.features or root / "runs/digits-cnn", out)
+    if "vae" in parts:
+        bench_vae(root, out)
+    if "denoise" in parts:
+        bench_denoise(root, out)
+    if "throughput" in parts:
+        bench_throughput(root, out)
+    print(f"\nload average after {' '.join(f'{v:.1f}' for v in os.getloadavg())}")
+    print(f"{'figure':<44} {'measured':>10} {'goal':>18} {'ratio to goal':>14}")
+    for name, value, goal, side, ratio in out:
+        met = ratio <= 1 if side.startswith("<=") else ratio >= 1
+        print(f"{name:<44} {value:>10.4g} {side + ' ' + format(goal, 'g'):>18} {ratio:>13.2f}x "
+              f"{'met' if met else 'NOT MET'}")
+
+
+if __name__ == "__main__":
+    main()
