@@ -4,6 +4,7 @@
     bigmodel train -r digits-cnn --set train.epochs=3 --run-dir runs/quick --json
     bigmodel train -r digits-cnn --resume
     bigmodel train -r breast-cancer-mlp --folds 5      # cross-validation: fold_1..5/ and cv.json
+    bigmodel train -r wine-mlp --teacher runs/big     # knowledge distillation from a trained run
     bigmodel train -r digits-cnn --devices 2           # 2 processes (GPUs, or CPU with gloo) via torch.distributed.run
     bigmodel train -r R --devices 8 --nnodes 2 --node-rank 0 --master-addr node0   # and node-rank 1 on node1
 """
@@ -29,6 +30,7 @@ def train(
     rdzv_endpoint: str | None = typer.Option(None, "--rdzv-endpoint", help="HOST:PORT of a c10d rendezvous instead."),
     resume: bool = typer.Option(False, "--resume", help="Continue from RUN_DIR/checkpoints/last.pt."),
     folds: int | None = typer.Option(None, "--folds", help="K-fold cross-validation over train+val (cv.json)."),
+    teacher: str | None = typer.Option(None, "--teacher", help="Distill from this trained run (train.distill)."),
     sets: list[str] | None = SET,
     as_json: bool = JSON,
 ) -> None:
@@ -38,7 +40,7 @@ def train(
     from bigmodel_cli.training import distributed
 
     start(as_json)
-    flags = {"train.devices": devices}
+    flags = {"train.devices": devices, "train.distill.teacher": teacher}
     resolved = resolve(recipe, flags, sets)
     run_dir = run_dir or Path("runs") / resolved.name
     if resume and (run_dir / "recipe.yaml").is_file():  # continue with the run's own recipe
@@ -57,7 +59,7 @@ def train(
     if (resolved.train.processes > 1 or nnodes > 1) and not distributed.launched():
         worker = ["train", "-r", recipe, "--run-dir", str(run_dir), "--devices", str(resolved.train.processes)]
         worker += [a for s in sets or [] for a in ("--set", s)] + (["--resume"] if resume else [])
-        worker += ["--json"] if as_json else []
+        worker += (["--json"] if as_json else []) + (["--teacher", str(resolved.train.distill.teacher)] if teacher else [])
         distributed.launch(worker, resolved.train.processes, nnodes, node_rank, master_addr, master_port,
                            rdzv_endpoint)
         return
