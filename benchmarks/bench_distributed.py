@@ -2,7 +2,7 @@
 
     .venv/bin/python benchmarks/bench_distributed.py [--rows 8192] [--epochs 3]
 
-Same prepared data and model as bench_train.py (cnn_small, random 3x32x32, global batch 128).
+Same prepared data and model as bench_train.py (cnn_small at width 32, random 3x32x32, global batch 128).
 1 process uses all cores; 2 processes get half the cores each (OMP_NUM_THREADS), so on a CPU
 this shows the cost of the gradient all-reduce rather than a speed-up; on N GPUs the same
 command measures GPU scaling. Samples/s are global, for the training phase, best epoch after
@@ -20,13 +20,13 @@ import tempfile
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
-from bench_train import WIDTH, write_prepared  # noqa: E402
+from bench_train import MODELS, write_prepared  # noqa: E402
 
 
 def train(root: Path, processes: int, epochs: int, global_batch: int) -> float:
     recipe = root / "bench.yaml"
     recipe.write_text(json.dumps({"name": "bench", "data": {"prepared": str(root / "data")},
-                                  "model": {"name": "cnn_small", "args": {"width": WIDTH}},
+                                  "model": {"name": "cnn_small", "args": MODELS["cnn_small"][0]},
                                   "train": {"epochs": epochs, "batch_size": global_batch // processes}}))
     run = root / f"run{processes}"
     env = {**os.environ, "CI": "1"}
@@ -48,7 +48,7 @@ def main() -> None:
         write_prepared(root / "data", args.rows, 1024)
         one = train(root, 1, args.epochs, 128)
         two = train(root, 2, args.epochs, 128)
-    print(f"cnn_small, 3x32x32, global batch 128, {os.cpu_count()} CPU cores, gloo")
+    print(f"cnn_small width 32, 3x32x32, global batch 128, {os.cpu_count()} CPU cores, gloo")
     print(f"1 process  : {one:8.0f} samples/s")
     print(f"2 processes: {two:8.0f} samples/s  ({two / one:.2f}x of 1 process)")
 
