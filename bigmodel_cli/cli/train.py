@@ -59,7 +59,8 @@ def train(
     if (resolved.train.processes > 1 or nnodes > 1) and not distributed.launched():
         worker = ["train", "-r", recipe, "--run-dir", str(run_dir), "--devices", str(resolved.train.processes)]
         worker += [a for s in sets or [] for a in ("--set", s)] + (["--resume"] if resume else [])
-        worker += (["--json"] if as_json else []) + (["--teacher", str(resolved.train.distill.teacher)] if teacher else [])
+        worker += ["--json"] if as_json else []
+        worker += ["--teacher", str(resolved.train.distill.teacher)] if teacher else []
         distributed.launch(worker, resolved.train.processes, nnodes, node_rank, master_addr, master_port,
                            rdzv_endpoint)
         return

@@ -1,6 +1,7 @@
 """A pruned network written down as what differs from its registered builder's, so any command can rebuild it.
 
     spec = record(pruned_net, build_network(unpruned_recipe, data))   # -> recipe's model.pruned
+    # {"layer1.0.conv1": {"out_channels": 32, "weight": "32x64x3x3"}, "layer1.0.bn1": {"num_features": 32, ...}}
     apply(build_network_of_the_builder, spec)                         # same shapes as pruned_net, weights unset
 
 Structured pruning changes the shapes of layers, not their kinds or their order: a pruned ResNet is the
@@ -55,7 +56,7 @@ def record(pruned: nn.Module, original: nn.Module) -> dict[str, dict[str, Any]]:
             if key not in ref_tensors:
                 raise ValueError(f"tensor '{name}.{key}' is not in the builder's network: not a structured pruning")
             if tuple(tensor.shape) != tuple(ref_tensors[key].shape):
-                changes[key] = list(tensor.shape)
+                changes[key] = "x".join(map(str, tensor.shape))  # "64x32x3x3": one short line in recipe.yaml
         if changes:
             spec[name or "."] = changes
     return spec
@@ -72,7 +73,8 @@ def apply(net: nn.Module, spec: dict[str, dict[str, Any]]) -> nn.Module:
         for key, value in changes.items():
             if key in tensors:
                 old = tensors[key]
-                new = torch.zeros(value, dtype=old.dtype, device=old.device)
+                shape = [int(v) for v in str(value).split("x")] if str(value) else []
+                new = torch.zeros(shape, dtype=old.dtype, device=old.device)
                 if key in module._parameters:
                     module._parameters[key] = nn.Parameter(new, requires_grad=old.requires_grad)
                 else:

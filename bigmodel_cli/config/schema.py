@@ -123,7 +123,7 @@ class ModelSection(Section):
     args: dict[str, Any] = Field(default_factory=dict)  # keyword arguments for the model factory
     weights: str | None = None  # local pretrained weights (.pt/.pth state dict or .safetensors); new heads skipped
     freeze: list[str] = Field(default_factory=list)  # parameter-name prefixes to freeze, or "backbone" (all but head)
-    pruned: dict[str, dict[str, Any]] | None = None  # written by `bigmodel prune`: per module, what differs from the builder's
+    pruned: dict[str, dict[str, Any]] | None = None  # by `bigmodel prune`: per module, what differs from the builder's
 
     @field_validator("freeze", mode="before")
     @classmethod

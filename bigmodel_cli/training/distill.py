@@ -205,7 +205,8 @@ def _cache(teacher: Teacher, ctx, sha: str) -> None:
     from bigmodel_cli.tasks.supervised import predict_split
 
     train = ctx.train
-    rows = "all" if train.index is None else hashlib.blake2b(np.asarray(train.index).tobytes(), digest_size=6).hexdigest()
+    rows = "all" if train.index is None else hashlib.blake2b(np.asarray(train.index).tobytes(),
+                                                             digest_size=6).hexdigest()
     name = f"{sha[:16]}-{_data_key(ctx.data)}-{rows}.npy"
     file = Path(ctx.recipe.prepared_dir) / CACHE_DIR / name
     everywhere = ctx.dist.sum(float(file.is_file()))[0] == ctx.dist.world  # else every process computes its share
