@@ -71,7 +71,7 @@ class Supervised:
         if cfg.distill.teacher:  # a frozen teacher: never wrapped by DDP/FSDP, fed the student's batches
             from bigmodel_cli.training import distill
 
-            parts.frozen["teacher"], teacher_notes = distill.load_teacher(ctx)
+            parts.frozen["teacher"], teacher_notes = distill.load_teacher(ctx, predict_split)
             parts.losses["distill"] = distill.DistillLoss(cfg.distill.temperature)
             notes += teacher_notes
         return parts

@@ -159,8 +159,11 @@ def _listing(values: list[Any], most: int = 6) -> str:
 # ------------------------------------------------------------------ at build time, on every process
 
 
-def load_teacher(ctx) -> tuple[Teacher, list[str]]:
-    """The frozen teacher on the device (checked again), its record in the run's data description, a note."""
+def load_teacher(ctx, predict) -> tuple[Teacher, list[str]]:
+    """The frozen teacher on the device (checked again), its record in the run's data description, a note.
+
+    `predict(net, inputs, split, device, dist)` is the task's prediction of every row of a split exactly
+    once, shared by the processes (`tasks.supervised.predict_split`)."""
     from bigmodel_cli.export.metadata import fingerprint
     from bigmodel_cli.run import load_network
 
@@ -169,7 +172,7 @@ def load_teacher(ctx) -> tuple[Teacher, list[str]]:
     net, norm, path = load_network(run, "best")
     teacher = Teacher(norm, net).to(ctx.device).eval().requires_grad_(False)
     sha = fingerprint(path)
-    accuracy, rows = _val_accuracy(teacher, ctx)
+    accuracy, rows = _val_accuracy(teacher, ctx, predict)
     shown = f"{accuracy:.4f} on the student's {rows} validation rows" if accuracy is not None else "n/a (no rows)"
     console.info(f"teacher {run.path} ({path.name}): validation accuracy {shown}")
     ctx.data["teacher"] = {"run": str(run.path), "checkpoint": str(path), "sha256": sha,
@@ -177,17 +180,16 @@ def load_teacher(ctx) -> tuple[Teacher, list[str]]:
                            or run.recipe.model.component, "val_accuracy": accuracy, "val_rows": rows,
                            "weight": cfg.weight, "temperature": cfg.temperature}
     if cfg.cache_logits:
-        _cache(teacher, ctx, sha)
+        _cache(teacher, ctx, sha, predict)
     note = f"distilled from {run.path.name} (w {cfg.weight:g}, T {cfg.temperature:g}" + (
         ", cached logits)" if cfg.cache_logits else ")")
     return teacher, [note]
 
 
-def _val_accuracy(teacher: Teacher, ctx) -> tuple[float | None, int]:
+def _val_accuracy(teacher: Teacher, ctx, predict) -> tuple[float | None, int]:
     """The teacher's accuracy on the student's validation split (each process predicts its share)."""
     from bigmodel_cli.data import manifest as manifests
     from bigmodel_cli.tasks.base import Split
-    from bigmodel_cli.tasks.supervised import predict_split
 
     try:
         val = Split(*manifests.load_split(ctx.recipe.prepared_dir, "val"))
@@ -195,14 +197,13 @@ def _val_accuracy(teacher: Teacher, ctx) -> tuple[float | None, int]:
         return None, 0
     if len(val) == 0:
         return None, 0
-    logits = predict_split(teacher.net, teacher.norm, val, ctx.device, ctx.dist)
+    logits = predict(teacher.net, teacher.norm, val, ctx.device, ctx.dist)
     return float((logits.argmax(1) == val.labels).mean()), len(val)
 
 
-def _cache(teacher: Teacher, ctx, sha: str) -> None:
+def _cache(teacher: Teacher, ctx, sha: str, predict) -> None:
     """Logits of every training row: read from the file beside the prepared data, or computed once (shared)."""
     from bigmodel_cli import atomic
-    from bigmodel_cli.tasks.supervised import predict_split
 
     train = ctx.train
     rows = "all" if train.index is None else hashlib.blake2b(np.asarray(train.index).tobytes(),
@@ -212,12 +213,12 @@ def _cache(teacher: Teacher, ctx, sha: str) -> None:
     everywhere = ctx.dist.sum(float(file.is_file()))[0] == ctx.dist.world  # else every process computes its share
     logits = np.load(file) if everywhere else None
     if logits is None or logits.shape[0] != len(train):
-        logits = predict_split(teacher.net, teacher.norm, train, ctx.device, ctx.dist)
+        logits = predict(teacher.net, teacher.norm, train, ctx.device, ctx.dist)
         if ctx.dist.is_main:
             try:
                 file.parent.mkdir(exist_ok=True)
-                with atomic.atomic_path(file) as tmp:
-                    np.save(tmp, logits)
+                with atomic.atomic_path(file) as tmp, tmp.open("wb") as f:
+                    np.save(f, logits)  # to the open file: np.save(path) would append .npy
             except OSError as e:  # read-only prepared data: the logits are kept in memory only
                 console.warn(f"train.distill.cache_logits: cannot write {file} ({e}); kept in memory")
         console.info(f"teacher logits of {len(train)} training rows computed once -> {file}")
