@@ -160,9 +160,9 @@ def _write_untrained_run(run, recipe, net, out: Path) -> None:
     """No fine-tuning: the run directory holds the pruned weights as its best and last checkpoints."""
     from bigmodel_cli import __version__, checkpoint
     from bigmodel_cli.models.build import model_meta
-    from bigmodel_cli.run import reference_rows, write_run_files
+    from bigmodel_cli.run import rows, write_run_files
 
-    write_run_files(out, recipe, run.manifest, reference_rows(run, "train"), reference_rows(run, "val"))
+    write_run_files(out, recipe, run.manifest, rows(run, "train"), rows(run, "val"))  # prepared, or the run's own
     state = {"format": checkpoint.FORMAT, "bigmodel_version": __version__, "meta": model_meta(recipe, run.manifest),
              "networks": {"model": net.state_dict()}, "optimizers": {}, "schedules": {}, "averaged": {},
              "pruned_from": str(run.path)}

@@ -203,6 +203,7 @@ def test_a_teacher_that_does_not_fit_is_refused_before_anything_is_written(wine,
     message = _fails(capsys, *common, "--teacher", str(wine / "breast-cancer"))
     assert "has classes [malignant, benign] (2), the student's data has [class_0, class_1, class_2] (3)" in message
     prepare(resolve("diabetes-regression", {"data.prepared": str(tmp_path / "diabetes")}))
+    capsys.readouterr()
     message = _fails(capsys, "train", "-r", "diabetes-regression", "--set", f"data.prepared={tmp_path / 'diabetes'}",
                      "--run-dir", "runs/r", "--teacher", str(wine / "teacher"))
     assert "distillation needs a classification task, this recipe's task is regression" in message
