@@ -29,7 +29,7 @@ import numpy as np
 import torch
 
 from bigmodel_cli import atomic, console
-from bigmodel_cli.errors import UsageError
+from bigmodel_cli.errors import Interrupted, UsageError
 
 EVAL_BATCH = 256
 TAYLOR_BATCHES = 8  # training batches whose gradients rank channels for --method taylor
@@ -58,6 +58,8 @@ def prune_run(run_dir: str | Path, ratio: float, method: str = "l2", steps: int 
     from bigmodel_cli.run import load_network, load_run
 
     check_request(ratio, method, steps, finetune_epochs, round_to)
+    if teacher and not finetune_epochs:
+        raise UsageError("--teacher distils the fine-tuning after pruning; give --finetune-epochs N (N >= 1) too")
     run = load_run(run_dir)
     if run.recipe.task not in ("classification", "regression"):
         raise UsageError(f"{run_dir}: bigmodel prune takes classification and regression runs, not {run.recipe.task}")
@@ -70,7 +72,11 @@ def prune_run(run_dir: str | Path, ratio: float, method: str = "l2", steps: int 
     net, norm, ckpt = load_network(run, "best")
     structured.refuse_unprunable(net, what)
     structured.check_method(net, method, what)
-    _recipe(run, {}, finetune_epochs, teacher, sets, None)  # bad --set keys and teachers: exit 2 before any work
+    tuning = _recipe(run, {}, finetune_epochs, teacher, sets, None)  # bad --set keys: exit 2 before any work
+    if teacher and finetune_epochs:
+        from bigmodel_cli.training import distill
+
+        distill.check(tuning, run.manifest)  # a teacher that does not fit: exit 2 before any work
     needs_train = finetune_epochs > 0 or method == "taylor"
     data = _train_data(run) if needs_train else None
     x_eval, y_eval, split = _eval_rows(run, max_eval_rows)
@@ -92,6 +98,9 @@ def prune_run(run_dir: str | Path, ratio: float, method: str = "l2", steps: int 
                        "finetune_epochs": finetune_epochs, "teacher": teacher, "split": split, "rows": len(y_eval)}
             report = _report(run, out, ckpt, request, before, after, history, started)
             atomic.write_json(out / "prune.json", report)
+        except Interrupted as e:
+            shutil.rmtree(out, ignore_errors=True)
+            raise Interrupted(f"interrupted: {out} removed (a prune is not resumable); run bigmodel prune again") from e
         except BaseException:
             shutil.rmtree(out, ignore_errors=True)
             raise
@@ -111,7 +120,7 @@ def _steps(run, net, norm, pruner, original, data, rows, out: Path, finetune_epo
     history = []
     steps = pruner.pruner.iterative_steps
     for k in range(1, steps + 1):
-        if pruner.pruner.importance.__class__.__name__ == "GroupTaylorImportance":
+        if pruner.method == "taylor":
             taylor_gradients(net, norm, _taylor_batches(run, data), run.recipe.task)
         groups = pruner.step()
         net.zero_grad(set_to_none=True)

@@ -68,7 +68,7 @@ class StructuredPruner:
                  steps: int = 1, round_to: int | None = None):
         import torch_pruning as tp
 
-        self.net, self.what = net, what
+        self.net, self.what, self.method = net, what, method
         head = dict(net.named_modules())[head_prefix(net)]
         try:
             with warnings.catch_warnings():
