@@ -2,7 +2,7 @@
 
     .venv/bin/python benchmarks/bench_compression.py                      # both parts, scratch folder
     .venv/bin/python benchmarks/bench_compression.py --part prune --epochs 6 --finetune-epochs 3 --work /tmp/bc
-    .venv/bin/python benchmarks/bench_compression.py --part distill --seeds 3
+    .venv/bin/python benchmarks/bench_compression.py --part distill --seeds 3 --teacher-epochs 5 --student-epochs 10
 
 Part `prune`: ResNet-18 as cifar10-resnet18 builds it for 32x32 colour images (3x3 stride-1 stem, no
 max-pool), trained on scikit-learn's digits resized to 3x32x32 (no CIFAR-10 here; the same network, the
@@ -156,13 +156,13 @@ def prune_part(work: Path, epochs: int, finetune_epochs: int, iterations: int) -
     }
 
 
-def distill_part(work: Path, seeds: int, epochs: int) -> dict:
+def distill_part(work: Path, seeds: int, epochs: int, teacher_epochs: int) -> dict:
     from bigmodel_cli.config.recipe import resolve
     from bigmodel_cli.data.prepare import prepare
     from bigmodel_cli.training.loop import fit
 
     data = {"data.prepared": str(work / "digits")}
-    teacher = resolve("digits-cnn", data, ["train.early_stopping.patience=null"])
+    teacher = resolve("digits-cnn", data, ["train.early_stopping.patience=null", f"train.epochs={teacher_epochs}"])
     if not (work / "digits").is_dir():
         prepare(teacher)
     if not (work / "teacher/checkpoints/best.pt").is_file():
@@ -195,6 +195,7 @@ def main() -> None:
     parser.add_argument("--iterations", type=int, default=20)
     parser.add_argument("--seeds", type=int, default=3)
     parser.add_argument("--student-epochs", type=int, default=15)
+    parser.add_argument("--teacher-epochs", type=int, default=15, help="digits-cnn's own: 15")
     args = parser.parse_args()
     os.environ.setdefault("CI", "1")
     with tempfile.TemporaryDirectory(prefix="bench-compression-") as scratch:
@@ -202,7 +203,7 @@ def main() -> None:
         work.mkdir(parents=True, exist_ok=True)
         out: dict = {"load_start": load()}
         if args.part in ("distill", "all"):
-            out["distill"] = distill_part(work / "distill", args.seeds, args.student_epochs)
+            out["distill"] = distill_part(work / "distill", args.seeds, args.student_epochs, args.teacher_epochs)
             log(json.dumps(out["distill"], indent=1))
         if args.part in ("prune", "all"):
             out["prune"] = prune_part(work / "prune", args.epochs, args.finetune_epochs, args.iterations)

@@ -135,7 +135,7 @@ def _steps(run, net, norm, pruner, original, data, rows, out: Path, finetune_epo
         metric, value = _metric(run, net, norm, *rows)
         entry: dict[str, Any] = {"step": k, "ratio": float(pruner.pruner.per_step_pruning_ratio[k]),
                                  "groups_pruned": groups, "after_pruning": value}
-        console.info(f"step {k}/{steps}: {groups} groups pruned to {entry['ratio']:.0%} of their channels; "
+        console.info(f"step {k}/{steps}: {groups} groups lost {entry['ratio']:.0%} of their channels; "
                      f"{metric} {value:.4f} right after pruning")
         if finetune_epochs:
             _finetune(recipe, net, data, out if k == steps else None)
