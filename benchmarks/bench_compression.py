@@ -100,13 +100,13 @@ def ratio(report: dict, backend: str = "onnxruntime-fp32") -> dict[str, float]:
     return next((c for c in pairs if c["a"] == backend), pairs[0])["latency_ratio_b_over_a"]
 
 
-def prune_part(work: Path, epochs: int, finetune_epochs: int, iterations: int) -> dict:
+def prune_part(work: Path, epochs: int, finetune_epochs: int, iterations: int, train_rows: int | None) -> dict:
     from bigmodel_cli.compression.prune import prune_run
     from bigmodel_cli.config.recipe import resolve
     from bigmodel_cli.data.prepare import prepare
     from bigmodel_cli.export.onnx_export import export_run
     from bigmodel_cli.run import load_run, prepared_split
-    from bigmodel_cli.training.loop import fit
+    from bigmodel_cli.training.loop import fit, load_data
 
     recipe = resolve("cifar10-resnet18", {"data.source": "sklearn:digits", "data.prepared": str(work / "data")},
                      ["data.split.val=0.15", "data.split.test=0.15", "data.augment.horizontal_flip=0",
@@ -118,7 +118,7 @@ def prune_part(work: Path, epochs: int, finetune_epochs: int, iterations: int) -
         prepare(recipe)
     started = time.perf_counter()
     if not (a / "checkpoints/best.pt").is_file():
-        fit(recipe, a)
+        fit(recipe, a, data=load_data(recipe).subset(train_rows=train_rows))
     log(f"trained {a} in {time.perf_counter() - started:.0f} s ({load()})")
     if not (b / "prune.json").is_file():
         prune_run(a, 0.5, finetune_epochs=finetune_epochs, out=b)
@@ -138,7 +138,8 @@ def prune_part(work: Path, epochs: int, finetune_epochs: int, iterations: int) -
     base = accuracy["unpruned fp32"]
     return {
         "model": "resnet18 (cifar10-resnet18's network, 3x32x32), scikit-learn digits resized",
-        "train_epochs": epochs, "finetune_epochs": finetune_epochs, "test_rows": int(len(y)),
+        "train_epochs": epochs, "train_rows": train_rows or "all", "finetune_epochs": finetune_epochs,
+        "test_rows": int(len(y)),
         "prune_report": {k: pruning[k] for k in ("ratios", "before", "after", "accuracy", "time_s")},
         "test_accuracy": accuracy,
         "pruned_fp32_over_unpruned_fp32": ratio(runs),
@@ -192,6 +193,7 @@ def main() -> None:
     parser.add_argument("--work", type=Path, default=None, help="keep runs here (reused when present)")
     parser.add_argument("--epochs", type=int, default=6, help="resnet18 training epochs")
     parser.add_argument("--finetune-epochs", type=int, default=3)
+    parser.add_argument("--train-rows", type=int, default=None, help="train resnet18 on the first N rows only")
     parser.add_argument("--iterations", type=int, default=20)
     parser.add_argument("--seeds", type=int, default=3)
     parser.add_argument("--student-epochs", type=int, default=15)
@@ -206,7 +208,8 @@ def main() -> None:
             out["distill"] = distill_part(work / "distill", args.seeds, args.student_epochs, args.teacher_epochs)
             log(json.dumps(out["distill"], indent=1))
         if args.part in ("prune", "all"):
-            out["prune"] = prune_part(work / "prune", args.epochs, args.finetune_epochs, args.iterations)
+            out["prune"] = prune_part(work / "prune", args.epochs, args.finetune_epochs, args.iterations,
+                                      args.train_rows)
         out["load_end"] = load()
     print(json.dumps(out, indent=1))
 
