@@ -157,7 +157,7 @@ def prune_part(work: Path, epochs: int, finetune_epochs: int, iterations: int, t
     }
 
 
-def distill_part(work: Path, seeds: int, epochs: int, teacher_epochs: int) -> dict:
+def distill_part(work: Path, seeds: int, epochs: int, teacher_epochs: int, width: int) -> dict:
     from bigmodel_cli.config.recipe import resolve
     from bigmodel_cli.data.prepare import prepare
     from bigmodel_cli.training.loop import fit
@@ -168,19 +168,19 @@ def distill_part(work: Path, seeds: int, epochs: int, teacher_epochs: int) -> di
         prepare(teacher)
     if not (work / "teacher/checkpoints/best.pt").is_file():
         fit(teacher, work / "teacher")
-    student = [f"train.epochs={epochs}", "model.args.width=2", "model.args.dropout=0",
+    student = [f"train.epochs={epochs}", f"model.args.width={width}", "model.args.dropout=0",
                "train.early_stopping.patience=null"]
     results: dict[str, list[float]] = {"alone": [], "distilled": []}
     for seed in range(seeds):
         for kind in results:
-            run = work / f"student-{kind}-{seed}"
+            run = work / f"student-w{width}-{kind}-{seed}"
             flags = {**data, "train.distill.teacher": str(work / "teacher") if kind == "distilled" else None}
             if not (run / "checkpoints/best.pt").is_file():
                 fit(resolve("digits-cnn", flags, [*student, f"seed={seed}", "train.distill.cache_logits=true"]), run)
             results[kind].append(test_accuracy_run(run))
-    alone, distilled, top = np.mean(results["alone"]), np.mean(results["distilled"]), test_accuracy_run(
-        work / "teacher")
-    return {"teacher": "digits-cnn (cnn_small width 32)", "student": "cnn_small width 2", "epochs": epochs,
+    alone, distilled = float(np.mean(results["alone"])), float(np.mean(results["distilled"]))
+    top = test_accuracy_run(work / "teacher")
+    return {"teacher": "digits-cnn (cnn_small width 32)", "student": f"cnn_small width {width}", "epochs": epochs,
             "seeds": seeds, "test_accuracy": {**results, "teacher": top},
             "mean_alone": alone, "mean_distilled": distilled, "gain_points": 100 * (distilled - alone),
             "gap_to_teacher_points": 100 * (top - distilled),
@@ -198,6 +198,7 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, default=3)
     parser.add_argument("--student-epochs", type=int, default=15)
     parser.add_argument("--teacher-epochs", type=int, default=15, help="digits-cnn's own: 15")
+    parser.add_argument("--student-width", type=int, default=2, help="cnn_small width of the student")
     args = parser.parse_args()
     os.environ.setdefault("CI", "1")
     with tempfile.TemporaryDirectory(prefix="bench-compression-") as scratch:
@@ -205,7 +206,8 @@ def main() -> None:
         work.mkdir(parents=True, exist_ok=True)
         out: dict = {"load_start": load()}
         if args.part in ("distill", "all"):
-            out["distill"] = distill_part(work / "distill", args.seeds, args.student_epochs, args.teacher_epochs)
+            out["distill"] = distill_part(work / "distill", args.seeds, args.student_epochs, args.teacher_epochs,
+                                          args.student_width)
             log(json.dumps(out["distill"], indent=1))
         if args.part in ("prune", "all"):
             out["prune"] = prune_part(work / "prune", args.epochs, args.finetune_epochs, args.iterations,
