@@ -34,17 +34,14 @@ bench: $(STAMP)
 
 # on a machine with an NVIDIA GPU: mixed-precision training, GPU tests, fp16 export, benchmark on CUDA (< 5 min).
 # Uses .venv when it exists (make install), else $(PYTHON) with the dependencies already installed.
+GPU_CHECK_ARGS ?=
 gpu-check:
-	@if [ -x $(BIN)/python ]; then $(BIN)/python benchmarks/gpu_check.py; else $(PYTHON) benchmarks/gpu_check.py; fi
+	@if [ -x $(BIN)/python ]; then $(BIN)/python benchmarks/gpu_check.py $(GPU_CHECK_ARGS); \
+	else $(PYTHON) benchmarks/gpu_check.py $(GPU_CHECK_ARGS); fi
 
 clean:
 	rm -rf build dist *.egg-info .pytest_cache .ruff_cache data runs
 	find . -name __pycache__ -type d -prune -not -path "./$(VENV)/*" -exec rm -rf {} +
 
-dist# on a machine with an NVIDIA GPU: mixed-precision training, GPU tests, fp16 export, benchmark on CUDA (< 5 min).
-# Uses .venv when it exists (make install), else $(PYTHON) with the dependencies already installed.
-gpu-check:
-	@if [ -x $(BIN)/python ]; then $(BIN)/python benchmarks/gpu_check.py; else $(PYTHON) benchmarks/gpu_check.py; fi
-
-clean: clean
+distclean: clean
 	rm -rf $(VENV)

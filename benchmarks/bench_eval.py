@@ -48,14 +48,17 @@ def write_prepared(dest: Path, n_test: int, seed: int = 0) -> Path:
             y[start : start + len(rows)] = ((rows - 1) @ weights + rng.normal(size=len(rows)) * 4 > 0)
         x.flush()
         y.flush()
+    from bigmodel_cli.data import manifest as manifests
+
     manifest = {
-        "format_version": 1, "name": "bench-eval", "task": "classification", "kind": "tabular",
+        "format_version": manifests.FORMAT_VERSION, "name": "bench-eval", "task": "classification", "kind": "tabular",
         "source": "synthetic", "target": "y", "classes": ["negative", "positive"],
         "features": [f"f{i}" for i in range(FEATURES)], "input_shape": [FEATURES], "input_dtype": "float32",
         "splits": sizes, "seed": seed,
         "preprocessing": {"normalize": {"scale": 1.0, "mean": [1.0] * FEATURES, "std": [3.0] * FEATURES,
                                         "per": "feature", "method": "standard"}},
     }
+    manifest["fingerprint"] = manifests.fingerprint(dest, manifest)
     (dest / "manifest.json").write_text(json.dumps(manifest))
     return dest
 

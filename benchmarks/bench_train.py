@@ -37,7 +37,7 @@ MODELS = {  # name -> (model.args, rows scale): cnn_small at the width the shipp
 
 def write_prepared(root: Path, rows: int, val_rows: int) -> Path:
     """Random images in the layout prepare-data writes (manifest.json + split arrays)."""
-    from bigmodel_cli.data.manifest import FORMAT_VERSION
+    from bigmodel_cli.data.manifest import FORMAT_VERSION, fingerprint
 
     rng = np.random.default_rng(0)
     for split, n in (("train", rows), ("val", val_rows), ("test", 16)):
@@ -46,12 +46,13 @@ def write_prepared(root: Path, rows: int, val_rows: int) -> Path:
         np.save(root / split / "y.npy", rng.integers(0, 10, n).astype(np.int64))
     manifest = {
         "format_version": FORMAT_VERSION, "name": "bench", "task": "classification", "kind": "image",
-        "source": "generated", "fingerprint": "0" * 64,
-        "source_sha256": "0" * 64, "target": "label", "classes": [str(i) for i in range(10)], "features": ["pixels"],
+        "source": "generated", "source_sha256": "0" * 64, "target": "label",
+        "classes": [str(i) for i in range(10)], "features": ["pixels"],
         "input_shape": [3, 32, 32], "input_dtype": "uint8", "splits": {"train": rows, "val": val_rows, "test": 16},
         "seed": 0, "report": {},
         "preprocessing": {"normalize": {"scale": 1 / 255, "mean": [0.5] * 3, "std": [0.29] * 3, "per": "channel"}},
     }
+    manifest["fingerprint"] = fingerprint(root, manifest)
     (root / "manifest.json").write_text(json.dumps(manifest))
     return root
 

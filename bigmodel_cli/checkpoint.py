@@ -8,7 +8,10 @@ A checkpoint holds `networks` (state dicts by name: "model" for supervised tasks
 "discriminator"... for others), `optimizers`, `schedules` and `averaged` (EMA copies) under
 the same names, the grad scaler, the loop's position, every rank's RNG state and `meta`: what
 the model was built for (task, model, classes, input shape, the prepared data's fingerprint).
-FSDP writes a folder instead (torch.distributed.checkpoint shards plus `state.pt`).
+FSDP writes a folder instead: torch.distributed.checkpoint shards of the sharded tensors, and
+`state.pt` with everything that is the same on every rank (buffers, optimizer step counts and
+hyper-parameters, the loop). Without shared storage each node keeps its own ranks' shards in
+its own run directory (`shards.json` there says what the folder holds and where the rest is).
 A process killed at any instant leaves the previous checkpoint intact (temporary file, fsync,
 rename).
 """
@@ -98,12 +101,34 @@ def _load_sharded(path: Path, expect: dict[str, Any] | None) -> dict[str, Any]:
     from torch.distributed.checkpoint.format_utils import dcp_to_torch_save
 
     state = load_extra(path, expect)
+    missing = missing_shards(path)
+    if missing:
+        written = state.get("written_on") or {}
+        where = ", ".join(f"{name} (rank {rank}" + (f" on {written[rank]})" if rank in written else ")")
+                          for name, rank in missing)
+        raise UsageError(f"{path}: the shard files {where} are not in this folder: the run trained without shared "
+                         "storage and each node kept its ranks' shards in its own run directory; copy them here "
+                         f"(e.g. scp NODE:RUN_DIR/checkpoints/{path.name}/{missing[0][0]} {path}/)")
     with tempfile.TemporaryDirectory() as tmp:
         dcp_to_torch_save(str(path), f"{tmp}/full.pt")
         full = torch.load(f"{tmp}/full.pt", map_location="cpu", weights_only=True)
+    _merge(full, state.pop("replicated", None) or {})
     for key in _SHARDED:
         state[key] = full.get(key, {})
     return state
+
+
+def missing_shards(path: Path) -> list[tuple[str, int]]:
+    """Shard files that `.metadata` names and this folder lacks, with the rank that wrote each."""
+    from torch.distributed.checkpoint import FileSystemReader
+
+    try:
+        metadata = FileSystemReader(str(path)).read_metadata()
+    except (OSError, RuntimeError, ValueError, EOFError) as e:
+        raise UsageError(f"{path}: not a readable sharded checkpoint ({str(e).splitlines()[0]})") from e
+    names = {info.relative_path for info in (metadata.storage_data or {}).values()}
+    missing = sorted(name for name in names if not (path / name).is_file())
+    return [(name, int(name.split("_")[2]) if name.count("_") >= 3 else -1) for name in missing]
 
 
 def check_meta(path: Path | str, state: dict[str, Any], expect: dict[str, Any] | None) -> None:
@@ -151,29 +176,85 @@ def resolve(run_dir: str | Path, which: str) -> Path:
 
 
 def save_sharded(pairs: dict[str, tuple[Any, Any]], extra: dict[str, Any], dest: Path, dist) -> None:
-    """torch.distributed.checkpoint: every rank writes its shard into a temporary folder, then rank 0 swaps it in.
+    """torch.distributed.checkpoint: every rank writes its shard into a temporary folder, then it is swapped in.
 
-    `pairs` maps a network's name to (network, its optimizer or None).
+    `pairs` maps a network's name to (network, its optimizer or None). The sharded tensors go to the shard
+    files; what is the same on every rank goes to rank 0's `state.pt`. Without shared storage (`dist.shared`
+    false) the first rank of every node that cannot see rank 0's run directory (`dist.folder_writer`) makes
+    the same folder in its own: its ranks' shards land there, with `.metadata` (sent by rank 0) and
+    `shards.json`, so that a resume on the same nodes finds every shard where it was written.
     """
     import torch
     import torch.distributed.checkpoint as dcp
 
     networks, optimizers = _sharded_state(pairs)
+    shards, replicated = _split({"networks": networks, "optimizers": optimizers})
     tmp = dest.parent / f".{dest.name}.{extra['loop']['step']}.tmp"
-    if dist.is_main:
-        shutil.rmtree(tmp, ignore_errors=True)
+    if dist.folder_writer:
+        for stale in dest.parent.glob(f".{dest.name}.*.tmp"):  # of a killed process
+            shutil.rmtree(stale, ignore_errors=True)
         tmp.mkdir(parents=True)
     dist.barrier()
-    dcp.save({"networks": networks, "optimizers": optimizers}, checkpoint_id=str(tmp))
+    dcp.save(shards, checkpoint_id=str(tmp), process_group=dist.io)
+    written = {r: f"node {n} ({h})" for r, n, h, _ in dist.layout} if not dist.shared else {}
+    if not dist.shared:  # every node's folder describes the whole checkpoint
+        metadata = dist.broadcast_object((tmp / ".metadata").read_bytes() if dist.is_main else None)
+        if dist.folder_writer and not dist.is_main:
+            (tmp / ".metadata").write_bytes(metadata)
+    if dist.folder_writer and not dist.shared:
+        here = [r for r, n, _, sees in dist.layout if sees] if dist.is_main else \
+            [r for r, n, _, sees in dist.layout if n == dist.node and not sees]
+        atomic.write_json(tmp / "shards.json", {
+            "checkpoint": dest.name, "step": extra["loop"]["step"], "world": dist.world, "ranks_here": here,
+            "written_on": {str(r): w for r, w in written.items()},
+            "note": "the run directory (recipe, metrics, state.pt) is on node 0" if not dist.is_main else
+                    "the other nodes' shards stayed in their own run directories"})
     if dist.is_main:
-        torch.save(extra, tmp / "state.pt")
+        torch.save({**extra, "replicated": replicated or {}, "written_on": written}, tmp / "state.pt")
+    if dist.folder_writer:
         old = dest.parent / f".{dest.name}.old.tmp"
         if dest.exists():
             os.replace(dest, old)
         os.replace(tmp, dest)
         shutil.rmtree(old, ignore_errors=True)
+    if dist.is_main:
         dest.with_suffix(".pt").unlink(missing_ok=True)  # an older single-file checkpoint of the same name
     dist.barrier()
+
+
+def _split(tree: Any) -> tuple[Any, Any]:
+    """(the sharded tensors, everything else) of a nested state dict, each keeping the nesting."""
+    from torch.distributed.tensor import DTensor
+
+    if isinstance(tree, dict):
+        sharded, rest = {}, {}
+        for key, value in tree.items():
+            a, b = _split(value)
+            if a is not None:
+                sharded[key] = a
+            if b is not None:
+                rest[key] = b
+        return sharded or None, rest or (None if sharded else {})
+    return (tree, None) if isinstance(tree, DTensor) else (None, tree)
+
+
+def _without(tree: dict[str, Any], rest: dict[str, Any]) -> dict[str, Any]:
+    """`tree` less the leaves `rest` holds (what `_split` put aside), whatever the target networks' sharding."""
+    out = {}
+    for key, value in tree.items():
+        if isinstance(value, dict) and isinstance(rest.get(key), dict):
+            out[key] = _without(value, rest[key])
+        elif key not in rest:
+            out[key] = value
+    return out
+
+
+def _merge(into: dict[str, Any], rest: dict[str, Any]) -> None:
+    for key, value in rest.items():
+        if isinstance(value, dict) and isinstance(into.get(key), dict):
+            _merge(into[key], value)
+        else:
+            into[key] = value
 
 
 def _sharded_state(pairs: dict[str, tuple[Any, Any]]) -> tuple[dict[str, Any], dict[str, Any]]:
@@ -188,17 +269,42 @@ def _sharded_state(pairs: dict[str, tuple[Any, Any]]) -> tuple[dict[str, Any], d
     return networks, optimizers
 
 
-def load_sharded_into(pairs: dict[str, tuple[Any, Any]], path: Path) -> None:
-    """Read a sharded folder into sharded networks and optimizers (any number of processes: dcp reshards)."""
+def load_sharded_into(pairs: dict[str, tuple[Any, Any]], path: Path, saved: dict[str, Any], dist) -> None:
+    """Read a sharded folder into sharded networks and optimizers (any number of processes: dcp reshards).
+
+    `saved` is rank 0's `state.pt` (shared by broadcast); `path` is this rank's own folder. Every rank checks
+    first that the shards it needs are there, so that a node without them is named (exit 2 on every rank).
+    """
     import torch.distributed.checkpoint as dcp
     from torch.distributed.checkpoint.state_dict import set_state_dict
 
+    written = saved.get("written_on") or {}
+    problem = None
+    if not (path / ".metadata").is_file():
+        problem = f"{dist.where} has no {path}"
+    else:  # on as many processes each rank reads only its own shard file; resharding reads them all
+        missing = missing_shards(path)
+        if len(saved.get("rng_ranks") or [None]) == dist.world:
+            missing = [(name, rank) for name, rank in missing if rank == dist.rank]
+        if missing:
+            name, rank = missing[0]
+            problem = (f"{dist.where} lacks {path / name} (written by rank {rank}"
+                       f"{' on ' + written[rank] if rank in written else ''})")
+    problems = [p for p in dist.gather_objects(problem) if p]
+    if problems:
+        raise UsageError(f"--resume: the shards of checkpoints/{path.name} are not where they were written: "
+                         f"{problems[0]}. Without shared storage every node keeps its ranks' shards in its own "
+                         "run directory: resume with the same nodes (--node-rank), --devices and --run-dir on each, "
+                         "or gather every node's checkpoints/" + path.name + "/ files into one folder")
     networks, optimizers = _sharded_state(pairs)
-    try:
-        dcp.load({"networks": networks, "optimizers": optimizers}, checkpoint_id=str(path))
+    full = {"networks": networks, "optimizers": optimizers}
+    replicated = saved.get("replicated")
+    try:  # what the shard files hold, in place (older checkpoints held everything there); the rest from state.pt
+        dcp.load(_without(full, replicated or {}), checkpoint_id=str(path), process_group=dist.io)
     except Exception as e:
         detail = str(e).splitlines()[0][:300] if str(e) else type(e).__name__
         raise UsageError(f"{path}: sharded checkpoint does not fit the model ({detail})") from e
+    _merge(full, replicated or {})
     for name, (net, optimizer) in pairs.items():
         set_state_dict(net, optimizer if optimizer is not None else [], model_state_dict=networks[name],
                        optim_state_dict=optimizers.get(name, {}))

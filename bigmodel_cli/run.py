@@ -94,8 +94,8 @@ def write_run_files(run_dir: Path, recipe, manifest: dict[str, Any], train, val)
     for split, (x, y) in (("train", train), ("val", val)):
         rows = _reference_rows(x)
         for name, array in (("x", x), ("y", y)):
-            with atomic.atomic_path(run_dir / REFERENCE / f"{split}_{name}.npy") as tmp:
-                np.save(tmp, np.asarray(array[:rows]))
+            with atomic.atomic_path(run_dir / REFERENCE / f"{split}_{name}.npy") as tmp, open(tmp, "wb") as f:
+                np.save(f, np.asarray(array[:rows]))  # to the open file: np.save(path) would append .npy
 
 
 def _reference_rows(x) -> int:

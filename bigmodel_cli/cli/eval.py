@@ -68,6 +68,11 @@ def eval_run(
                       fail_over=gates.parse(fail_over or [], "fail_over"))
     plans = [plan(run_dir, options, model) for run_dir, model in runs_and_models(paths, onnx)]
     reports = [execute(p) for p in plans]
+    from bigmodel_cli.tracking import log_artifacts
+
+    for p, r in zip(plans, reports, strict=True):  # into the run's MLflow run, when it was trained with one
+        files = [r["files"]["report"], r["files"]["predictions"], *r["files"]["plots"]]
+        log_artifacts(p.run.path, files, document=r, prefix=Path(r["files"]["report"]).stem.replace(".", "_"))
     if len(reports) > 1:
         print_side_by_side(reports)
     finish(reports[0] if len(reports) == 1 else {"runs": reports}, as_json)

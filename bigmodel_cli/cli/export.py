@@ -30,11 +30,14 @@ def export(
     as_json: bool = JSON,
 ) -> None:
     """Export the trained model (ONNX or TorchScript), check it and compare it with PyTorch before keeping it."""
-    from bigmodel_cli.export.onnx_export import export_run
+    from bigmodel_cli.export.onnx_export import export_run, report_path
 
     start(as_json)
     report = export_run(run_dir, checkpoint=checkpoint, out=out, quantize=quantize, opset=opset,
                         verify_model=not no_verify, fmt=fmt, verify_samples=verify_samples)
+    from bigmodel_cli.tracking import log_artifacts
+
+    log_artifacts(run_dir, [report["model"], report_path(report["model"])])  # into the run's MLflow run, if any
     finish(report, as_json)
 
 

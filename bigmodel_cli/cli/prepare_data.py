@@ -3,6 +3,7 @@
     bigmodel prepare-data -r digits-cnn
     bigmodel prepare-data -r breast-cancer-mlp --out /tmp/bc --json | jq .manifest.report
     bigmodel prepare-data -r my.yaml --source churn.csv --set data.target=churned --set data.drop=[id]
+    bigmodel prepare-data -r my.yaml --source other.csv --force   # replace data/<name> prepared from another source
 """
 
 from __future__ import annotations
@@ -21,6 +22,8 @@ def prepare_data(
         "per class), torchvision:mnist|cifar10:ROOT or sklearn:NAME."),
     out: Path | None = typer.Option(None, "--out", help="Output folder (default data/<name>); sets data.prepared."),
     sets: list[str] | None = SET,
+    force: bool = typer.Option(False, "--force", help="Replace the output folder even when it holds another recipe's "
+                               "data, or data prepared from another source."),
     as_json: bool = JSON,
 ) -> None:
     """Clean, encode and split the recipe's data, fit its preprocessing on train; write arrays, manifest, report."""
@@ -29,5 +32,5 @@ def prepare_data(
     start(as_json)
     resolved = resolve(recipe, {"data.source": source, "data.prepared": str(out) if out else None}, sets)
     from bigmodel_cli.data.prepare import prepare
-    manifest = prepare(resolved)
+    manifest = prepare(resolved, force=force)
     finish({"prepared": resolved.prepared_dir, "manifest": manifest}, as_json)

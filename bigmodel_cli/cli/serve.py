@@ -5,7 +5,8 @@
     curl localhost:8000/v2/health/ready
 
 Given a run directory, its recipe's `serve` section supplies the defaults (host, port, max_batch_size,
-max_queue_delay_ms, max_queue, grace_seconds, max_body_mb, threads, access_log); explicit flags win.
+max_queue_delay_ms, max_queue, grace_seconds, max_body_mb, max_inflight_mb, request_timeout_s, threads, access_log);
+explicit flags win.
 """
 
 from __future__ import annotations
@@ -49,6 +50,12 @@ def serve(
                                        "(default 0)."),
     access_log: bool | None = typer.Option(None, "--access-log/--no-access-log", help="One JSON line per request "
                                            "on stderr (default on)."),
+    request_timeout_s: float | None = typer.Option(None, "--request-timeout-s", help="A request's head, and its "
+                                                   "body, must each arrive within this time: else 408 (default "
+                                                   "30)."),
+    max_inflight_mb: float | None = typer.Option(None, "--max-inflight-mb", help="Memory all requests in flight "
+                                                 "may hold to receive and decode their bodies; past it, 503 "
+                                                 "(default 256)."),
     device: str = typer.Option("auto", "--device", help="auto | cpu | cuda."),
     api_key_env: str | None = typer.Option(None, "--api-key-env", help="Require 'Authorization: Bearer $VAR'."),
 ) -> None:
@@ -56,7 +63,8 @@ def serve(
     settings = _settings(model, {"host": host, "port": port, "max_batch_size": max_batch_size,
                                  "max_queue_delay_ms": max_queue_delay_ms, "max_queue": max_queue,
                                  "grace_seconds": grace_seconds, "max_body_mb": max_body_mb, "threads": threads,
-                                 "access_log": access_log})
+                                 "access_log": access_log, "request_timeout_s": request_timeout_s,
+                                 "max_inflight_mb": max_inflight_mb})
     from bigmodel_cli.serving.server import ServeOptions, run_server
 
     run_server(model, ServeOptions(**settings, model_name=model_name, device=device, api_key_env=api_key_env))

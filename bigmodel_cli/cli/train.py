@@ -29,6 +29,7 @@ def train(
     master_port: int | None = typer.Option(None, "--master-port", help="Its port [default: 29500, or free locally]."),
     rdzv_endpoint: str | None = typer.Option(None, "--rdzv-endpoint", help="HOST:PORT of a c10d rendezvous instead."),
     resume: bool = typer.Option(False, "--resume", help="Continue from RUN_DIR/checkpoints/last.pt."),
+    report_to: str | None = typer.Option(None, "--report-to", help="mlflow,tensorboard (sets train.report_to)."),
     folds: int | None = typer.Option(None, "--folds", help="K-fold cross-validation over train+val (cv.json)."),
     teacher: str | None = typer.Option(None, "--teacher", help="Distill from this trained run (train.distill)."),
     sets: list[str] | None = SET,
@@ -40,7 +41,12 @@ def train(
     from bigmodel_cli.training import distributed
 
     start(as_json)
-    flags = {"train.devices": devices, "train.distill.teacher": teacher}
+    if nnodes < 1 or not 0 <= node_rank < nnodes:
+        raise UsageError(f"--node-rank {node_rank} with --nnodes {nnodes}: node ranks are 0..{max(nnodes, 1) - 1}")
+    from bigmodel_cli.tracking import parse_names
+
+    flags = {"train.devices": devices, "train.report_to": parse_names(report_to) if report_to is not None else None,
+             "train.distill.teacher": teacher}
     resolved = resolve(recipe, flags, sets)
     run_dir = run_dir or Path("runs") / resolved.name
     if resume and (run_dir / "recipe.yaml").is_file():  # continue with the run's own recipe
@@ -60,6 +66,7 @@ def train(
         worker = ["train", "-r", recipe, "--run-dir", str(run_dir), "--devices", str(resolved.train.processes)]
         worker += [a for s in sets or [] for a in ("--set", s)] + (["--resume"] if resume else [])
         worker += ["--json"] if as_json else []
+        worker += ["--report-to", ",".join(resolved.train.report_to) or "none"]
         worker += ["--teacher", str(resolved.train.distill.teacher)] if teacher else []
         distributed.launch(worker, resolved.train.processes, nnodes, node_rank, master_addr, master_port,
                            rdzv_endpoint)

@@ -202,13 +202,15 @@ class TrainSection(Section):
     l1: float = Field(default=0.0, ge=0.0)  # L1 penalty on weights, added to the loss
     compile: bool = False  # torch.compile the model (falls back with a warning)
     deterministic: bool = False  # torch.use_deterministic_algorithms
-    tensorboard: bool = False  # also log to RUN_DIR/tensorboard (needs the tensorboard package)
+    tensorboard: bool = False  # also log to RUN_DIR/tensorboard (same as report_to: [tensorboard])
+    report_to: list[Literal["mlflow", "tensorboard"]] = Field(default_factory=list)  # trackers (--report-to)
     devices: str = "auto"  # auto | cpu | cuda | N (N processes: one per GPU, or CPU processes with gloo)
     strategy: Literal["auto", "ddp", "fsdp"] = "auto"  # with N processes; auto: ddp
     activation_checkpointing: bool = False  # fsdp: recompute activations of each sharded block in backward
     checkpoint_every_steps: int | None = Field(default=None, ge=1)  # also save last.pt every N optimiser steps
     loader_workers: int = Field(default=0, ge=0)  # 0: gather batches in a background thread; N: N worker processes
     sync_batchnorm: bool = False  # ddp on GPUs: BatchNorm statistics over all processes (N x batch == 1 x N*batch)
+    dist_timeout_s: float = Field(default=45.0, gt=0.0)  # N processes: a rank silent this long fails the run
     early_stopping: EarlyStoppingSection = Field(default_factory=EarlyStoppingSection)
     distill: DistillSection = Field(default_factory=DistillSection)  # a teacher run for knowledge distillation
 
@@ -272,6 +274,8 @@ class ServeSection(Section):
     max_queue: int = Field(default=1024, ge=1)  # requests waiting for a batch at most; more get 503
     grace_seconds: float = Field(default=30.0, ge=0.0)  # SIGTERM: time to finish in-flight requests
     max_body_mb: float = Field(default=64.0, gt=0.0)  # larger request bodies get 413
+    max_inflight_mb: float = Field(default=256.0, gt=0.0)  # decoded bytes of all requests in flight; more get 503
+    request_timeout_s: float = Field(default=30.0, gt=0.0)  # a request head or body not in by then gets 408
     threads: int = Field(default=0, ge=0)  # onnxruntime intra-op threads (0: one per core)
     access_log: bool = True  # one JSON line per request on stderr
 

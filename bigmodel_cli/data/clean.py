@@ -1,7 +1,9 @@
-"""Cleaning rows before the split: missing values in the target or in `drop` columns, and exact duplicates.
+"""Cleaning rows before the split: missing values in the target, and exact duplicates.
 
-    keep = first_occurrences([table[c] for c in features], y)     # sorted indices of the rows kept
-    keep = first_image_rows(x, y)                                  # the same for uint8 image arrays
+    keys = RowKeys(n, new_array)                      # two 64-bit hashes per row
+    keys.add_numbers(start, numbers_of_a_chunk)       # column by column, chunk by chunk
+    drop = keys.duplicates(kept, new_array)           # sorted rows equal to an earlier kept row
+    keys = image_keys(x, y)                           # the same for uint8 images and their labels
 
 No statistic is fitted here (nothing depends on which rows end up in train), so running
 these on all rows before splitting cannot leak val/test information into training.
@@ -9,10 +11,15 @@ these on all rows before splitting cannot leak val/test information into trainin
 
 from __future__ import annotations
 
+import hashlib
+from collections.abc import Callable
+
 import numpy as np
 
 from bigmodel_cli.data import preprocess
-from bigmodel_cli.errors import UsageError
+from bigmodel_cli.data.arrays import chunks, fill_rows
+
+STEP = 1 << 20  # rows per chunk
 
 
 def absent(column) -> np.ndarray:
@@ -25,42 +32,116 @@ def absent(column) -> np.ndarray:
     return np.asarray(nulls.to_numpy() if hasattr(nulls, "num_chunks") else nulls.to_numpy(zero_copy_only=False))
 
 
-def first_occurrences(columns: list, y: np.ndarray) -> np.ndarray:
-    """Sorted indices of the first of each set of equal rows (every feature column and the target).
+class RowKeys:
+    """Two independent 64-bit hashes per row, mixed column after column, to find exact duplicate rows.
 
-    Each row gets a 128-bit hash (two independent 64-bit mixes of every column's values: the
-    float64 bits of numbers, with all missing values equal, or the dictionary code of
-    categories), computed column by column in numpy: no Python object per row. Two different
-    rows share a hash with probability about n^2 / 2^129 (1e-27 for a million rows).
+    Each column gives a 64-bit key per row, equal exactly when the values are equal: the
+    float64 bits of numbers (all missing values equal), a code per distinct category, or
+    (for long texts, where a table of every distinct value would grow with the rows) two
+    halves of the value's BLAKE2b digest. Two different rows share both hashes with
+    probability about n^2 / 2^129 (1e-27 for a million rows).
     """
-    n = len(y)
-    low = np.full(n, 0x243F6A8885A308D3, dtype=np.uint64)
-    high = np.full(n, 0x13198A2E03707344, dtype=np.uint64)
-    for key in [*(_column_key(c) for c in columns), y.astype(np.float64).view(np.uint64)]:
-        low = _mix(low ^ key, 0x9E3779B97F4A7C15)
-        high = _mix(high ^ key, 0xC2B2AE3D27D4EB4F)
-    order = np.lexsort((high, low))
-    low, high = low[order], high[order]
-    new_group = np.ones(n, dtype=bool)
-    new_group[1:] = (low[1:] != low[:-1]) | (high[1:] != high[:-1])
-    group = np.cumsum(new_group) - 1
-    first = np.full(int(group[-1]) + 1 if n else 0, n, dtype=np.int64)
-    np.minimum.at(first, group, order)
-    return np.sort(first)
 
+    def __init__(self, n: int, new_array: Callable[..., np.ndarray]):
+        self.low = new_array("key-low", np.uint64, n, fill=0x243F6A8885A308D3)
+        self.high = new_array("key-high", np.uint64, n, fill=0x13198A2E03707344)
 
-def _column_key(column) -> np.ndarray:
-    """uint64 per row, equal exactly when the values are equal (missing values all equal)."""
-    import pyarrow as pa
-    import pyarrow.compute as pc
+    def add(self, start: int, key: np.ndarray, key_high: np.ndarray | None = None) -> None:
+        stop = start + len(key)
+        self.low[start:stop] = _mix(self.low[start:stop] ^ key, 0x9E3779B97F4A7C15)
+        self.high[start:stop] = _mix(self.high[start:stop] ^ (key if key_high is None else key_high),
+                                     0xC2B2AE3D27D4EB4F)
 
-    if preprocess.column_kind(column, "") == "numeric":
-        values = preprocess.numbers(column, "") + 0.0  # -0.0 == 0.0
+    def add_numbers(self, start: int, values: np.ndarray) -> None:
+        """float64 values with NaN for missing."""
+        values = values + 0.0  # -0.0 == 0.0
         values[np.isnan(values)] = np.inf  # numbers() maps inf to NaN: inf is free to stand for missing
-        return values.view(np.uint64)
-    chunk = column.combine_chunks() if isinstance(column, pa.ChunkedArray) else column
-    encoded = pc.dictionary_encode(preprocess.strings(chunk), null_encoding="encode")
-    return encoded.indices.to_numpy(zero_copy_only=False).astype(np.uint64)
+        self.add(start, values.view(np.uint64))
+
+    def add_texts(self, start: int, texts: list[str | None]) -> None:
+        digests = b"".join(b"\0" * 16 if t is None else hashlib.blake2b(t.encode("utf-8", "surrogatepass"),
+                                                                         digest_size=16, person=b"text").digest()
+                           for t in texts)
+        pairs = np.frombuffer(digests, dtype=np.uint64).reshape(-1, 2) if texts else np.zeros((0, 2), np.uint64)
+        self.add(start, pairs[:, 0], pairs[:, 1])
+
+    def duplicates(self, kept: np.ndarray | None, new_array: Callable[..., np.ndarray]) -> np.ndarray:
+        """Sorted rows (kept ones only) equal to an earlier kept row: everything but the first of each set."""
+        return duplicate_rows(self.low, self.high, kept, new_array)
+
+
+class CategoryCodes:
+    """A code per distinct value of a categorical column, the same in every chunk (nulls have one too)."""
+
+    def __init__(self) -> None:
+        self.codes: dict = {}
+
+    def __call__(self, chunk) -> np.ndarray:
+        import pyarrow.compute as pc
+
+        encoded = pc.dictionary_encode(preprocess.strings(chunk), null_encoding="encode")
+        table = np.fromiter((self.codes.setdefault(v, len(self.codes)) for v in encoded.dictionary.to_pylist()),
+                            dtype=np.uint64, count=len(encoded.dictionary))
+        return table[encoded.indices.to_numpy(zero_copy_only=False)]
+
+
+def duplicate_rows(low: np.ndarray, high: np.ndarray, kept: np.ndarray | None,
+                   new_array: Callable[..., np.ndarray]) -> np.ndarray:
+    """Rows whose (low, high) equals that of an earlier kept row, sorted; only kept rows are considered.
+
+    The `low` hashes of the kept rows are copied and sorted in place (file-backed when
+    `new_array` makes such arrays), values seen twice are collected, and only the rows
+    holding one of those values are compared on both hashes: work arrays in private memory
+    are as large as the number of candidate duplicates, not the number of rows.
+    """
+    n = len(low)
+    count = n if kept is None else sum(int(np.count_nonzero(kept[a:b])) for a, b in chunks(n, STEP))
+    ordered = new_array("sorted-keys", np.uint64, count)
+    filled = 0
+    for a, b in chunks(n, STEP):
+        part = low[a:b] if kept is None else low[a:b][kept[a:b]]
+        ordered[filled:filled + len(part)] = part
+        filled += len(part)
+    ordered.sort()
+    repeated = [ordered[a:b][ordered[a:b] == ordered[a + 1:b + 1]] for a, b in chunks(max(count - 1, 0), STEP)]
+    values = np.unique(np.concatenate(repeated)) if repeated else np.zeros(0, np.uint64)
+    if not len(values):
+        return np.zeros(0, dtype=np.int64)
+    rows, lows, highs = [], [], []
+    for a, b in chunks(n, STEP):
+        mask = np.isin(low[a:b], values)
+        if kept is not None:
+            mask &= kept[a:b]
+        found = np.flatnonzero(mask)
+        rows.append(found + a)
+        lows.append(low[a:b][found])
+        highs.append(high[a:b][found])
+    rows_c, lows_c, highs_c = np.concatenate(rows), np.concatenate(lows), np.concatenate(highs)
+    order = np.lexsort((rows_c, highs_c, lows_c))
+    lows_c, highs_c = lows_c[order], highs_c[order]
+    first = np.ones(len(order), dtype=bool)
+    first[1:] = (lows_c[1:] != lows_c[:-1]) | (highs_c[1:] != highs_c[:-1])
+    return np.sort(rows_c[order][~first])
+
+
+def image_keys(x: np.ndarray, y: np.ndarray, new_array: Callable[..., np.ndarray] | None = None) -> RowKeys:
+    """Keys of uint8 images and their labels: BLAKE2b of each image's bytes and its label."""
+    new_array = new_array or _in_memory
+    keys = RowKeys(len(x), new_array)
+    flat = x.reshape(len(x), -1)
+    for a, b in chunks(len(x), 1024):
+        digests = b"".join(hashlib.blake2b(flat[i].tobytes() + int(y[i]).to_bytes(8, "little"),
+                                           digest_size=16).digest() for i in range(a, b))
+        pairs = np.frombuffer(digests, dtype=np.uint64).reshape(-1, 2)
+        keys.low[a:b], keys.high[a:b] = pairs[:, 0], pairs[:, 1]
+    return keys
+
+
+def _in_memory(name: str, dtype, size: int, fill=None) -> np.ndarray:
+    out = np.empty(size, dtype=dtype)
+    if fill is not None:
+        fill_rows(out, fill)
+    return out
 
 
 def _mix(h: np.ndarray, constant: int) -> np.ndarray:
@@ -71,37 +152,3 @@ def _mix(h: np.ndarray, constant: int) -> np.ndarray:
         h = h * np.uint64(0xBF58476D1CE4E5B9)
         h ^= h >> np.uint64(29)
     return h
-
-
-def drop_rows_missing(table, rows, y, features: list[str], data):
-    """Rows with a missing value in a column whose imputation is `drop` (before the split: cleaning, not fitting)."""
-    dropped: dict[str, int] = {}
-    keep = np.ones(table.num_rows, dtype=bool)
-    for name in features:
-        kind = preprocess.column_kind(table[name], name)
-        strategy = data.impute.columns.get(name) or (data.impute.numeric if kind == "numeric" else
-                                                     data.impute.categorical)
-        if strategy == "drop":
-            missing = absent(table[name])
-            dropped[name] = int((missing & keep).sum())
-            keep &= ~missing
-    if keep.all():
-        return table, rows, y, dropped
-    if not keep.any():
-        raise UsageError(f"every row has a missing value in a column whose data.impute is 'drop' "
-                         f"({', '.join(k for k, v in dropped.items() if v)})")
-    return table.filter(keep), rows[keep], y[keep], dropped
-
-
-def first_image_rows(x: np.ndarray, y: np.ndarray) -> np.ndarray:
-    import hashlib
-
-    seen: set[bytes] = set()
-    keep = []
-    flat = x.reshape(len(x), -1)
-    for i in range(len(x)):
-        key = hashlib.blake2b(flat[i].tobytes(), digest_size=16).digest() + int(y[i]).to_bytes(8, "little")
-        if key not in seen:
-            seen.add(key)
-            keep.append(i)
-    return np.asarray(keep, dtype=np.int64)

@@ -2,17 +2,22 @@
 (a file, a PIL image, an array) into the [C, H, W] uint8 array a model was trained on.
 
     files, labels, classes = list_folder("photos/")           # photos/<class>/*.png|jpg
-    x, bad = decode_files(files, size=32, channels=3, on_bad="skip")
+    splits = split_folders("photos/")                          # photos/{train,val,test}/<class>/, or None
+    x, ok, bad = decode_files(files, size=32, channels=3, on_bad="skip", new_array=scratch.array)
     x = to_array(Image.open("cat.jpg"), size=32, channels=3)  # what eval/serve feed the model
 
 Images of any size and mode are converted (palette, alpha, 16-bit, CMYK) and resized to
 `size` x `size` with antialiasing; they are stored as uint8 so that training reads them
-without decoding again.
+without decoding again. Decoding runs in a thread pool with a bounded window of files in
+flight, each image written into the output array as soon as it is decoded.
 """
 
 from __future__ import annotations
 
 import os
+import re
+from collections import deque
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -25,26 +30,122 @@ IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".ti
 GREY_MODES = ("1", "L", "LA", "I", "I;16", "I;16L", "I;16B", "F")
 
 
-def list_folder(root: str | Path) -> tuple[list[Path], np.ndarray, list[str]]:
-    """Image files under ROOT/<class>/ (sorted), their class indices, and the class names (sorted folder names)."""
+SPLIT_FOLDERS = {"train": "train", "val": "val", "valid": "val", "validation": "val", "test": "test"}
+
+
+def split_folders(root: str | Path) -> dict[str, Path] | None:
+    """{split: folder} when ROOT holds only train/ and test/ (and val/) folders of class folders, else None."""
     root = Path(root)
+    folders = [p for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")]
+    names = [SPLIT_FOLDERS.get(p.name.lower()) for p in folders]
+    if None in names or len(set(names)) != len(names) or not {"train", "test"} <= set(names):
+        return None
+    if not all(any(c.is_dir() and not c.name.startswith(".") for c in p.iterdir()) for p in folders):
+        return None
+    found = dict(zip(names, folders, strict=True))
+    return {s: found[s] for s in ("train", "val", "test") if s in found}
+
+
+class FileList(Sequence[Path]):
+    """Image files as a list, stored as their class folder and their names' bytes (not a Path object per file).
+
+    A Path costs about 500 bytes of private memory; a name costs its length and 12 bytes.
+    """
+
+    def __init__(self) -> None:
+        self.folders: list[Path] = []
+        self._folder = np.zeros(0, dtype=np.int32)
+        self._blob = bytearray()
+        self._ends = np.zeros(0, dtype=np.int64)
+
+    def add(self, folder: Path, names: list[str]) -> None:
+        """Files `folder`/name for each name (a path relative to the folder), in that order."""
+        encoded = [os.fsencode(n) for n in names]
+        ends = len(self._blob) + np.cumsum([len(e) for e in encoded], dtype=np.int64)
+        self._blob += b"".join(encoded)
+        self._ends = np.concatenate([self._ends, ends])
+        self._folder = np.concatenate([self._folder, np.full(len(names), len(self.folders), dtype=np.int32)])
+        self.folders.append(folder)
+
+    def __len__(self) -> int:
+        return len(self._ends)
+
+    def __getitem__(self, i):
+        if isinstance(i, slice):
+            return [self[j] for j in range(*i.indices(len(self)))]
+        if i < 0:
+            i += len(self)
+        if not 0 <= i < len(self):
+            raise IndexError(i)
+        start = int(self._ends[i - 1]) if i else 0
+        return self.folders[self._folder[i]] / os.fsdecode(bytes(self._blob[start:int(self._ends[i])]))
+
+
+def _image_names(folder: Path) -> list[str]:
+    """Image files anywhere under `folder`, relative to it, in Path order (what sorted(folder.rglob("*")) gives)."""
+    names: list[str] = []
+
+    def walk(path: str, prefix: str) -> None:
+        with os.scandir(path) as entries:
+            for entry in entries:
+                if entry.is_dir() and not entry.is_symlink():
+                    walk(entry.path, f"{prefix}{entry.name}/")
+                elif _suffix(entry.name) in IMAGE_SUFFIXES and entry.is_file():
+                    names.append(prefix + entry.name)
+
+    walk(str(folder), "")
+    if any("/" in n for n in names):
+        names.sort(key=lambda n: n.split("/"))  # by path components, as Paths sort
+    else:
+        names.sort()
+    return names
+
+
+def _suffix(name: str) -> str:
+    i = name.rfind(".")
+    return name[i:].lower() if 0 < i < len(name) - 1 else ""
+
+
+def list_split_folders(splits: dict[str, Path]) -> tuple[FileList, np.ndarray, list[str], dict[str, np.ndarray]]:
+    """Files of every split folder (train, val, test in turn), class indices over the union of their class folders
+    (sorted), the class names, and each split's rows."""
+    found = {s: _class_folders(folder) for s, folder in splits.items()}
+    classes = sorted({name for listed in found.values() for name, _ in listed})
+    files = FileList()
+    labels: list[np.ndarray] = []
+    rows: dict[str, np.ndarray] = {}
+    for s, listed in found.items():
+        start = len(files)
+        for name, names in listed:
+            files.add(splits[s] / name, names)
+            labels.append(np.full(len(names), classes.index(name), dtype=np.int64))
+        rows[s] = np.arange(start, len(files))
+    return files, np.concatenate(labels), classes, rows
+
+
+def _class_folders(root: Path) -> list[tuple[str, list[str]]]:
+    """(class name, image names) of each class folder of ROOT that holds images, sorted by name; clear errors."""
     folders = sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
     if not folders:
         raise UsageError(f"{root}: no class folders; expected {root}/<class>/<image>.png (one folder per class)")
-    files: list[Path] = []
-    labels: list[int] = []
-    classes: list[str] = []
-    for folder in folders:
-        images = sorted(p for p in folder.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
-        if not images:
-            continue
-        labels.extend([len(classes)] * len(images))
-        classes.append(folder.name)
-        files.extend(images)
-    if not files:
+    listed = [(folder.name, names) for folder in folders if (names := _image_names(folder))]
+    if not listed:
         raise UsageError(f"{root}: no images in its class folders ({', '.join(f.name for f in folders[:5])}); "
                          f"expected files ending in {', '.join(IMAGE_SUFFIXES[:4])}...")
-    return files, np.asarray(labels, dtype=np.int64), classes
+    return listed
+
+
+def list_folder(root: str | Path) -> tuple[FileList, np.ndarray, list[str]]:
+    """Image files under ROOT/<class>/ (sorted), their class indices, and the class names (sorted folder names)."""
+    root = Path(root)
+    files = FileList()
+    labels: list[np.ndarray] = []
+    classes: list[str] = []
+    for name, names in _class_folders(root):
+        files.add(root / name, names)
+        labels.append(np.full(len(names), len(classes), dtype=np.int64))
+        classes.append(name)
+    return files, np.concatenate(labels), classes
 
 
 def empty_class_folders(root: str | Path, classes: list[str]) -> list[str]:
@@ -52,7 +153,7 @@ def empty_class_folders(root: str | Path, classes: list[str]) -> list[str]:
     return sorted(p.name for p in root.iterdir() if p.is_dir() and not p.name.startswith(".") and p.name not in classes)
 
 
-def probe(files: list[Path]) -> tuple[tuple[int, int] | None, int]:
+def probe(files: Sequence[Path]) -> tuple[tuple[int, int] | None, int]:
     """(common (width, height) or None when sizes differ, 1 or 3 channels) from the files' headers only."""
     from PIL import Image
 
@@ -109,17 +210,26 @@ def _on_white(rgba):
     return Image.alpha_composite(background, rgba).convert("RGB")
 
 
-def decode_files(files: list[Path], size: int | tuple[int, int] | None, channels: int, on_bad: str,
-                 workers: int | None = None) -> tuple[np.ndarray, np.ndarray, list[dict[str, str]], list[str]]:
+def decode_files(files: Sequence[Path], size: int | tuple[int, int], channels: int, on_bad: str,
+                 new_array: Callable[..., np.ndarray] | None = None,
+                 on_digest: Callable[[int, str], None] | None = None,
+                 workers: int | None = None) -> tuple[np.ndarray, np.ndarray, list[dict[str, str]]]:
     """Decode every file in parallel into uint8 [N_ok, C, H, W]; unreadable files skipped and listed, or an error.
 
-    Returns the readable images (in order), the boolean mask of which files they are, `bad`
-    ([{"file", "error"}] for the others) and each file's SHA-256 (read once, hashed and decoded).
+    Returns the readable images (in order; an array from `new_array(name, dtype, shape)`,
+    file-backed when that makes such arrays), the boolean mask of which files they are, and
+    `bad` ([{"file", "error"}] for the others). `on_digest(i, sha256_hex)` gets each file's
+    SHA-256 in file order (read once, hashed and decoded; "" when the file cannot be read).
     """
     import hashlib
     import io
 
     workers = workers or min(8, os.cpu_count() or 1)
+    width, height = (size, size) if isinstance(size, int) else size
+    new_array = new_array or (lambda name, dtype, shape: np.empty(shape, dtype=dtype))
+    out = new_array("images", np.uint8, (len(files), channels, height, width))
+    ok = np.zeros(len(files), dtype=bool)
+    bad: list[dict[str, str]] = []
 
     def one(path: Path) -> tuple[np.ndarray | str, str]:
         try:
@@ -130,17 +240,31 @@ def decode_files(files: list[Path], size: int | tuple[int, int] | None, channels
         try:
             return to_array(io.BytesIO(data), size, channels), digest
         except Exception as e:  # noqa: BLE001 - PIL raises many types for a bad file
-            return (str(e).splitlines() or [type(e).__name__])[0], digest
+            message = (str(e).splitlines() or [type(e).__name__])[0]
+            return re.sub(r"\s*<_io\.BytesIO object at 0x[0-9a-f]+>", "", message), digest
 
+    n_ok = 0
     with ThreadPoolExecutor(max_workers=workers) as pool:
-        results = list(pool.map(one, files, chunksize=64))
-    bad = [{"file": str(path), "error": r} for path, (r, _) in zip(files, results, strict=True) if isinstance(r, str)]
-    if bad and on_bad == "error":
-        first = bad[0]
-        raise UsageError(f"{first['file']}: unreadable image ({first['error']}); "
-                         f"fix or remove it, or set data.on_bad_file=skip")
-    ok = np.array([not isinstance(r, str) for r, _ in results], dtype=bool)
-    if not ok.any():
+        window = workers * 8  # files in flight: decoded images wait here at most this many
+        pending: deque = deque(pool.submit(one, path) for path in files[:window])
+        for i, path in enumerate(files):
+            result, digest = pending.popleft().result()
+            if i + window < len(files):
+                pending.append(pool.submit(one, files[i + window]))
+            if on_digest:
+                on_digest(i, digest)
+            if isinstance(result, str):
+                if on_bad == "error":
+                    for future in pending:
+                        future.cancel()
+                    raise UsageError(f"{path}: unreadable image ({result}); fix or remove it, or set "
+                                     f"data.on_bad_file=skip")
+                bad.append({"file": str(path), "error": result})
+                continue
+            out[n_ok] = result
+            ok[i] = True
+            n_ok += 1
+    if not n_ok:
         raise UsageError(f"{files[0].parent.parent}: none of the {len(files)} images could be read "
                          f"(first: {bad[0]['file']}: {bad[0]['error']})")
-    return np.stack([r for r, _ in results if not isinstance(r, str)]), ok, bad, [d for _, d in results]
+    return out[:n_ok], ok, bad

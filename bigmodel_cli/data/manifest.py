@@ -2,11 +2,20 @@
 
     manifest = read("data/digits-cnn")
     x, y = load_split("data/digits-cnn", "train")     # numpy arrays, memory-mapped
+    fingerprint("data/digits-cnn", manifest) == manifest["fingerprint"]   # recomputed from the files
+
+`manifest["fingerprint"]` identifies the prepared data a model is trained on: the SHA-256 of
+the bytes of train/x.npy, train/y.npy, val/x.npy, val/y.npy, test/x.npy, test/y.npy (whole
+files, in that order) followed by `preprocessing_json(manifest["preprocessing"])`.
+prepare-data computes it while writing the files; `fingerprint` reads them again.
+Format 2 added the fingerprint; data of format 1 is refused with "rerun prepare-data".
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
+import os
 from pathlib import Path
 from typing import Any
 
@@ -14,7 +23,7 @@ import numpy as np
 
 from bigmodel_cli.errors import UsageError
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
 SPLITS = ("train", "val", "test")
 
 
@@ -59,3 +68,32 @@ def num_outputs(manifest: dict[str, Any]) -> int:
 def input_shape(manifest: dict[str, Any]) -> list[int]:
     """One sample's shape without the batch: [F] for tables, [C, H, W] for images."""
     return list(manifest["input_shape"])
+
+
+def preprocessing_json(preprocessing: dict[str, Any]) -> bytes:
+    """The fitted preprocessing as the fingerprint hashes it: compact JSON with sorted keys, UTF-8."""
+    return json.dumps(preprocessing, sort_keys=True, separators=(",", ":"), allow_nan=False,
+                      default=_json_default).encode("utf-8")
+
+
+def _json_default(obj: Any) -> Any:
+    if hasattr(obj, "tolist"):  # numpy scalars and arrays, as the manifest writer stores them
+        return obj.tolist()
+    if isinstance(obj, os.PathLike):
+        return os.fspath(obj)
+    raise TypeError(f"{type(obj).__name__} is not JSON serialisable")
+
+
+def fingerprint(prepared_dir: str | Path, manifest: dict[str, Any]) -> str:
+    """The fingerprint of the prepared data as it lies on disk now (compare with manifest["fingerprint"])."""
+    digest = hashlib.sha256()
+    for split in SPLITS:
+        for name in ("x.npy", "y.npy"):
+            path = Path(prepared_dir) / split / name
+            if not path.is_file():
+                raise UsageError(f"missing {path}; rerun prepare-data")
+            with open(path, "rb") as f:
+                while block := f.read(1 << 22):
+                    digest.update(block)
+    digest.update(preprocessing_json(manifest["preprocessing"]))
+    return digest.hexdigest()

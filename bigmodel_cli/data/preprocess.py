@@ -1,6 +1,6 @@
 """The fitted preprocessing: learnt on the train split only, then applied to every split and to new raw inputs.
 
-    spec = fit_table(train_columns, data)          # imputation values, categories, bin edges
+    spec = fit_table(train_chunks, names, types, n_train, data, warnings)   # imputation, categories, bins
     x = apply(manifest, [{"age": 41, "city": "Oslo"}])       # raw rows -> float32 [N, F]
     x = apply(manifest, ["photo.jpg"])                       # raw images -> uint8 [N, C, H, W]
     x = apply(manifest, ["a fine film"])                     # raw texts -> int32 token ids [N, L]
@@ -9,11 +9,17 @@
 uses it for train, val and test alike, and eval/serve use it for new data, so no step can
 differ between them. The affine normalisation (mean/std) is not here: it lives inside the
 model (`transform.Normalize`). No torch import: this runs in prepare-data.
+
+The fits read the train rows a chunk at a time; what needs every value at once (a mean
+summed pairwise, a median, quantiles, the most frequent number) works on a file-backed
+array of the column's values, with numpy's own functions, so that the results are those of
+numpy on the whole column in memory.
 """
 
 from __future__ import annotations
 
 import difflib
+from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
 import numpy as np
@@ -57,9 +63,9 @@ def as_table(raw: Any) -> pa.Table:
 # ---------------------------------------------------------------- columns
 
 
-def column_kind(column: pa.ChunkedArray | pa.Array, name: str) -> str:
+def column_kind(column: pa.ChunkedArray | pa.Array | pa.DataType, name: str) -> str:
     """numeric | categorical; datetimes and nested values are refused with the way out."""
-    t = column.type
+    t = column if isinstance(column, pa.DataType) else column.type
     if pa.types.is_dictionary(t):
         t = t.value_type
     if pa.types.is_integer(t) or pa.types.is_floating(t) or pa.types.is_decimal(t) or pa.types.is_null(t):
@@ -101,27 +107,38 @@ def missing_count(column: pa.ChunkedArray) -> int:
     return int(column.null_count)
 
 
-def fit_table(train: pa.Table, names: list[str], data, warnings: list[str]) -> dict[str, Any]:
-    """Per-column imputation value, categories (sorted) and bin edges, from train rows only."""
-    columns = [_fit_column(train[name], name, data, warnings) for name in names]
+def fit_table(train: Callable[[str], Iterator[pa.Array]], names: list[str], types: dict[str, pa.DataType],
+              n_train: int, data, warnings: list[str], new_array: Callable[..., np.ndarray] | None = None
+              ) -> dict[str, Any]:
+    """Per-column imputation value, categories (sorted) and bin edges, from train rows only.
+
+    `train(name)` yields the column's train values a chunk at a time; `new_array(name, dtype,
+    n)` makes the work array for a numeric column's values (np.empty by default).
+    """
+    new_array = new_array or (lambda label, dtype, size: np.empty(size, dtype=dtype))
+    columns = [_fit_column(train(name), types[name], n_train, name, data, warnings, new_array) for name in names]
     return {"columns": columns, "features": feature_names(columns)}
 
 
-def _fit_column(column: pa.ChunkedArray, name: str, data, warnings: list[str]) -> dict[str, Any]:
-    kind = column_kind(column, name)
+def _fit_column(chunks: Iterator[pa.Array], kind_type: pa.DataType, n_train: int, name: str, data,
+                warnings: list[str], new_array: Callable[..., np.ndarray]) -> dict[str, Any]:
+    kind = column_kind(kind_type, name)
     strategy = data.impute.columns.get(name) or (data.impute.numeric if kind == "numeric" else data.impute.categorical)
     if kind == "numeric":
-        return _fit_numeric(numbers(column, name), name, strategy, data, warnings)
+        values = new_array(f"fit-{name}", np.float64, n_train)
+        present = gather_numbers(chunks, name, values)
+        return _fit_numeric(values, present, name, strategy, data, warnings)
     if strategy in ("mean", "median"):
         raise UsageError(f"data.impute.columns.{name}: '{strategy}' needs a numeric column; '{name}' holds "
                          f"categories (use most_frequent or constant)")
     if name in data.binning.columns:
         raise UsageError(f"data.binning.columns.{name}: '{name}' is not numeric")
-    text = strings(column)
-    counts = pc.value_counts(text.drop_null() if isinstance(text, pa.Array) else pc.drop_null(text))
-    values = counts.field("values").to_pylist()
-    frequency = counts.field("counts").to_numpy()
-    categories = sorted(values)
+    counted: dict[str, int] = {}
+    for chunk in chunks:
+        counts = pc.value_counts(pc.drop_null(strings(chunk)))
+        for value, count in zip(counts.field("values").to_pylist(), counts.field("counts").to_pylist(), strict=True):
+            counted[value] = counted.get(value, 0) + count
+    categories = sorted(counted)
     encoding = data.categorical.columns.get(name, data.categorical.encoding)
     if encoding == "onehot" and len(categories) > data.categorical.max_onehot:
         raise UsageError(f"column '{name}' has {len(categories)} categories, too many to one-hot encode "
@@ -129,8 +146,8 @@ def _fit_column(column: pa.ChunkedArray, name: str, data, warnings: list[str]) -
                          f"it is an id, or set data.categorical.columns.{name}=ordinal")
     fill = None
     if strategy == "most_frequent":
-        top = frequency.max() if values else 0
-        fill = min(v for v, f in zip(values, frequency, strict=True) if f == top) if values else "missing"
+        top = max(counted.values(), default=0)
+        fill = min(v for v, f in counted.items() if f == top) if counted else "missing"
     elif strategy == "constant":
         fill = str(data.impute.fill_value.get(name, "missing"))
     if not categories:
@@ -139,8 +156,20 @@ def _fit_column(column: pa.ChunkedArray, name: str, data, warnings: list[str]) -
             "categories": categories}
 
 
-def _fit_numeric(values: np.ndarray, name: str, strategy: str, data, warnings: list[str]) -> dict[str, Any]:
-    present = values[~np.isnan(values)]
+def gather_numbers(chunks: Iterable[pa.Array], name: str, out: np.ndarray) -> int:
+    """Write the present (finite) values of a numeric column into out[:k], in order; returns k."""
+    k = 0
+    for chunk in chunks:
+        values = numbers(chunk, name)
+        values = values[~np.isnan(values)]
+        out[k:k + len(values)] = values
+        k += len(values)
+    return k
+
+
+def _fit_numeric(values: np.ndarray, k: int, name: str, strategy: str, data, warnings: list[str]) -> dict[str, Any]:
+    """`values[:k]` holds the present train values in row order (it is reordered here); len(values) train rows."""
+    present = values[:k]
     if strategy == "constant":
         raw_fill = data.impute.fill_value.get(name, 0.0)
         try:
@@ -149,21 +178,50 @@ def _fit_numeric(values: np.ndarray, name: str, strategy: str, data, warnings: l
             raise UsageError(f"data.impute.fill_value.{name}: '{raw_fill}' is not a number") from None
     elif strategy == "drop":
         fill = None
-    elif len(present) == 0:
+    elif k == 0:
         warnings.append(f"column '{name}' has no values in the train split; filled with 0")
         fill = 0.0
     elif strategy == "mean":
         fill = float(present.mean())
     elif strategy == "median":
-        fill = float(np.median(present))
+        fill = float(np.median(present, overwrite_input=True))
     else:
-        uniq, counts = np.unique(present, return_counts=True)
-        fill = float(uniq[np.argmax(counts)])
+        present.sort()
+        fill = float(most_frequent_sorted(present))
     spec: dict[str, Any] = {"name": name, "type": "numeric", "impute": strategy, "fill": fill, "bins": None}
     if name in data.binning.columns:
-        filled = np.where(np.isnan(values), fill if fill is not None else np.nan, values)
-        spec["bins"] = _bin_edges(filled[~np.isnan(filled)], data.binning.columns[name], data.binning.strategy, name)
+        filled = present  # present values, and the fill for every missing one (order does not matter to edges)
+        if fill is not None and not np.isnan(fill):
+            values[k:] = fill
+            filled = values
+        spec["bins"] = _bin_edges(filled, data.binning.columns[name], data.binning.strategy, name)
     return spec
+
+
+def most_frequent_sorted(values: np.ndarray) -> float:
+    """The most frequent value of a sorted array, the smallest on ties (what np.unique + argmax give)."""
+    best, best_count = values[0], 0
+    current, count = values[0], 0
+    for start in range(0, len(values), 1 << 20):
+        part = values[start:start + (1 << 20)]
+        starts = np.flatnonzero(np.concatenate(([part[0] != current], part[1:] != part[:-1])))
+        if not len(starts):
+            count += len(part)
+            continue
+        count += int(starts[0])
+        if count > best_count:
+            best, best_count = current, count
+        lengths = np.diff(np.append(starts, len(part)))
+        run_values = part[starts]
+        # every run but the last is complete inside this chunk; the earliest longest one wins
+        if len(starts) > 1:
+            i = int(np.argmax(lengths[:-1]))
+            if lengths[i] > best_count:
+                best, best_count = run_values[i], int(lengths[i])
+        current, count = run_values[-1], int(lengths[-1])
+    if count > best_count:
+        best = current
+    return best
 
 
 def _bin_edges(values: np.ndarray, bins: int, strategy: str, name: str) -> list[float]:
@@ -172,7 +230,7 @@ def _bin_edges(values: np.ndarray, bins: int, strategy: str, name: str) -> list[
     if len(values) == 0:
         return []
     if strategy == "quantile":
-        edges = np.quantile(values, np.linspace(0, 1, bins + 1)[1:-1])
+        edges = np.quantile(values, np.linspace(0, 1, bins + 1)[1:-1], overwrite_input=True)
     else:
         edges = np.linspace(values.min(), values.max(), bins + 1)[1:-1]
     return [float(e) for e in np.unique(edges)]
@@ -199,7 +257,8 @@ def onehot_mask(spec: dict[str, Any]) -> np.ndarray:
 
 def apply_table(spec: dict[str, Any], table: pa.Table, row_numbers: np.ndarray | None = None) -> np.ndarray:
     """Impute, bin and encode raw rows into float32 [N, F]; unseen categories become all-zero (one-hot) or -1."""
-    missing = [c["name"] for c in spec["columns"] if c["name"] not in table.column_names]
+    names = set(table.column_names)
+    missing = [c["name"] for c in spec["columns"] if c["name"] not in names]
     if missing:
         near = difflib.get_close_matches(missing[0], table.column_names, n=1)
         hint = f"; did you mean '{near[0]}'?" if near else ""
@@ -260,24 +319,34 @@ def _row(i: int, row_numbers: np.ndarray | None) -> int:
 # ---------------------------------------------------------------- outliers (train rows only)
 
 
-def outlier_rows(train: pa.Table, names: list[str], method: str, threshold: float | None) -> dict[str, np.ndarray]:
-    """Per numeric column, a mask of train rows outside mean +- t*std (zscore) or [Q1 - t*IQR, Q3 + t*IQR]."""
+def outlier_bounds(present: np.ndarray, method: str, threshold: float | None,
+                   new_array: Callable[..., np.ndarray]) -> tuple[float, float] | None:
+    """(low, high) outside which a train value is an outlier: mean +- t*std (zscore) or Q1 - t*IQR, Q3 + t*IQR.
+
+    `present` holds a column's present train values (reordered by the IQR's quantiles).
+    None with fewer than two values. The standard deviation is numpy's, computed through a
+    file-backed work array instead of numpy's whole-size temporary.
+    """
     t = threshold or (3.0 if method == "zscore" else 1.5)
-    masks: dict[str, np.ndarray] = {}
-    for name in names:
-        values = numbers(train[name], name)
-        present = values[~np.isnan(values)]
-        if len(present) < 2:
-            continue
-        if method == "zscore":
-            mean, std = present.mean(), present.std()
-            low, high = (mean - t * std, mean + t * std) if std > 0 else (-np.inf, np.inf)
-        else:
-            q1, q3 = np.quantile(present, [0.25, 0.75])
-            low, high = q1 - t * (q3 - q1), q3 + t * (q3 - q1)
-        with np.errstate(invalid="ignore"):
-            masks[name] = (values < low) | (values > high)
-    return masks
+    if len(present) < 2:
+        return None
+    if method == "zscore":
+        mean, spread = present.mean(), std(present, new_array)
+        return (mean - t * spread, mean + t * spread) if spread > 0 else (-np.inf, np.inf)
+    q1, q3 = np.quantile(present, [0.25, 0.75], overwrite_input=True)
+    return q1 - t * (q3 - q1), q3 + t * (q3 - q1)
+
+
+def std(values: np.ndarray, new_array: Callable[..., np.ndarray]) -> float:
+    """`values.std()` of a float array, step for step as numpy's `_var` computes it, its temporary from `new_array`."""
+    n = len(values)
+    mean = np.add.reduce(values, keepdims=True)
+    mean = np.true_divide(mean, n, out=mean)
+    squares = new_array("std", values.dtype, n)
+    np.subtract(values, mean, out=squares)
+    np.multiply(squares, squares, out=squares)
+    total = np.add.reduce(squares)
+    return np.sqrt(total.dtype.type(total / np.intp(n)))
 
 
 # ---------------------------------------------------------------- images

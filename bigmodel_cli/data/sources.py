@@ -2,11 +2,16 @@
 
     raw = read_source("sklearn:digits")             # RawImages: uint8 [N,1,8,8], labels, classes
     raw = read_source("data/churn.csv", data)       # RawTable: a pyarrow Table, cleaned later
+    raw = read_source("data/churn.csv", data, scratch)   # the same, streamed to an Arrow file and memory-mapped
     raw = read_source("torchvision:mnist:~/datasets", data)   # the dataset's own train/test kept
 
 Sources: `.csv`/`.parquet`/`.jsonl` tables (text tables too), an image folder (one sub-folder
-per class), `torchvision:mnist|cifar10:ROOT` read from local files with torchvision's own
-dataset classes (never downloading), and `sklearn:digits|breast_cancer|wine|iris|diabetes`.
+per class, or train/ and test/ (and val/) folders of class folders: a predefined split),
+`torchvision:mnist|cifar10:ROOT` read from local files with torchvision's own dataset
+classes (never downloading), and `sklearn:digits|breast_cancer|wine|iris|diabetes`.
+With a `Scratch` folder, table files (of MAP_BYTES and more) are memory-mapped and image
+folders decoded into a file-backed array, so that reading a large source does not fill
+private memory.
 """
 
 from __future__ import annotations
@@ -23,7 +28,8 @@ from typing import Any
 
 import numpy as np
 
-from bigmodel_cli.data.tables import TABLE_SUFFIXES, read_table
+from bigmodel_cli.data.arrays import Scratch
+from bigmodel_cli.data.tables import TABLE_SUFFIXES, map_table, read_table
 from bigmodel_cli.errors import UsageError
 
 SKLEARN_DATASETS = ("digits", "breast_cancer", "wine", "iris", "diabetes")
@@ -32,6 +38,7 @@ MNIST_FILES = ("train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-image
                "t10k-labels-idx1-ubyte")
 CIFAR10_FILES = ("data_batch_1", "data_batch_2", "data_batch_3", "data_batch_4", "data_batch_5", "test_batch",
                  "batches.meta")
+MAP_BYTES = 1 << 23  # table files from this size on are streamed and memory-mapped; smaller ones read whole
 
 
 @dataclass
@@ -53,13 +60,17 @@ class RawImages:
     sha256: str
     target: str = "label"
     predefined: dict[str, np.ndarray] | None = None  # the dataset's own split: split -> row indices
+    predefined_by: str = "the dataset's own"  # who made the predefined split, for the report
     bad_files: list[dict[str, str]] = field(default_factory=list)
-    files: list[str] | None = None
     notes: list[str] = field(default_factory=list)
 
 
-def read_source(source: str | None, data=None) -> RawTable | RawImages:
-    """`data` is the recipe's DataSection (CSV options, image size, bad-file policy); defaults when None."""
+def read_source(source: str | None, data=None, scratch: Scratch | None = None) -> RawTable | RawImages:
+    """`data` is the recipe's DataSection (CSV options, image size, bad-file policy); defaults when None.
+
+    With `scratch`, table files are streamed into a memory-mapped Arrow file and image folders
+    decoded into a file-backed array there (prepare-data); without, they are read into memory.
+    """
     if data is None:
         from bigmodel_cli.config.schema import DataSection
 
@@ -76,19 +87,22 @@ def read_source(source: str | None, data=None) -> RawTable | RawImages:
                          f"torchvision:mnist|cifar10:ROOT or sklearn:{{{'|'.join(SKLEARN_DATASETS)}}}")
     path = Path(source).expanduser()
     if path.is_dir():
-        return _image_folder(path, data)
+        return _image_folder(path, data, scratch)
     if path.suffix.lower() in TABLE_SUFFIXES or path.exists():
-        return _table_file(path, data)
+        return _table_file(path, data, scratch)
     raise UsageError(f"data.source '{source}': no such file or folder")
 
 
-def _table_file(path: Path, data) -> RawTable:
+def _table_file(path: Path, data, scratch: Scratch | None) -> RawTable:
     """Read the table while another thread hashes the same file (hashlib releases the GIL)."""
     if not path.is_file():
         read_table(path)  # raises the right one-line error
     with ThreadPoolExecutor(max_workers=1) as pool:
         digest = pool.submit(file_sha256, path)
-        table = read_table(path, data.delimiter, data.encoding)
+        if scratch is None or path.stat().st_size < MAP_BYTES:
+            table = read_table(path, data.delimiter, data.encoding)
+        else:
+            table = map_table(path, scratch.path, data.delimiter, data.encoding)
         return RawTable(table=table, sha256=digest.result(), path=path)
 
 
@@ -107,12 +121,11 @@ def _sha256_arrays(*arrays: np.ndarray) -> str:
     return digest.hexdigest()
 
 
-def _sha256_files(root: Path, files: list[Path], digests: list[str] | None = None) -> str:
+def _sha256_files(root: Path, files: list[Path]) -> str:
     """One digest for a set of files: their paths relative to `root` and their own SHA-256, in order."""
     digest = hashlib.sha256()
-    for i, path in enumerate(files):
-        own = digests[i] if digests else file_sha256(path)
-        digest.update(f"{path.relative_to(root).as_posix()}\0{own}\n".encode())
+    for path in files:
+        digest.update(f"{path.relative_to(root).as_posix()}\0{file_sha256(path)}\n".encode())
     return digest.hexdigest()
 
 
@@ -140,22 +153,36 @@ def _sklearn(name: str) -> RawTable | RawImages:
                     default_target="target")
 
 
-def _image_folder(root: Path, data) -> RawImages:
+def _image_folder(root: Path, data, scratch: Scratch | None) -> RawImages:
     from bigmodel_cli.data import images
 
-    files, labels, classes = images.list_folder(root)
+    splits = images.split_folders(root)
+    if splits:
+        files, labels, classes, predefined = images.list_split_folders(splits)
+        folders = list(splits.values())
+    else:
+        (files, labels, classes), predefined, folders = images.list_folder(root), None, [root]
     size = data.image.size
     common, channels = images.probe(files)
     channels = data.image.channels or channels
     if size is None and common is None:
         raise UsageError(f"{root}: images have different sizes; set data.image.size (e.g. --set data.image.size=64)")
-    x, ok, bad, digests = images.decode_files(files, size or common, channels, data.on_bad_file)
-    notes = [f"empty class folder '{name}' ignored" for name in images.empty_class_folders(root, classes)]
+    digest = hashlib.sha256()
+
+    def add_file(i: int, own: str) -> None:  # the folder's digest: every file's path and SHA-256, in order
+        digest.update(f"{files[i].relative_to(root).as_posix()}\0{own}\n".encode())
+
+    x, ok, bad = images.decode_files(files, size or common, channels, data.on_bad_file,
+                                     new_array=scratch.array if scratch else None, on_digest=add_file)
+    notes = [f"empty class folder '{name}' ignored" for folder in folders
+             for name in images.empty_class_folders(folder, classes)]
     if bad:
         notes.append(f"{len(bad)} unreadable image(s) skipped (listed in report.bad_files)")
-    return RawImages(x=x, y=labels[ok], classes=classes, sha256=_sha256_files(root, files, digests),
-                     bad_files=bad, files=[str(p.relative_to(root)) for p, good in zip(files, ok, strict=True) if good],
-                     notes=notes)
+    if predefined is not None:  # rows of the readable files only
+        position = np.cumsum(ok) - 1
+        predefined = {s: position[rows[ok[rows]]] for s, rows in predefined.items()}
+    return RawImages(x=x, y=labels[ok], classes=classes, sha256=digest.hexdigest(), bad_files=bad,
+                     predefined=predefined, notes=notes, predefined_by="the folder's own")
 
 
 def _torchvision(source: str, rest: str) -> RawImages:

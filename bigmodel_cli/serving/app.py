@@ -7,7 +7,14 @@ Routes (each model route also under `/versions/{version}`):
 `GET /v2/health/live`, `GET /v2/health/ready`, `GET /v2`, `GET /v2/models/{m}`, `GET /v2/models/{m}/ready`,
 `GET /v2/models/{m}/config`, `POST /v2/models/{m}/infer`, `GET /metrics`.
 Inference goes through the `DynamicBatcher` (onnxruntime in a worker thread, never on the event loop);
-anything a client sends that is wrong is a 4xx `{"error": ...}`, never a 500.
+anything a client sends that is wrong is a 4xx `{"error": ...}`. A 500 is a server bug (or a failing
+device): logged once with its traceback, counted in `bigmodel_server_errors_total`.
+
+Limits (besides the connection guards of `transport.py`): a body over `max_body_bytes` is a 413; one not
+received within `request_timeout_s` a 408 (a 503 once the server is stopping); the bytes held by requests
+in flight (bodies as they arrive, what parsing a JSON body over 64 KiB may allocate, binary tensors' copies
+in the model's dtype) stay under `max_inflight_bytes`: a request that would pass it is a 503 (a 413 when it
+could never fit). Smaller JSON is parsed on the event loop, one request at a time.
 
 `POST .../infer` is the hot path: `InferEndpoint`, a plain ASGI handler, answers it without Starlette's
 request/response objects and middleware stack in between (they took a third or more of the event loop's
@@ -21,13 +28,15 @@ import functools
 import hmac
 import json
 import sys
+import threading
 import time
+import traceback
 from collections.abc import AsyncIterator, Awaitable, Callable
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
 from typing import Any, TextIO
 
 from starlette.applications import Starlette
-from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import Headers
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
@@ -36,19 +45,34 @@ from starlette.routing import Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from bigmodel_cli import __version__
-from bigmodel_cli.console import debug_enabled, warn
+from bigmodel_cli.console import console, warn
 from bigmodel_cli.serving.batcher import DynamicBatcher
 from bigmodel_cli.serving.metrics import ServerMetrics
 from bigmodel_cli.serving.model import LoadedModel
-from bigmodel_cli.serving.protocol import InferRequest, RequestError, decode_infer_request, encode_infer_response
+from bigmodel_cli.serving.protocol import (
+    COUNTED_JSON_BYTES,
+    InferRequest,
+    ModelSignature,
+    RequestError,
+    check_json_values,
+    decode_infer_request,
+    encode_infer_response,
+    header_size,
+    json_marks,
+)
 
 SERVER_NAME = "bigmodel"
 EXTENSIONS = ["binary_tensor_data", "model_configuration"]  # only what is implemented
 DEFAULT_MAX_BODY_BYTES = 64 * 1024 * 1024
+DEFAULT_MAX_INFLIGHT_BYTES = 256 * 1024 * 1024
+DEFAULT_REQUEST_TIMEOUT_S = 30.0
 OPEN_PATHS = frozenset({"/v2/health/live", "/v2/health/ready"})  # no API key needed (load balancer probes)
 HEADER_LENGTH = "inference-header-content-length"
-_INLINE_JSON_BYTES = 64 * 1024  # smaller JSON is parsed on the event loop, larger in a worker thread
+_INLINE_JSON_BYTES = COUNTED_JSON_BYTES  # smaller JSON is parsed on the event loop, larger in a worker thread
 _INLINE_OUTPUT_VALUES = 4096  # JSON outputs with more values are encoded in a worker thread
+# decode/encode threads: concurrent.futures' workers drop a call's arguments and result once it is done (anyio's,
+# which Starlette's run_in_threadpool uses, keep them until their next call: a 63 MB body outlived its request)
+CODEC_THREADS = 4
 _MODELS = "/v2/models/"
 
 
@@ -59,30 +83,31 @@ def _error(status_code: int, message: str, headers: dict[str, str] | None = None
 Endpoint = Callable[[Request], Awaitable[Response]]
 
 
-def _failure(method: str, path: str, e: Exception) -> tuple[int, str]:
-    """The status and message a failed request gets: a RequestError's own; anything unexpected is a 400
-    (logged, with a traceback under --debug), never a 500 for what a client sent."""
+def _failure(method: str, path: str, e: Exception, metrics: ServerMetrics) -> tuple[int, str]:
+    """The status and message a failed request gets: a RequestError's own (what the client sent is checked
+    there, so it keeps its specific 4xx); anything else is a server bug: a 500, logged once with its traceback
+    and counted in `bigmodel_server_errors_total`."""
     if isinstance(e, RequestError):
         if e.status_code >= 500 and e.status_code != 503:
             warn(f"{method} {path}: {e.message}")
+            metrics.server_errors.inc()
         return e.status_code, e.message
-    warn(f"{method} {path}: unexpected {type(e).__name__}: {_one_line(e)}")
-    if debug_enabled():
-        import traceback
-
-        traceback.print_exc()
-    return 400, f"bad request: {type(e).__name__}: {_one_line(e)}"
+    trace = "".join(traceback.format_exception(type(e), e, e.__traceback__)).rstrip()
+    console.print(f"error: {method} {path}: server error {type(e).__name__}: {_one_line(e)}\n{trace}",
+                  markup=False, highlight=False)
+    metrics.server_errors.inc()
+    return 500, f"internal server error ({type(e).__name__}), logged by the server"
 
 
 def _endpoint(handler: Endpoint) -> Endpoint:
-    """RequestError -> its status; anything unexpected -> 400 (logged), never a 500 for client input."""
+    """RequestError -> its status; anything unexpected -> 500, logged and counted (a server bug)."""
 
     @functools.wraps(handler)
     async def wrapped(request: Request) -> Response:
         try:
             return await handler(request)
         except Exception as e:
-            return _error(*_failure(request.method, request.url.path, e))
+            return _error(*_failure(request.method, request.url.path, e, request.app.state.metrics))
 
     return wrapped
 
@@ -108,7 +133,8 @@ async def _live(request: Request) -> Response:
 
 @_endpoint
 async def _server_ready(request: Request) -> Response:
-    if not (request.app.state.model.ready and request.app.state.accepting):
+    state = request.app.state
+    if not (state.model.ready and state.accepting) or state.stopping.is_set():
         raise RequestError(503, "not ready")
     return JSONResponse({"ready": True})
 
@@ -140,36 +166,91 @@ async def _metrics(request: Request) -> Response:
     return Response(metrics.render(), media_type=metrics.content_type)
 
 
+class InflightBytes:
+    """Bytes held by the infer requests in flight, at most `limit` in all (`--max-inflight-mb`).
+
+    Taken from the event loop and from decode worker threads (hence the lock); a request gives back what it
+    took once its answer is written.
+    """
+
+    def __init__(self, limit: int, gauge: Any) -> None:
+        self.limit = limit
+        self.used = 0
+        self._lock = threading.Lock()
+        gauge.set_function(lambda: self.used)  # read when /metrics is scraped, not set per request
+
+    def take(self, n: int, held: int) -> None:
+        """Reserve `n` more bytes for a request already holding `held`; RequestError 413 (never fits) or 503."""
+        if held + n > self.limit:
+            raise RequestError(413, f"request needs {_mib(held + n)} of memory to receive and decode, over "
+                                    f"--max-inflight-mb {_mib(self.limit)}")
+        with self._lock:
+            if self.used + n > self.limit:
+                raise RequestError(503, f"server busy: requests in flight hold {_mib(self.used)} of "
+                                        f"--max-inflight-mb {_mib(self.limit)}; retry later")
+            self.used += n
+
+    def give(self, n: int) -> None:
+        with self._lock:
+            self.used -= n
+
+
+class _Held:
+    """What one request holds of the `InflightBytes`."""
+
+    __slots__ = ("budget", "bytes", "receiving")
+
+    def __init__(self, budget: InflightBytes) -> None:
+        self.budget = budget
+        self.bytes = 0
+        self.receiving = False  # refused while its body was being read: the rest is not read, the connection closes
+
+    def take(self, n: int) -> None:
+        self.budget.take(n, self.bytes)
+        self.bytes += n
+
+
 class InferEndpoint:
     """ASGI handler of `POST /v2/models/{m}[/versions/{v}]/infer`: read, decode, batch, encode, answer.
 
-    Counted and timed in the metrics; a `RequestError` becomes its status, anything unexpected a 400 (logged).
+    Counted and timed in the metrics; a `RequestError` becomes its status, anything unexpected a 500 (logged).
     """
 
     def __init__(self, state: Any) -> None:
-        self.state = state  # the Starlette app's state: model, metrics, batcher, max_body_bytes, accepting
+        self.state = state  # the Starlette app's state: model, metrics, batcher, limits, accepting, stopping
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        metrics: ServerMetrics = self.state.metrics
+        state = self.state
+        metrics: ServerMetrics = state.metrics
         started = time.perf_counter()
         metrics.inflight.inc()
+        held = _Held(state.inflight)
         try:
-            status, content, headers = await self._answer(scope, receive)
+            status, content, headers = await self._answer(scope, receive, held)
+            metrics.count(status)
+            metrics.request_duration.observe(time.perf_counter() - started)
+            headers.append((b"content-length", str(len(content)).encode()))
+            await send({"type": "http.response.start", "status": status, "headers": headers})
+            await send({"type": "http.response.body", "body": content})
         finally:
             metrics.inflight.dec()
-        metrics.count(status)
-        metrics.request_duration.observe(time.perf_counter() - started)
-        headers.append((b"content-length", str(len(content)).encode()))
-        await send({"type": "http.response.start", "status": status, "headers": headers})
-        await send({"type": "http.response.body", "body": content})
+            if held.bytes:
+                state.inflight.give(held.bytes)
 
-    async def _answer(self, scope: Scope, receive: Receive) -> tuple[int, bytes, list[tuple[bytes, bytes]]]:
+    async def _answer(self, scope: Scope, receive: Receive,
+                      held: _Held) -> tuple[int, bytes, list[tuple[bytes, bytes]]]:
         try:
-            return await self._infer(scope, receive)
+            return await self._infer(scope, receive, held)
+        except asyncio.CancelledError:  # the server stopped waiting for this request (grace period over)
+            return _error_body(503, "server is shutting down", close=True)
         except Exception as e:
-            return _error_body(*_failure(scope["method"], scope["path"], e))
+            status, message = _failure(scope["method"], scope["path"], e, self.state.metrics)
+            # refused while its body was arriving: timed out, too large, overloaded or cut off, the connection
+            # closes; too many JSON values, it stays open and the server discards the rest (the client gets the 400)
+            return _error_body(status, message, close=held.receiving and status != 400)
 
-    async def _infer(self, scope: Scope, receive: Receive) -> tuple[int, bytes, list[tuple[bytes, bytes]]]:
+    async def _infer(self, scope: Scope, receive: Receive,
+                     held: _Held) -> tuple[int, bytes, list[tuple[bytes, bytes]]]:
         state = self.state
         model: LoadedModel = state.model
         name, version = infer_target(scope["path"]) or (None, None)
@@ -182,18 +263,23 @@ class InferEndpoint:
                 declared = value
             elif key == b"inference-header-content-length":
                 header_length = value.decode("latin-1")
+        json_size = header_size(header_length)  # a malformed one is a 400 before the body is read
+        held.receiving = True
+        body = await _receive_body(receive, declared, state, held, json_size)
+        held.receiving = False
+        json_size = len(body) if json_size is None else json_size
         batcher: DynamicBatcher = state.batcher
-        with batcher.expecting():
-            body = await _receive_body(receive, declared, state.max_body_bytes)
-            json_size = int(header_length) if header_length and header_length.isdigit() else len(body)
+        with batcher.expecting():  # from here on it may join the next batch (a stalled upload never delays one)
             if json_size > _INLINE_JSON_BYTES:
-                infer_request = await run_in_threadpool(decode_infer_request, body, model.signature, header_length)
+                infer_request = await asyncio.get_running_loop().run_in_executor(
+                    state.codec, decode_infer_request, body, model.signature, header_length, held.take)
             else:
-                infer_request = decode_infer_request(body, model.signature, header_length)
+                infer_request = decode_infer_request(body, model.signature, header_length, held.take)
+        del body
         results = model.with_label(await batcher.infer(infer_request.inputs), infer_request.outputs)
         if _json_values(infer_request, results) > _INLINE_OUTPUT_VALUES:
-            content, json_length = await run_in_threadpool(encode_infer_response, model.name, model.version,
-                                                           infer_request, results)
+            content, json_length = await asyncio.get_running_loop().run_in_executor(
+                state.codec, encode_infer_response, model.name, model.version, infer_request, results)
         else:
             content, json_length = encode_infer_response(model.name, model.version, infer_request, results)
         if json_length is None:
@@ -222,29 +308,136 @@ def _check_target(model: LoadedModel, name: str | None, version: str | None) -> 
         raise RequestError(404, f"unknown version '{version}' of model '{name}' (versions: {model.version})")
 
 
-async def _receive_body(receive: Receive, declared: bytes | None, limit: int) -> bytes:
-    """The whole request body from the ASGI `receive`; RequestError(413) past `limit` bytes."""
-    if declared is not None and declared.isdigit() and int(declared) > limit:
-        raise RequestError(413, f"request body of {declared.decode()} bytes is over the limit of {limit} bytes "
-                                f"(--max-body-mb)")
-    chunks, size = [], 0
+class _JsonCounter:
+    """Counts the JSON values of a body as it arrives (its first `json_size` bytes, all without a binary part),
+    from its first 64 KiB on (smaller JSON is not counted): RequestError(400) as soon as they are more than the
+    model can take, long before a huge body is all in."""
+
+    __slots__ = ("signature", "json_size", "marks", "seen")
+
+    def __init__(self, signature: ModelSignature, json_size: int | None) -> None:
+        self.signature = signature
+        self.json_size = json_size
+        self.marks = 0
+        self.seen = 0
+
+    def add(self, chunk: bytes) -> None:
+        json_left = len(chunk) if self.json_size is None else self.json_size - self.seen
+        self.seen += len(chunk)
+        if json_left > 0 and self.seen > COUNTED_JSON_BYTES and self.signature.max_values is not None:
+            self.marks += json_marks(chunk, json_left)
+            check_json_values(1 + self.marks, self.signature)
+
+
+async def _receive_body(receive: Receive, declared: bytes | None, state: Any, held: _Held,
+                        json_size: int | None) -> bytes | bytearray:
+    """The whole request body from the ASGI `receive`, its bytes taken from the in-flight budget as they come
+    (all at once when Content-Length says how many). RequestError 413 past `--max-body-mb`; 408 when it has
+    not all arrived after `--request-timeout-s` (503 when the server is stopping meanwhile); 400 as soon as a
+    body in several messages holds more JSON values than the model takes (one message is checked when it is
+    decoded)."""
+    limit, timeout_s = state.max_body_bytes, state.request_timeout_s
+    size = int(declared) if declared is not None and declared.isdigit() else None
+    if size is not None:
+        if size > limit:
+            raise RequestError(413, f"request body of {size} bytes is over the limit of {limit} bytes "
+                                    f"(--max-body-mb)")
+        held.take(size)
+    task = asyncio.current_task()
+    deadlines: BodyDeadlines = state.body_deadlines
+    deadlines.enter(task)
+    try:
+        first = await receive()
+        if first["type"] == "http.request" and not first.get("more_body", False):  # all of it in one message
+            body = first.get("body", b"")
+            if len(body) > limit:
+                raise RequestError(413, f"request body is over the limit of {limit} bytes (--max-body-mb)")
+            if size is None:
+                held.take(len(body))
+            return body
+        counter = _JsonCounter(state.model.signature, json_size)
+        return await _receive_rest(receive, first, size, limit, held, counter)
+    except asyncio.CancelledError:
+        if not deadlines.expired(task):
+            raise
+        if sys.version_info >= (3, 11):
+            task.uncancel()  # type: ignore[union-attr]
+        if state.stopping.is_set():
+            raise RequestError(503, "server is shutting down; the request body did not arrive in time") from None
+        raise RequestError(408, f"request body not received within {timeout_s:g} s (--request-timeout-s)") from None
+    finally:
+        deadlines.leave(task)
+
+
+class BodyDeadlines:
+    """The requests waiting for their body, each until `timeout_s` after it began to: one timer for them all,
+    every quarter of the timeout (at most a second), cancels those past their time (a timer per request cost
+    more than the rest of the bookkeeping of a small request)."""
+
+    def __init__(self, timeout_s: float) -> None:
+        self.timeout_s = timeout_s
+        self.tick = min(timeout_s / 4, 1.0)
+        self._waiting: dict[Any, float] = {}
+        self._expired: set[Any] = set()
+        self._timer: asyncio.TimerHandle | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+
+    def enter(self, task: Any) -> None:
+        loop = task.get_loop()
+        self._waiting[task] = loop.time() + self.timeout_s
+        if self._timer is None or self._loop is not loop:
+            self._loop = loop
+            self._timer = loop.call_later(self.tick, self._check)
+
+    def leave(self, task: Any) -> None:
+        self._waiting.pop(task, None)
+        self._expired.discard(task)
+
+    def expired(self, task: Any) -> bool:
+        return task in self._expired
+
+    def _check(self) -> None:
+        assert self._loop is not None
+        now = self._loop.time()
+        for task, deadline in list(self._waiting.items()):
+            if deadline <= now:
+                del self._waiting[task]
+                self._expired.add(task)
+                task.cancel()
+        self._timer = self._loop.call_later(self.tick, self._check) if self._waiting else None
+
+
+async def _receive_rest(receive: Receive, message: Message, size: int | None, limit: int, held: _Held,
+                        counter: _JsonCounter) -> bytearray:
+    """The body that comes in several messages, gathered into one buffer as it arrives."""
+    body = bytearray()
     while True:
-        message = await receive()
         if message["type"] == "http.disconnect":
             raise RequestError(400, "client disconnected before the end of the request body")
         chunk = message.get("body", b"")
-        size += len(chunk)
-        if size > limit:
+        if len(body) + len(chunk) > limit:
             raise RequestError(413, f"request body is over the limit of {limit} bytes (--max-body-mb)")
-        chunks.append(chunk)
+        if size is None:
+            held.take(len(chunk))
+        counter.add(chunk)
+        body += chunk
         if not message.get("more_body", False):
-            return chunks[0] if len(chunks) == 1 else b"".join(chunks)
+            return body
+        message = await receive()
 
 
-def _error_body(status_code: int, message: str) -> tuple[int, bytes, list[tuple[bytes, bytes]]]:
-    """`{"error": message}` as JSONResponse would write it."""
+def _error_body(status_code: int, message: str, *,
+                close: bool = False) -> tuple[int, bytes, list[tuple[bytes, bytes]]]:
+    """`{"error": message}` as JSONResponse would write it; `close`: the connection closes after it."""
     content = json.dumps({"error": message}, ensure_ascii=False, separators=(",", ":")).encode()
-    return status_code, content, [(b"content-type", b"application/json")]
+    headers = [(b"content-type", b"application/json")]
+    if close:
+        headers.append((b"connection", b"close"))
+    return status_code, content, headers
+
+
+def _mib(n: int) -> str:
+    return f"{n / (1 << 20):.1f} MiB"
 
 
 class InferFirst:
@@ -369,8 +562,14 @@ class AccessLog:
 
 def create_app(model: LoadedModel, api_key: str | None = None, max_body_bytes: int = DEFAULT_MAX_BODY_BYTES, *,
                max_queue_delay_ms: float = 2.0, max_queue: int = 1024, access_log: bool = False,
-               log_stream: TextIO | None = None) -> ASGIApp:
-    """The V2 HTTP app serving `model`; `api_key` guards all but the health endpoints."""
+               log_stream: TextIO | None = None, request_timeout_s: float = DEFAULT_REQUEST_TIMEOUT_S,
+               max_inflight_bytes: int = DEFAULT_MAX_INFLIGHT_BYTES,
+               stopping: threading.Event | None = None) -> ASGIApp:
+    """The V2 HTTP app serving `model`; `api_key` guards all but the health endpoints.
+
+    `stopping` is set by the server when it begins to shut down: readiness fails, and a body still awaited
+    is answered 503 instead of 408 when its time is up.
+    """
     metrics = ServerMetrics(model.name, model.max_batch_size)
     batcher = DynamicBatcher(model, metrics, max_batch_size=model.max_batch_size,
                              max_queue_delay_ms=max_queue_delay_ms, max_queue=max_queue)
@@ -381,6 +580,7 @@ def create_app(model: LoadedModel, api_key: str | None = None, max_body_bytes: i
         yield
         app.state.accepting = False  # readiness probes fail from here on: the load balancer stops sending
         await batcher.stop()
+        codec.shutdown(wait=False)
 
     routes = Starlette(exception_handlers={HTTPException: _http_error}, lifespan=lifespan)
     infer = InferEndpoint(routes.state)
@@ -390,6 +590,11 @@ def create_app(model: LoadedModel, api_key: str | None = None, max_body_bytes: i
     routes.state.metrics = metrics
     routes.state.batcher = batcher
     routes.state.max_body_bytes = max_body_bytes
+    routes.state.request_timeout_s = request_timeout_s
+    routes.state.body_deadlines = BodyDeadlines(request_timeout_s)
+    routes.state.inflight = InflightBytes(max_inflight_bytes, metrics.inflight_bytes)
+    routes.state.stopping = stopping or threading.Event()
+    routes.state.codec = codec = ThreadPoolExecutor(CODEC_THREADS, thread_name_prefix="bigmodel-codec")
     routes.state.accepting = True
     app: ASGIApp = InferFirst(routes, infer)
     if api_key:

@@ -6,15 +6,17 @@ One asyncio task owns the queue. When a request is queued it takes every queued 
 `max_batch_size` rows and runs them as one batch in a worker thread (the event loop keeps answering
 HTTP meanwhile, and what arrives during a run forms the next batch). Before running a batch that is not
 full it waits for more rows, at most `max_queue_delay_ms` after the oldest request was queued, and only
-while other requests are being received (`expecting()`): a lone request is never delayed for
-company that is not coming. The queue holds at most `max_queue` requests; the next one is refused with
-503 so that a load balancer can retry elsewhere.
+while other requests are being decoded (`expecting()`, entered once a body has fully arrived): a lone
+request is never delayed for company that is not coming, nor for an upload that has stalled. The queue
+holds at most `max_queue` requests; the next one is refused with 503 so that a load balancer can retry
+elsewhere.
 """
 
 from __future__ import annotations
 
 import asyncio
 import time
+import traceback
 from collections import deque
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -23,6 +25,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from bigmodel_cli.console import console
 from bigmodel_cli.serving.metrics import ServerMetrics
 from bigmodel_cli.serving.model import LoadedModel
 from bigmodel_cli.serving.protocol import RequestError
@@ -54,14 +57,14 @@ class DynamicBatcher:
         self.merge = model.batchable
         self._queue: deque[_Job] = deque()
         self._queued_rows = 0
-        self._arriving = 0  # requests being read or decoded: they may join the next batch
+        self._arriving = 0  # requests being decoded: they may join the next batch
         self._executor: ThreadPoolExecutor | None = None
         self._task: asyncio.Task | None = None
         self._wakeup = asyncio.Event()
 
     @contextmanager
     def expecting(self) -> Iterator[None]:
-        """Around reading and decoding a request: the batcher may wait for it to join the batch."""
+        """Around decoding a received request: the batcher may wait for it to join the batch."""
         self._arriving += 1
         try:
             yield
@@ -170,7 +173,12 @@ class DynamicBatcher:
             self._fail(batch, RequestError(503, "server is shutting down"))
             raise
         except Exception as e:  # noqa: BLE001  (handed to every caller of this batch)
-            self._fail(batch, e if isinstance(e, RequestError) else RequestError(500, f"inference failed: {e}"))
+            if not isinstance(e, RequestError):  # a bug: its traceback once, each caller a 500
+                trace = "".join(traceback.format_exception(type(e), e, e.__traceback__)).rstrip()
+                console.print(f"error: batch of {len(batch)} requests: server error\n{trace}", markup=False,
+                              highlight=False)
+                e = RequestError(500, f"inference failed: {type(e).__name__}")
+            self._fail(batch, e)
             return
         offset = 0
         for job in batch:

@@ -5,7 +5,8 @@
 | metric | type | labels |
 |---|---|---|
 | bigmodel_requests_total | counter | model, outcome: success, bad_request, unauthorized, not_found, too_large, |
-|  |  | overloaded, error |
+|  |  | timeout, overloaded, error |
+| bigmodel_server_errors_total | counter | model: 500s on any route (a server bug or a failing device; logged) |
 | bigmodel_request_duration_seconds | histogram | model: infer requests, from the first byte read to the answer |
 | bigmodel_queue_duration_seconds | histogram | model: time a request waited for its batch to start |
 | bigmodel_compute_duration_seconds | histogram | model: one session.run of a batch |
@@ -13,6 +14,7 @@
 | bigmodel_batch_requests | histogram | model: requests merged into one session.run |
 | bigmodel_inflight_requests | gauge | model: infer requests being handled now |
 | bigmodel_queued_requests | gauge | model: requests waiting for a batch now |
+| bigmodel_inflight_bytes | gauge | model: bytes held by infer requests in flight (--max-inflight-mb) |
 """
 
 from __future__ import annotations
@@ -21,7 +23,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, gene
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
 OUTCOMES = {200: "success", 400: "bad_request", 401: "unauthorized", 404: "not_found", 405: "bad_request",
-            413: "too_large", 503: "overloaded"}
+            408: "timeout", 413: "too_large", 500: "error", 503: "overloaded"}
 _LATENCY_BUCKETS = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0, 10.0)
 
 
@@ -56,6 +58,10 @@ class ServerMetrics:
                               registry=reg).labels(model_name)
         self.queued = Gauge("bigmodel_queued_requests", "Requests waiting for a batch.", ["model"],
                             registry=reg).labels(model_name)
+        self.inflight_bytes = Gauge("bigmodel_inflight_bytes", "Bytes held by infer requests in flight.", ["model"],
+                                    registry=reg).labels(model_name)
+        self.server_errors = Counter("bigmodel_server_errors", "500s on any route: server bugs, failing devices.",
+                                     ["model"], registry=reg).labels(model_name)
         self._by_outcome = {name: self._requests.labels(model_name, name) for name in {*OUTCOMES.values(), "error"}}
 
     def count(self, status_code: int) -> None:

@@ -23,6 +23,12 @@ tritonclient sends for `InferInput("input", [2], "BYTES")`). Strings are tokenis
 tokenizer fitted by prepare-data (exported into the model's metadata).
 
 Every check a client can fail becomes a `RequestError` (400) here, before onnxruntime sees the data.
+
+Memory: a JSON body over 64 KiB is parsed only when its raw bytes hold no more values (counted as `,`, `[`
+and `{`, a bound on the number of objects `json.loads` can build) than the model's inputs can take at
+`max_batch_size` rows (`ModelSignature.max_values`), so that what decoding allocates is bounded by the model,
+not by the body: a 63 MB body of `1,1,1,...` is refused before it becomes 31 million Python objects.
+`decode_memory` is the bound the server reserves against `--max-inflight-mb` before parsing it.
 """
 
 from __future__ import annotations
@@ -32,6 +38,7 @@ import math
 import struct
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from functools import cached_property
 from typing import Any
 
 import numpy as np
@@ -55,6 +62,10 @@ ORT_V2 = {
     "tensor(bool)": "BOOL", "tensor(string)": "BYTES",
 }
 _UNSUPPORTED_INPUT_TYPES = {"BYTES", "BOOL"}  # BYTES: only for a text model's input (raw strings)
+OTHER_JSON_VALUES = 1024  # values a request may hold besides its tensors' data: names, shapes, id, parameters
+COUNTED_JSON_BYTES = 64 * 1024  # JSON larger than this has its values counted before it is parsed
+BYTES_PER_JSON_VALUE = 48  # json.loads: a float (24) and its list slot (8); np.asarray's float64 (8); the cast
+_COUNT_SLICE = 1 << 20  # bytes counted per call, so that a worker thread counting a large body lets go of the GIL
 
 
 class RequestError(Exception):
@@ -133,17 +144,45 @@ class ModelSignature:
     def output_names(self) -> list[str]:
         return [s.name for s in self.outputs] + ([LABEL_OUTPUT] if self.has_label else [])
 
+    @cached_property
+    def max_values(self) -> int | None:
+        """The most JSON values (numbers, and the nested lists around them) a request's tensors can hold at
+        `max_batch_size` rows; None when an input has a dimension without a bound (then only the body limit and
+        `--max-inflight-mb` bound decoding)."""
+        total = 0
+        for spec in self.inputs:
+            dims = list(spec.shape[1:])
+            if self.text is not None and spec.name == self.text.name:
+                dims = [max(self.text.max_length, 1)]  # ids [N, L <= max_length]; strings [N] or [N, 1]
+            if any(d < 0 for d in dims):
+                return None
+            nested, width = 1, 1  # the row's list and its sub-lists, when `data` is sent nested
+            for d in dims[:-1]:
+                width *= d
+                nested += width
+            total += self.max_batch_size * (math.prod(dims) + nested + 1)
+        return total
+
 
 # ---------------------------------------------------------------------------------------------- decode
 
 
+def header_size(header_length: str | None) -> int | None:
+    """The byte count of an `Inference-Header-Content-Length` value (None without one); RequestError(400) unless
+    it is ASCII digits (`str.isdigit` alone takes '²', which `int` refuses)."""
+    if header_length is None:
+        return None
+    value = header_length.strip()
+    if not (value.isascii() and value.isdigit()):
+        raise RequestError(400, f"Inference-Header-Content-Length {header_length!r} is not a byte count")
+    return int(value)
+
+
 def split_body(body: bytes, header_length: str | None) -> tuple[bytes, memoryview]:
     """The JSON header and the binary tensor data that follows it (empty without the header)."""
-    if header_length is None:
+    length = header_size(header_length)
+    if length is None:
         return body, memoryview(b"")
-    if not header_length.strip().isdigit():
-        raise RequestError(400, f"Inference-Header-Content-Length {header_length!r} is not a byte count")
-    length = int(header_length)
     if not 0 < length <= len(body):
         raise RequestError(400, f"Inference-Header-Content-Length {length} does not fit the body of "
                                 f"{len(body)} bytes")
@@ -151,9 +190,51 @@ def split_body(body: bytes, header_length: str | None) -> tuple[bytes, memoryvie
     return bytes(view[:length]), view[length:]
 
 
-def decode_infer_request(body: bytes, signature: ModelSignature, header_length: str | None = None) -> InferRequest:
-    """Parse and validate a V2 infer request (JSON, or JSON header + binary tensors); RequestError(400)."""
+def json_marks(text: bytes | bytearray, end: int | None = None) -> int:
+    """The commas and opening brackets in `text[:end]`: each value (or key) `json.loads` builds is the first item
+    of an array or object or follows a comma, so 1 + this bounds their number (marks inside strings make it a
+    bound, not a count). Counted slice by slice, so a worker thread counting a large body lets go of the GIL."""
+    if end is None and len(text) <= _COUNT_SLICE:  # most requests: one slice
+        return text.count(b",") + text.count(b"[") + text.count(b"{")
+    end = len(text) if end is None else min(end, len(text))
+    count = 0
+    for start in range(0, end, _COUNT_SLICE):
+        stop = min(start + _COUNT_SLICE, end)
+        count += text.count(b",", start, stop) + text.count(b"[", start, stop) + text.count(b"{", start, stop)
+    return count
+
+
+def check_json_values(values: int, signature: ModelSignature) -> None:
+    """RequestError(400) when a request's JSON holds more values than the model's inputs can take."""
+    limit = signature.max_values
+    if limit is not None and values > limit + OTHER_JSON_VALUES:
+        raise RequestError(400, f"request JSON holds {values:,} values or more; this model's inputs take at most "
+                                f"{limit:,} ({signature.max_batch_size} rows) plus {OTHER_JSON_VALUES} for the "
+                                f"rest of the document")
+
+
+def decode_memory(values: int, json_bytes: int) -> int:
+    """A bound of the bytes parsing a request's JSON allocates: `values` of them (keys as many again at worst),
+    strings no longer than the text, and the header's copy."""
+    return 2 * BYTES_PER_JSON_VALUE * values + 2 * json_bytes
+
+
+def decode_infer_request(body: bytes, signature: ModelSignature, header_length: str | None = None,
+                         reserve: Callable[[int], None] | None = None) -> InferRequest:
+    """Parse and validate a V2 infer request (JSON, or JSON header + binary tensors); RequestError(400).
+
+    JSON over `COUNTED_JSON_BYTES` has its values counted on the raw bytes first: more than the model can take
+    is a 400 before parsing, and `reserve(n)` is told what parsing may allocate (`decode_memory`). Smaller JSON
+    is parsed as it is (the server does that on its event loop, one request at a time: a few MB at most).
+    `reserve` is also told the size of each binary tensor's copy in the model's dtype, when it needs one (one
+    sent in the model's dtype shares the body). It may refuse by raising.
+    """
     header, binary = split_body(body, header_length)
+    if len(header) > COUNTED_JSON_BYTES:
+        values = 1 + json_marks(header)
+        check_json_values(values, signature)
+        if reserve is not None:
+            reserve(decode_memory(values, len(header)))
     try:
         doc = json.loads(header)
     except (ValueError, RecursionError) as e:  # JSONDecodeError, UnicodeDecodeError, too deeply nested
@@ -167,13 +248,14 @@ def decode_infer_request(body: bytes, signature: ModelSignature, header_length: 
     if not isinstance(parameters, dict):
         raise RequestError(400, "'parameters' must be an object")
 
-    inputs = _decode_inputs(doc.get("inputs"), signature, binary)
+    inputs = _decode_inputs(doc.get("inputs"), signature, binary, reserve)
     outputs, binary_outputs = _requested_outputs(doc.get("outputs"), parameters, signature)
     return InferRequest(inputs=inputs, outputs=outputs, binary_outputs=binary_outputs, id=request_id,
                         parameters=parameters)
 
 
-def _decode_inputs(tensors: Any, signature: ModelSignature, binary: memoryview) -> dict[str, np.ndarray]:
+def _decode_inputs(tensors: Any, signature: ModelSignature, binary: memoryview,
+                   reserve: Callable[[int], None] | None) -> dict[str, np.ndarray]:
     if not isinstance(tensors, list) or not tensors:
         raise RequestError(400, "request needs 'inputs': a non-empty list of tensors")
     expected = {s.name: s for s in signature.inputs}
@@ -187,7 +269,7 @@ def _decode_inputs(tensors: Any, signature: ModelSignature, binary: memoryview) 
             raise RequestError(400, f"unknown input '{name}' (model inputs: {', '.join(expected)})")
         if name in inputs:
             raise RequestError(400, f"input '{name}' given twice")
-        inputs[name], used = _decode_tensor(tensor, expected[name], signature, binary[offset:])
+        inputs[name], used = _decode_tensor(tensor, expected[name], signature, binary[offset:], reserve)
         offset += used
     if offset != len(binary):
         raise RequestError(400, f"{len(binary) - offset} bytes of binary tensor data after the inputs' "
@@ -201,8 +283,8 @@ def _decode_inputs(tensors: Any, signature: ModelSignature, binary: memoryview) 
     return inputs
 
 
-def _decode_tensor(tensor: dict[str, Any], spec: TensorSpec, signature: ModelSignature,
-                   binary: memoryview) -> tuple[np.ndarray, int]:
+def _decode_tensor(tensor: dict[str, Any], spec: TensorSpec, signature: ModelSignature, binary: memoryview,
+                   reserve: Callable[[int], None] | None) -> tuple[np.ndarray, int]:
     """One input as the model's dtype, and how many bytes of binary data it took."""
     name = spec.name
     model_dtype = signature.input_dtypes[name]
@@ -223,6 +305,8 @@ def _decode_tensor(tensor: dict[str, Any], spec: TensorSpec, signature: ModelSig
                                 f"{text.max_length} (send strings to have longer texts truncated)")
     if binary_size is not None:
         array, used = _binary_tensor(binary_size, binary, datatype, shape, name)
+        if reserve is not None and array.dtype != model_dtype:  # its copy in the model's dtype, and the checks'
+            reserve(array.size * (model_dtype.itemsize + 1))
     else:
         array, used = _json_tensor(tensor, datatype, shape, name), 0
     if model_dtype.kind in "iu":
@@ -305,6 +389,10 @@ def _json_tensor(tensor: dict[str, Any], datatype: str, shape: list[int], name: 
     data = tensor["data"]
     if not isinstance(data, list):
         raise RequestError(400, f"input '{name}': 'data' must be a list of numbers (flat or nested)")
+    expected_count = math.prod(shape)
+    if len(data) not in (expected_count, shape[0]):  # flat, or nested by rows: checked before numpy copies it
+        raise RequestError(400, f"input '{name}': 'data' has {len(data)} elements, shape {shape} needs "
+                                f"{expected_count}")
     try:
         array = np.asarray(data)
     except (ValueError, TypeError, OverflowError, RecursionError):
@@ -312,7 +400,6 @@ def _json_tensor(tensor: dict[str, Any], datatype: str, shape: list[int], name: 
                                 f"rectangular") from None
     if array.size and array.dtype.kind not in "iuf":  # bool, str, None, objects; [] is float64
         raise RequestError(400, f"input '{name}': 'data' must hold only numbers")
-    expected_count = math.prod(shape)
     if array.size != expected_count:
         raise RequestError(400, f"input '{name}': 'data' has {array.size} elements, shape {shape} needs "
                                 f"{expected_count}")

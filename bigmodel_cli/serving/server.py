@@ -14,7 +14,10 @@ The pieces, each in its module of `bigmodel_cli.serving`:
 - `app.create_app`: the Starlette routes, errors as `{"error": ...}`, API key, body limit, access log.
 
 This module opens the model, binds the socket and runs uvicorn; SIGTERM/SIGINT stop accepting, let
-in-flight requests finish (at most `grace_seconds`) and return, so the command exits 0.
+in-flight requests finish (at most `grace_seconds`) and return, so the command exits 0. A request whose
+body is still awaited then is answered 503 when its own `request_timeout_s` runs out (or when the grace
+period does, whichever comes first), so a stalled upload holds the exit no longer than its own timeout.
+The connection guards (head size and timeouts, idle connections, half-closed clients) are `transport`'s.
 """
 
 from __future__ import annotations
@@ -30,11 +33,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import uvicorn
+
 from bigmodel_cli.console import info
 from bigmodel_cli.errors import UsageError
 from bigmodel_cli.serving.app import create_app
 from bigmodel_cli.serving.model import LoadedModel, check_name
-from bigmodel_cli.serving.transport import coalescing_protocol
+from bigmodel_cli.serving.transport import serving_protocol
 
 
 @dataclass(frozen=True)
@@ -53,6 +58,8 @@ class ServeOptions:
     access_log: bool = True
     device: str = "auto"
     api_key_env: str | None = None
+    request_timeout_s: float = 30.0
+    max_inflight_mb: float = 256.0
 
     def check(self) -> None:
         """UsageError naming the flag of the first value out of range."""
@@ -62,6 +69,8 @@ class ServeOptions:
                   ("--max-queue", self.max_queue, self.max_queue >= 1, "at least 1"),
                   ("--grace-seconds", self.grace_seconds, self.grace_seconds >= 0, "not negative"),
                   ("--max-body-mb", self.max_body_mb, self.max_body_mb > 0, "more than 0"),
+                  ("--request-timeout-s", self.request_timeout_s, self.request_timeout_s > 0, "more than 0"),
+                  ("--max-inflight-mb", self.max_inflight_mb, self.max_inflight_mb > 0, "more than 0"),
                   ("--threads", self.threads, self.threads >= 0, "0 (one per core) or more")]
         for flag, value, ok, rule in limits:
             if not ok:
@@ -83,6 +92,9 @@ def resolve_model_path(model: Path) -> Path:
     if not model.is_file():
         raise UsageError(f"model not found: {model} (give MODEL.onnx or a run directory; "
                          f"`bigmodel export DIR` writes DIR/model.onnx)")
+    if model.suffix.lower() != ".onnx":
+        raise UsageError(f"{model}: serve needs an .onnx file or a run directory (`bigmodel export RUN_DIR` "
+                         f"writes RUN_DIR/model.onnx from a checkpoint)")
     return model
 
 
@@ -133,11 +145,20 @@ def _stop_on_signals(server: Any) -> Iterator[None]:
             signal.signal(sig, handler)
 
 
+class StoppingServer(uvicorn.Server):
+    """uvicorn's server that tells the app (`stopping`) when it begins to shut down."""
+
+    def __init__(self, config: uvicorn.Config, stopping: threading.Event) -> None:
+        super().__init__(config)
+        self.stopping = stopping
+
+    async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
+        self.stopping.set()
+        await super().shutdown(sockets)
+
+
 def run_server(model: Path, options: ServeOptions) -> None:
     """Load `model`, serve it with uvicorn until SIGINT/SIGTERM, then return (exit 0)."""
-    import uvicorn
-    from uvicorn.protocols.http.auto import AutoHTTPProtocol
-
     options.check()
     path = resolve_model_path(model)
     api_key = _api_key_from_env(options.api_key_env)
@@ -148,15 +169,18 @@ def run_server(model: Path, options: ServeOptions) -> None:
     except BaseException:
         sock.close()
         raise
+    stopping = threading.Event()
     app = create_app(loaded, api_key=api_key, max_body_bytes=int(options.max_body_mb * 1024 * 1024),
                      max_queue_delay_ms=options.max_queue_delay_ms, max_queue=options.max_queue,
-                     access_log=options.access_log)
+                     access_log=options.access_log, request_timeout_s=options.request_timeout_s,
+                     max_inflight_bytes=int(options.max_inflight_mb * 1024 * 1024), stopping=stopping)
     bound_port = sock.getsockname()[1]
-    # uvicorn's own protocol (httptools when installed, else h11), each response written in one send()
+    # uvicorn's httptools protocol, each response written in one send(), with the connection guards
     config = uvicorn.Config(app, host=options.host, port=bound_port, log_level="warning", lifespan="on",
                             access_log=False, timeout_graceful_shutdown=options.grace_seconds,
-                            http=coalescing_protocol(AutoHTTPProtocol))
-    server = uvicorn.Server(config)
+                            timeout_keep_alive=min(5.0, options.request_timeout_s),  # type: ignore[arg-type]
+                            http=serving_protocol(options.request_timeout_s))
+    server = StoppingServer(config, stopping)
     with _stop_on_signals(server):
         _say(_banner(loaded, options, bound_port, guarded=api_key is not None))
         try:

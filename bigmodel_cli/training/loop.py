@@ -83,21 +83,25 @@ def seed_everything(seed: int, deterministic: bool = False) -> None:
 
 def fit(recipe, run_dir: str | Path, resume: bool = False, recipe_ref: str | None = None,
         data: TrainData | None = None) -> dict[str, Any]:
-    """Train the recipe's task on its prepared data (or on `data`); returns the run summary."""
-    data = data or load_data(recipe, recipe_ref)
-    if data.manifest["task"] != recipe.task:
-        raise UsageError(f"task '{recipe.task}' does not match the prepared data ({data.manifest['task']}); "
-                         f"rerun prepare-data or fix 'task'")
+    """Train the recipe's task on its prepared data (or on `data`); returns the run summary.
+
+    With several processes every rank joins the group first, so that a rank failing at the start (its data
+    missing, say) ends the others at once; then the ranks agree on one recipe (`distributed.agree`).
+    """
     device = devices.resolve(recipe.train.devices)
     if recipe.train.processes > 1 and not distributed.launched():
         raise UsageError(f"train.devices {recipe.train.devices}: several processes are started by `bigmodel train` "
                          "(torch.distributed.run) or torchrun, not from inside one process")
-    check_device_support(recipe.train, device)
-    dist = distributed.from_env(device.type) if distributed.launched() else distributed.Dist()
-    try:
+    dist = distributed.from_env(device.type, recipe.train.dist_timeout_s) if distributed.launched() \
+        else distributed.Dist()
+    with distributed.together(dist):
+        data = data or load_data(recipe, recipe_ref)
+        if data.manifest["task"] != recipe.task:
+            raise UsageError(f"task '{recipe.task}' does not match the prepared data ({data.manifest['task']}); "
+                             f"rerun prepare-data or fix 'task'")
+        recipe = distributed.agree(dist, recipe, data.manifest, resume)
+        check_device_support(recipe.train, device)
         return Trainer(recipe, Path(run_dir), data, device, dist).run(resume)
-    finally:
-        distributed.shutdown(dist)
 
 
 class StepContext:
@@ -208,19 +212,23 @@ class Trainer:
         return cfg.monitor, mode
 
     def _resume(self) -> None:
-        """Continue from last: rank 0 reads the checkpoint and every rank gets the same state."""
-        found = self.dist.broadcast_object(str(checkpoint.find(self.run_dir, "last") or "")
+        """Continue from last: rank 0 reads the checkpoint and every rank gets the same state.
+
+        Rank 0 finds it and says its name; each rank then looks in its own run directory, which for FSDP
+        shards without shared storage is where that node wrote them.
+        """
+        found = self.dist.broadcast_object(getattr(checkpoint.find(self.run_dir, "last"), "name", "")
                                            if self.dist.is_main else None)
         if not found:
             raise UsageError(f"--resume: no checkpoint at {self.ckpt_dir / 'last.pt'}; train without --resume first")
-        last = Path(found)
-        if self.strategy.sharded and not last.is_dir():
+        last = self.ckpt_dir / found
+        if self.strategy.sharded and found.endswith(".pt"):
             raise UsageError(f"--resume: {last} was saved by one process or DDP; resume it with train.strategy ddp, "
                              "or start a new FSDP run from it with model.weights")
-        if last.is_dir():  # torch.distributed.checkpoint reshards onto this many processes (one included)
-            saved = checkpoint.load_extra(last, self.meta)
+        if not found.endswith(".pt"):  # torch.distributed.checkpoint reshards onto this many processes (one included)
+            saved = self.dist.broadcast_object(checkpoint.load_extra(last, self.meta) if self.dist.is_main else None)
             checkpoint.load_sharded_into({n: (net, self.optimizers[n][0]) for n, net in self.parts.networks.items()},
-                                         last)
+                                         last, saved, self.dist)
         else:
             saved = self.dist.broadcast_object(checkpoint.load(last, expect=self.meta) if self.dist.is_main else None)
             for name, net in self.parts.networks.items():
@@ -285,14 +293,18 @@ class Trainer:
             raise
 
     def _run(self, resume: bool) -> dict[str, Any]:
+        distributed.check_storage(self.dist, self.run_dir, self.strategy.sharded)
         if resume:
             self._resume()
-        self._start_files()
-        self.callbacks = Callbacks(self.recipe, self.run_dir, self.dist.is_main, self.monitor)
-        self._announce()
-        started = time.perf_counter()
-        self.samples_seen = 0
+        # trackers first: a store that cannot be written is exit 2 before anything is written
+        self.callbacks = Callbacks(self.recipe, self.run_dir, self.dist.is_main, self.monitor, self.data.manifest,
+                                   resume)
         try:
+            self._start_files()
+            self.dist.barrier()  # rank 0's files are written before anyone trains (io group: not a training timeout)
+            self._announce()
+            started = time.perf_counter()
+            self.samples_seen = 0
             with StopFlag() as stop, progress(self.cfg.epochs, self.batches_per_epoch) as bar:
                 while self.state["epoch"] < self.cfg.epochs and not self.state["stopped_early"]:
                     self._train_epoch(stop, bar)
@@ -300,12 +312,15 @@ class Trainer:
                 if self.state["stopped_early"]:
                     console.info(f"early stopping: {self.monitor} did not improve for "
                                  f"{self.cfg.early_stopping.patience} epochs")
-        finally:
-            self.callbacks.close(self.state["history"])
-        if self.state["best_epoch"] is None:  # the monitor was never defined (e.g. AUC with one class): agreed state
-            self._save("best")
-        self.dist.barrier()
-        return self._summary(time.perf_counter() - started)
+            if self.state["best_epoch"] is None:  # the monitor was never defined (e.g. AUC with one class)
+                self._save("best")
+            self.dist.barrier()
+            summary = self._summary(time.perf_counter() - started)
+        except BaseException as e:
+            self.callbacks.close(self.state["history"], error=e)
+            raise
+        self.callbacks.close(self.state["history"], summary=summary)
+        return summary
 
     def _announce(self) -> None:
         trainable = sum(p.numel() for net in self.parts.networks.values() for p in net.parameters()
@@ -380,8 +395,9 @@ class Trainer:
             self._save("last")
         if stop.requested:
             self._save("last")
-            self._stop_all(Interrupted(f"{stop.requested}: saved {self.ckpt_dir / 'last.pt'} at step "
-                                       f"{state['step']}; continue with --resume"))
+            last = distributed.on_main(self.dist, self.run_dir, "checkpoints/last.pt")
+            self._stop_all(Interrupted(f"{stop.requested}: saved {last} at step {state['step']}; continue with "
+                                       "--resume"))
         return term_sums[0] / term_counts[0] if term_counts[0] else float("nan")
 
     def _end_epoch(self, stop: StopFlag, bar) -> None:
@@ -395,6 +411,7 @@ class Trainer:
         row.update(self._lrs())
         row.update({"samples_per_s": seen / train_time if train_time > 0 and seen else None,
                     "time_s": time.perf_counter() - self.epoch_start})
+        row = self.dist.broadcast_object(row)  # rank 0's row: best, early stopping and schedules agree everywhere
         state["history"].append(row)
         state.update(epoch=epoch + 1, batch=0, sums={t: 0.0 for t in self.terms}, counts={t: 0 for t in self.terms},
                      rows=0)
@@ -410,8 +427,9 @@ class Trainer:
         self._save("last")
         bar.end_epoch(row, improved)
         if self.dist.sum(float(bool(stop.requested)))[0]:
-            self._stop_all(Interrupted(f"{stop.requested or 'SIGTERM'}: saved {self.ckpt_dir / 'last.pt'} after "
-                                       f"epoch {epoch + 1}; continue with --resume"))
+            last = distributed.on_main(self.dist, self.run_dir, "checkpoints/last.pt")
+            self._stop_all(Interrupted(f"{stop.requested or 'SIGTERM'}: saved {last} after epoch {epoch + 1}; "
+                                       "continue with --resume"))
 
     def _lr(self) -> float:
         return next(iter(self.optimizers.values()))[0].param_groups[0]["lr"]
@@ -446,10 +464,12 @@ class Trainer:
             pairs = {n: (net, self.optimizers[n][0] if n in self.optimizers else None)
                      for n, net in self.parts.networks.items()}
             checkpoint.save_sharded(pairs, extra, self.ckpt_dir / which, self.dist)
-        elif self.dist.is_main:
-            checkpoint.save_atomic(self.ckpt_dir / f"{which}.pt", {
-                **extra, "networks": {n: net.state_dict() for n, net in self.parts.networks.items()},
-                "optimizers": {n: opt.state_dict() for n, (opt, _) in self.optimizers.items()}})
+        else:
+            if self.dist.is_main:
+                checkpoint.save_atomic(self.ckpt_dir / f"{which}.pt", {
+                    **extra, "networks": {n: net.state_dict() for n, net in self.parts.networks.items()},
+                    "optimizers": {n: opt.state_dict() for n, (opt, _) in self.optimizers.items()}})
+            self.dist.barrier()  # the others wait for the write here (io group), not in the next step's all-reduce
 
     def _stop_all(self, error: Exception) -> None:
         """Every rank raises together, after rank 0 has finished writing (the launcher ends the others)."""

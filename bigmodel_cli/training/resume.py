@@ -19,18 +19,10 @@ from typing import Any
 
 from bigmodel_cli import atomic, console
 from bigmodel_cli.errors import UsageError
+from bigmodel_cli.tracking.run_info import flatten
 
 SAFE = ("train.epochs", "train.checkpoint_every_steps", "train.devices", "train.loader_workers", "train.tensorboard")
 STEP_SCHEDULES = ("cosine", "linear", "onecycle")  # schedules whose shape depends on the total number of steps
-
-
-def flat(data: Any, prefix: str = "") -> dict[str, Any]:
-    if isinstance(data, dict):
-        out: dict[str, Any] = {}
-        for key, value in data.items():
-            out.update(flat(value, f"{prefix}{key}."))
-        return out
-    return {prefix[:-1]: data}
 
 
 def resume_recipe(run_dir: Path, flags: dict[str, Any], sets: list[str] | None) -> tuple[Any, dict[str, Any]]:
@@ -41,7 +33,7 @@ def resume_recipe(run_dir: Path, flags: dict[str, Any], sets: list[str] | None) 
     own_file = run_dir / "recipe.yaml"
     own = resolve(own_file)
     wanted = resolve(own_file, flags, sets)
-    before, after = flat(own.model_dump(mode="json")), flat(wanted.model_dump(mode="json"))
+    before, after = flatten(own.model_dump(mode="json")), flatten(wanted.model_dump(mode="json"))
     keys = sorted(set(before) | set(after))
     changed = {k: (before.get(k), after.get(k)) for k in keys if before.get(k) != after.get(k)}
     refused = [k for k in changed if k not in SAFE]

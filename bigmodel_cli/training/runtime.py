@@ -1,19 +1,16 @@
 """What a training process needs around the loop: RNG states to checkpoint, a graceful stop on
-SIGINT/SIGTERM, bf16 input casting, and optional TensorBoard logging."""
+SIGINT/SIGTERM, and bf16 input casting."""
 
 from __future__ import annotations
 
 import contextlib
 import random
 import signal
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 from torch import nn
-
-from bigmodel_cli.errors import UsageError
 
 
 def rng_state() -> dict[str, Any]:
@@ -70,27 +67,3 @@ class ToDtype(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return x.to(self.dtype) if x.is_floating_point() else x
-
-
-class TensorBoard:
-    def __init__(self, enabled: bool, run_dir: Path):
-        self.writer = None
-        if enabled:
-            try:
-                from torch.utils.tensorboard import SummaryWriter
-            except ImportError:
-                raise UsageError("train.tensorboard needs the tensorboard package: "
-                                 "pip install 'bigmodel-cli[tensorboard]'") from None
-            self.writer = SummaryWriter(log_dir=str(run_dir / "tensorboard"))
-
-    def log(self, row: dict[str, Any]) -> None:
-        if self.writer is None:
-            return
-        for key, value in row.items():
-            if key not in ("epoch", "step") and isinstance(value, (int, float)):
-                self.writer.add_scalar(key, value, row["epoch"])
-        self.writer.flush()
-
-    def close(self) -> None:
-        if self.writer is not None:
-            self.writer.close()

@@ -2,12 +2,16 @@
 
 Stock `tritonclient[http]` (binary tensors, its default, and JSON) against an image model (the trained
 digits run, exported) and a tabular one; 200 concurrent requests of different sizes merged into batches;
-SIGTERM while 50 requests are in flight; recipe `serve` section vs flags; usage errors (exit 2).
+SIGTERM while 50 requests are in flight, and with a stalled upload; the connection guards against hostile
+clients (raw sockets: slow heads and bodies, endless chunked bodies, idle connections, huge headers,
+half-closed sockets); a 20 s load test mixing good, malformed, oversized and stalled requests (slow);
+recipe `serve` section vs flags; usage errors (exit 2).
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import queue
@@ -266,6 +270,301 @@ def test_sigterm_under_load_finishes_in_flight_requests(tmp_path: Path) -> None:
     assert "server stopped" in server.lines[-1]
 
 
+# ------------------------------------------------------------------------------------------ hostile clients
+
+INFER_PATH = f"/v2/models/{CLS}/infer"
+GOOD = json.dumps({"inputs": [{"name": "input", "shape": [1, 4], "datatype": "FP32",
+                               "data": [0.5, -1.0, 2.0, 0.25]}]}).encode()
+
+
+@pytest.fixture(scope="module")
+def guarded(tmp_path_factory: pytest.TempPathFactory):
+    """A server with a short --request-timeout-s (the keep-alive timeout follows it down)."""
+    path = classifier(tmp_path_factory.mktemp("serve-guarded") / "cls.onnx")
+    server = Server(str(path), "--port", "0", "--device", "cpu", "--request-timeout-s", "1.5")
+    yield path, server
+    assert server.stop() == 0
+
+
+def _connect(server: Server) -> socket.socket:
+    host, port = server.url.rsplit(":", 1)
+    return socket.create_connection((host, int(port)), timeout=10)
+
+
+def _post(body: bytes, *, length: int | None = None, extra: str = "") -> bytes:
+    length = len(body) if length is None else length
+    return f"POST {INFER_PATH} HTTP/1.1\r\nHost: t\r\nContent-Length: {length}\r\n{extra}\r\n".encode() + body
+
+
+def _until_eof(sock: socket.socket, timeout: float = 8.0) -> tuple[bytes, float]:
+    """Everything the server sends until it closes the connection, and when it closed it."""
+    sock.settimeout(timeout)
+    chunks = []
+    while True:
+        try:
+            data = sock.recv(65536)
+        except ConnectionResetError:
+            break
+        except TimeoutError:
+            raise AssertionError(f"connection still open after {timeout} s; got {b''.join(chunks)[:200]!r}") from None
+        if not data:
+            break
+        chunks.append(data)
+    sock.close()
+    return b"".join(chunks), time.monotonic()
+
+
+def _responses(raw: bytes) -> list[tuple[int, dict[str, str], bytes]]:
+    """HTTP/1.1 responses with Content-Length, as sent one after the other on one connection."""
+    out = []
+    while raw:
+        head, _, rest = raw.partition(b"\r\n\r\n")
+        lines = head.decode("latin-1").split("\r\n")
+        headers = {k.lower(): v.strip() for k, _, v in (line.partition(":") for line in lines[1:])}
+        size = int(headers.get("content-length", len(rest)))
+        out.append((int(lines[0].split()[1]), headers, rest[:size]))
+        raw = rest[size:]
+    return out
+
+
+def test_slow_and_idle_connections_are_answered_and_closed(guarded) -> None:
+    _, server = guarded
+    sockets = {name: _connect(server) for name in ("head", "body", "chunked", "idle", "keep-alive")}
+    started = time.monotonic()
+    sockets["head"].sendall(f"POST {INFER_PATH} HTTP/1.1\r\nHost: t\r\nContent-Le".encode())
+    sockets["body"].sendall(_post(GOOD)[:-20])
+    sockets["chunked"].sendall(f"POST {INFER_PATH} HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: chunked\r\n\r\n".encode())
+    sockets["keep-alive"].sendall(_post(GOOD))
+
+    def trickle() -> None:  # a chunked body that never ends: one byte every 0.2 s
+        with contextlib.suppress(OSError):
+            for _ in range(100):
+                sockets["chunked"].sendall(b"1\r\n \r\n")
+                time.sleep(0.2)
+
+    threading.Thread(target=trickle, daemon=True).start()
+    got = {name: _until_eof(sock) for name, sock in sockets.items()}
+    for name, status, words in (("head", 408, "head not received"), ("body", 408, "body not received"),
+                                ("chunked", 408, "body not received")):
+        (answer,) = _responses(got[name][0])
+        assert answer[0] == status and words in json.loads(answer[2])["error"], (name, answer)
+        assert answer[1]["connection"] == "close" and 1.4 < got[name][1] - started < 5, name
+    assert got["idle"][0] == b"" and got["idle"][1] - started < 5  # opened, never used: closed
+    ((status, _, body),) = _responses(got["keep-alive"][0])
+    assert status == 200 and json.loads(body)["outputs"]
+    assert 1.4 < got["keep-alive"][1] - started < 5  # idle after its answer: closed
+    assert server.get("/v2/health/ready")[0] == 200
+    access = [json.loads(line) for line in server.lines if line.startswith("{")]
+    assert sum(1 for a in access if a["status"] == 408) >= 2  # the bodies' timeouts are the app's, logged
+
+
+def test_request_head_over_64_kib_is_431_and_garbage_a_quiet_400(guarded) -> None:
+    _, server = guarded
+    for garbage in (b"NOT HTTP AT ALL\r\n\r\n", b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03"):  # TLS hello
+        sock = _connect(server)
+        sock.sendall(garbage)
+        ((status, headers, body),) = _responses(_until_eof(sock)[0])
+        assert status == 400 and headers["content-type"] == "application/json" and json.loads(body)["error"]
+    assert not [line for line in server.lines if "Invalid HTTP" in line]  # no log line per such request
+    ask = "GET /v2/health/live HTTP/1.1\r\nHost: t\r\nConnection: close\r\n"
+    sock = _connect(server)
+    sock.sendall(f"{ask}X-Fill: {'x' * 60 * 1024}\r\n\r\n".encode())
+    ((status, _, _),) = _responses(_until_eof(sock)[0])
+    assert status == 200  # under the limit
+    sock = _connect(server)
+    sock.sendall(f"{ask}X-Fill: {'x' * 70 * 1024}\r\n\r\n".encode())
+    ((status, headers, body),) = _responses(_until_eof(sock)[0])
+    assert status == 431 and "over 65536 bytes" in json.loads(body)["error"], body
+    assert headers["content-type"] == "application/json"
+
+    sock = _connect(server)  # a header that never ends is refused once past the limit, not buffered
+    sock.sendall(f"{ask}X-Fill: ".encode())
+    sent = 0
+    with contextlib.suppress(OSError):
+        while sent < 64 << 20:
+            sock.sendall(b"x" * 65536)
+            sent += 65536
+    assert sent < 32 << 20, f"the server took {sent >> 20} MiB of one header"
+    sock.close()
+    assert server.get("/v2/health/ready")[0] == 200
+
+
+def test_half_closed_client_gets_its_answer(guarded) -> None:
+    path, server = guarded
+    sock = _connect(server)
+    sock.sendall(_post(GOOD))
+    sock.shutdown(socket.SHUT_WR)  # "that is all I send": the answer must still come
+    ((status, _, body),) = _responses(_until_eof(sock)[0])
+    assert status == 200, body
+    out = {o["name"]: o for o in json.loads(body)["outputs"]}
+    x = np.array([[0.5, -1.0, 2.0, 0.25]], np.float32)
+    assert np.allclose(out["probabilities"]["data"], _local(path, x)["probabilities"].ravel(), atol=1e-6)
+
+
+@pytest.mark.parametrize(("flags", "answered_within"), [
+    (["--request-timeout-s", "2", "--grace-seconds", "60"], 2.0),  # its own timeout ends first
+    (["--request-timeout-s", "60", "--grace-seconds", "1"], 1.0),  # the grace period ends first
+])
+def test_sigterm_answers_a_stalled_upload_with_json_503(tmp_path: Path, flags: list[str],
+                                                        answered_within: float) -> None:
+    path = classifier(tmp_path / "cls.onnx")
+    server = Server(str(path), "--port", "0", "--device", "cpu", *flags)
+    try:
+        sock = _connect(server)
+        sock.sendall(_post(GOOD)[:-10])
+        time.sleep(0.3)
+        signalled = time.monotonic()
+        server.proc.send_signal(signal.SIGTERM)
+        raw, closed = _until_eof(sock, timeout=15)
+        ((status, headers, body),) = _responses(raw)
+        assert status == 503 and headers["content-type"] == "application/json", raw
+        assert "shutting down" in json.loads(body)["error"]
+        assert server.proc.wait(timeout=15) == 0
+        assert closed - signalled < answered_within + 2 and time.monotonic() - signalled < answered_within + 4
+    finally:
+        server.stop()
+
+
+# ------------------------------------------------------------------------------------------ load
+
+LOAD_SECONDS = 20
+LOAD_RSS_GROWTH_MIB = 150  # server RSS over its idle size, at any time during the load
+LOAD_GOOD_P99_S = 1.0  # good requests' p99 on 2 shared cores (idle: a few ms)
+
+
+async def _read_response(reader: asyncio.StreamReader) -> tuple[int, dict[str, str], bytes]:
+    head = await reader.readuntil(b"\r\n\r\n")
+    lines = head.decode("latin-1").split("\r\n")
+    headers = {k.lower(): v.strip() for k, _, v in (line.partition(":") for line in lines[1:] if line)}
+    return int(lines[0].split()[1]), headers, await reader.readexactly(int(headers.get("content-length", "0")))
+
+
+def _rss_mib(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    raise AssertionError("no VmRSS")
+
+
+def _hostile_payloads(binary_request: bytes) -> dict[str, list[tuple[bytes, int]]]:
+    """(what to send, then: 0 nothing more, n > 0 that many zero bytes of body, -1 chunks past the limit)."""
+    length = re.search(rb"Inference-Header-Content-Length: (\d+)", binary_request).group(1)
+    return {
+        "malformed": [(_post(b'{"inputs": [1, 2'), 0), (_post(GOOD.replace(b"[1, 4]", b"[1, 5]")), 0),
+                      (binary_request.replace(b"Length: " + length, b"Length: \xb2"), 0),  # '²' in latin-1
+                      (_post(b'{"inputs": [{"name": "input", "data": [' + b"1," * 1_000_000 + b"1]}]}"), 0),
+                      (_post(b"\xff\xfe" * 100), 0), (b"NOT HTTP AT ALL\r\n\r\n", 0)],
+        "oversized": [(_post(b"", length=5 << 20), 65536),  # declared over --max-body-mb 4
+                      (f"POST {INFER_PATH} HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: chunked\r\n\r\n".encode(), -1),
+                      (f"GET /v2 HTTP/1.1\r\nHost: t\r\nX-Fill: {'x' * 70_000}\r\n\r\n".encode(), 0)],
+        "stalled": [(_post(GOOD)[:-10], 0), (f"POST {INFER_PATH} HTTP/1.1\r\nHost: t\r\nContent-".encode(), 0)],
+    }
+
+
+async def _load(host: str, port: int, until: float, x: np.ndarray, want: np.ndarray) -> dict[str, list]:
+    """64 clients until `until`: 40 good (keep-alive, JSON and binary), 10 malformed, 8 oversized, 6 stalling."""
+    out: dict[str, list] = {"latency": [], "statuses": [], "errors": []}
+    body, headers = _request(x, binary=True)
+    good_binary = _post(body, extra=f"Inference-Header-Content-Length: {headers['Inference-Header-Content-Length']}"
+                                    f"\r\n")
+    good_json = _post(_request(x, binary=False)[0])
+    hostile = _hostile_payloads(good_binary)
+
+    async def good(payload: bytes) -> None:
+        reader, writer = await asyncio.open_connection(host, port)
+        try:
+            while time.monotonic() < until:
+                started = time.perf_counter()
+                writer.write(payload)
+                status, headers, body = await _read_response(reader)
+                out["latency"].append(time.perf_counter() - started)
+                out["statuses"].append(("good", status))
+                if status != 200 or not np.allclose(_probabilities(body, headers), want, atol=1e-5):
+                    out["errors"].append((status, body[:200]))
+        except (ConnectionError, asyncio.IncompleteReadError) as e:
+            out["errors"].append((type(e).__name__, b""))
+        finally:
+            writer.close()
+
+    async def once(kind: str, payload: bytes, then: int) -> None:
+        reader, writer = await asyncio.open_connection(host, port)
+        try:
+            writer.write(payload)
+            if then > 0:
+                writer.write(b"\0" * then)
+            for _ in range(6 if then < 0 else 0):  # 1 MiB chunks until the server stops it
+                writer.write(b"100000\r\n" + b"\0" * (1 << 20) + b"\r\n")
+                await writer.drain()
+            await writer.drain()
+            status, _, _ = await asyncio.wait_for(_read_response(reader), timeout=10)
+            out["statuses"].append((kind, status))
+        except (ConnectionError, asyncio.IncompleteReadError) as e:
+            out["statuses"].append((kind, type(e).__name__))  # a refused upload may be cut off while sending
+        finally:
+            writer.close()
+
+    async def repeat(kind: str, pause: float) -> None:
+        i = 0
+        while time.monotonic() < until:
+            await once(kind, *hostile[kind][i % len(hostile[kind])])
+            i += 1
+            await asyncio.sleep(pause)
+
+    await asyncio.gather(*[good(good_json) for _ in range(20)], *[good(good_binary) for _ in range(20)],
+                         *[repeat("malformed", 0.05) for _ in range(10)],
+                         *[repeat("oversized", 0.2) for _ in range(8)], *[repeat("stalled", 0) for _ in range(6)])
+    return out
+
+
+@pytest.mark.slow
+def test_load_of_good_malformed_oversized_and_stalled_clients(tmp_path: Path) -> None:
+    """20 s of 64 loopback clients: no 5xx, server RSS within LOAD_RSS_GROWTH_MIB of idle, good requests' p99
+    under LOAD_GOOD_P99_S, the server ready and answering afterwards."""
+    path = classifier(tmp_path / "cls.onnx")
+    server = Server(str(path), "--port", "0", "--device", "cpu", "--request-timeout-s", "2", "--max-body-mb", "4")
+    host, port = server.url.rsplit(":", 1)
+    x = np.array([[0.5, -1.0, 2.0, 0.25]], np.float32)
+    try:
+        idle = _rss_mib(server.proc.pid)
+        peak = [idle]
+        done = threading.Event()
+
+        def sample() -> None:
+            while not done.is_set():
+                peak[0] = max(peak[0], _rss_mib(server.proc.pid))
+                time.sleep(0.1)
+
+        sampler = threading.Thread(target=sample)
+        sampler.start()
+        try:
+            out = asyncio.run(_load(host, int(port), time.monotonic() + LOAD_SECONDS, x,
+                                    _local(path, x)["probabilities"]))
+        finally:
+            done.set()
+            sampler.join()
+        assert server.get("/v2/health/ready")[0] == 200  # and still answering
+        assert asyncio.run(_post_all(server.url, [_request(x, binary=True)]))[0][0] == 200
+    finally:
+        assert server.stop() == 0
+    statuses = out["statuses"]
+    by_kind: dict[str, list] = {}
+    for kind, status in statuses:
+        by_kind.setdefault(kind, []).append(status)
+    summary = {kind: sorted(set(s), key=str) for kind, s in by_kind.items()}
+    assert not [s for _, s in statuses if isinstance(s, int) and s >= 500], summary
+    assert set(by_kind["good"]) == {200} and not out["errors"], out["errors"][:3]
+    assert {400} <= set(by_kind["malformed"]) <= {400, 404, 405}, summary
+    assert {413, 431} <= set(by_kind["oversized"]) <= {413, 431, "ConnectionResetError", "IncompleteReadError"}
+    assert set(by_kind["stalled"]) == {408}, summary
+    latency = sorted(out["latency"])
+    p99 = latency[int(0.99 * (len(latency) - 1))]
+    print(f"\nload: {len(latency)} good requests in {LOAD_SECONDS} s, p50 {1000 * latency[len(latency) // 2]:.1f} ms, "
+          f"p99 {1000 * p99:.1f} ms; {len(statuses) - len(latency)} hostile; server RSS {idle:.0f} -> peak "
+          f"{peak[0]:.0f} MiB; {summary}")
+    assert len(latency) > 1000 and p99 < LOAD_GOOD_P99_S
+    assert peak[0] - idle < LOAD_RSS_GROWTH_MIB
+
+
 # ------------------------------------------------------------------------------------------ settings
 
 
@@ -306,6 +605,7 @@ def _run_cli(*args: str, env: dict[str, str] | None = None) -> tuple[int, str]:
 
 USAGE_ERRORS = {
     "missing file": (["/nonexistent.onnx"], "model not found"),
+    "checkpoint": (["{tmp}/model.pt"], "serve needs an .onnx file or a run directory"),
     "run dir without model": (["{tmp}"], "bigmodel export"),
     "not onnx": (["{tmp}/broken.onnx"], "cannot load"),
     "port in use": (["{cls}", "--port", "{busy}"], "address already in use"),
@@ -318,6 +618,7 @@ USAGE_ERRORS = {
 def test_usage_errors_exit_2_with_one_line(case: str, tabular, tmp_path: Path) -> None:
     args, message = USAGE_ERRORS[case]
     (tmp_path / "broken.onnx").write_text("garbage")
+    (tmp_path / "model.pt").write_bytes(b"PK\x03\x04 a torch checkpoint")
     with socket.socket() as busy:
         busy.bind(("127.0.0.1", 0))
         busy.listen()

@@ -67,6 +67,11 @@ def ddp_run(work):
     return two
 
 
+def on_path(folder):
+    """PYTHONPATH with `folder` first, keeping the one this test runs with (a worktree's code, not the install)."""
+    return {"PYTHONPATH": os.pathsep.join([str(folder), os.environ.get("PYTHONPATH", "")])}
+
+
 def history(run):
     return [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
 
@@ -164,7 +169,7 @@ def test_a_killed_worker_fails_the_run_within_seconds(work):
     result = run_cli("train", "-r", "breast-cancer-mlp", "--devices", "2", "--run-dir", "runs/killed", "--set",
                      "model.name=null", "--set", "model.component=crashy_nets:build", "--set",
                      f"model.args={{at: 20, how: kill, stamp: {stamp}}}", "--set", "train.epochs=100",
-                     cwd=work, env={"PYTHONPATH": str(work)}, timeout=120)
+                     cwd=work, env=on_path(work), timeout=120)
     ended = time.time()
     assert result.code == 1
     assert result.stderr.strip().splitlines()[-1].startswith("error: worker rank 1 failed")
@@ -176,7 +181,7 @@ def test_a_crashing_worker_reports_its_error(work):
     result = run_cli("train", "-r", "breast-cancer-mlp", "--devices", "2", "--run-dir", "runs/crash", "--set",
                      "model.name=null", "--set", "model.component=crashy_nets:build", "--set",
                      f"model.args={{at: 5, how: raise, stamp: {work / 'crash-stamp'}}}", cwd=work,
-                     env={"PYTHONPATH": str(work)})
+                     env=on_path(work))
     assert result.code == 1
     assert result.stderr.strip().splitlines()[-1] == ("error: worker rank 1 failed: internal error: RuntimeError: "
                                                       "rank one exploded (rerun with --debug for the traceback)")
@@ -185,7 +190,7 @@ def test_a_crashing_worker_reports_its_error(work):
 def test_divergence_on_one_rank_stops_every_rank(work):
     result = run_cli("train", "-r", "breast-cancer-mlp", "--devices", "2", "--run-dir", "runs/nan", "--set",
                      "model.name=null", "--set", "model.component=crashy_nets:build", "--set",
-                     "model.args={at: 9, how: nan}", cwd=work, env={"PYTHONPATH": str(work)})
+                     "model.args={at: 9, how: nan}", cwd=work, env=on_path(work))
     assert result.code == 1 and "training diverged" in result.stderr and "at step 9" in result.stderr
 
 

@@ -77,7 +77,8 @@ def test_imagefolder_resnet50_frozen_pretrained(cli, tmp_path):
     assert result.eval["metrics"]["accuracy"] >= 0.0 and len(result.eval["confusion_matrix"]) == 3
     assert result.outputs["probabilities"].shape == (4, 3)
 
-    trained = torch.load(result.run / "checkpoints" / "last.pt", map_location="cpu", weights_only=True)["networks"]["model"]
+    last = torch.load(result.run / "checkpoints" / "last.pt", map_location="cpu", weights_only=True)
+    trained = last["networks"]["model"]
     for key in ("layer1.0.conv1.weight", "layer4.2.conv3.weight", "layer3.5.bn2.weight", "layer1.0.bn1.running_mean",
                 "layer4.2.bn3.running_var"):  # weights and BatchNorm statistics alike
         assert torch.equal(trained[key], pretrained[key]), f"{key} changed although the backbone is frozen"

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from tests.cli.test_serve import Server
-from tests.conftest import run_cli
+from tests.conftest import run_cli, tree
 
 pytestmark = pytest.mark.slow
 
@@ -27,17 +27,20 @@ def trained(tmp_path_factory):
 def test_eval_refuses_data_prepared_again_naming_both_fingerprints(trained, tmp_path, change):
     work = tmp_path / "project"
     shutil.copytree(trained, work)
+    recipe = work / "runs/breast-cancer-mlp/recipe.yaml"  # the copy's run trained on the copy's data
+    recipe.write_text(recipe.read_text().replace(str(trained / "data"), str(work / "data")))
     before = run_cli("eval", "runs/breast-cancer-mlp", "--json", cwd=work)
     assert before.code == 0 and before.json()["metrics"]["accuracy"] > 0.9
     run_fp = json.loads((work / "runs/breast-cancer-mlp/preprocessing.json").read_text())["fingerprint"]
     assert run_cli("prepare-data", "-r", "breast-cancer-mlp", "--force", "--set", change, cwd=work).code == 0
     new_fp = json.loads((work / "data/breast-cancer-mlp/manifest.json").read_text())["fingerprint"]
     assert new_fp != run_fp
+    evaluated = tree(work / "runs/breast-cancer-mlp/eval")
     after = run_cli("eval", "runs/breast-cancer-mlp", cwd=work)
     assert after.code == 2, after.stderr
     assert run_fp[:12] in after.stderr and new_fp[:12] in after.stderr
     assert "--data" in after.stderr and "train again" in after.stderr
-    assert not (work / "runs/breast-cancer-mlp/eval").exists()
+    assert tree(work / "runs/breast-cancer-mlp/eval") == evaluated  # nothing written over the first report
     # export is unaffected: the run verifies on the rows it carries, with its own preprocessing
     exported = run_cli("export", "runs/breast-cancer-mlp", "--json", cwd=work)
     assert exported.code == 0 and exported.json()["verification"]["passed"], exported.stderr
@@ -51,7 +54,8 @@ def test_text_data_prepared_with_another_vocabulary_is_refused(tmp_path):
     assert run_cli("prepare-data", "-r", "text-transformer", *common, "--set", "data.text.vocab_size=200",
                    cwd=tmp_path).code == 0
     trained = run_cli("train", "-r", "text-transformer", "--set", "train.epochs=1", "--set",
-                      "model.args={d_model: 16, num_heads: 2, num_layers: 1, dim_feedforward: 32}", cwd=tmp_path)
+                      "model.args={d_model: 16, num_heads: 2, num_layers: 1, dim_feedforward: 32}", "--set",
+                      "eval.fail_under={}", cwd=tmp_path)
     assert trained.code == 0, trained.stderr
     assert run_cli("eval", "runs/text-transformer", cwd=tmp_path).code == 0
     assert run_cli("prepare-data", "-r", "text-transformer", *common, "--set", "data.text.vocab_size=100",

@@ -134,7 +134,8 @@ def test_augmentation_is_declared_stored_and_built_for_the_trainer(tmp_path):
     assert np.array_equal(np.load(tmp_path / "out/train/x.npy"), batch.numpy())  # never baked into the arrays
     assert normalizer(m)(out).dtype == torch.float32
     with pytest.raises(UsageError, match="augmentation is for images"):
-        run(tmp_path, write_csv(tmp_path / "t.csv", [{"a": i, "label": i % 2} for i in range(20)]),
+        (tmp_path / "table").mkdir()  # another source: its own output folder
+        run(tmp_path / "table", write_csv(tmp_path / "t.csv", [{"a": i, "label": i % 2} for i in range(20)]),
             "data.augment.horizontal_flip=0.5")
 
 
@@ -153,3 +154,16 @@ def test_augmentation_draws_its_own_parameters_for_every_image():
     flipped = torch.tensor([torch.equal(o, image.flip(-1)) for o in out])
     assert 10 < int(flipped.sum()) < 54 and all(torch.equal(o, image) for o in out[~flipped])
     assert augmentation({"input_shape": [3, 8, 8], "preprocessing": {"augment": None}}) is None
+
+
+def test_image_folder_with_train_and_test_folders_is_a_predefined_split(tmp_path):
+    make_image_folder(tmp_path / "imgs" / "train", per_class=10, seed=1)
+    make_image_folder(tmp_path / "imgs" / "test", classes=("cat", "dog", "owl"), per_class=3, seed=2)
+    m = run(tmp_path, tmp_path / "imgs", "data.image.size=8")
+    assert m["classes"] == ["cat", "dog", "owl"] and m["splits"]["test"] == 9
+    assert m["splits"]["train"] + m["splits"]["val"] == 20 and m["report"]["class_counts"]["train"]["owl"] == 0
+    assert m["report"]["split_method"] == "the folder's own train/test; val cut from train (seed 0)"
+    test_files = sorted((tmp_path / "imgs" / "test").rglob("*.*"))
+    assert np.array_equal(np.load(tmp_path / "out/test/x.npy"), apply(m, [str(f) for f in test_files]))
+    pooled = run(tmp_path, tmp_path / "imgs", "data.image.size=8", "data.split.predefined=false")
+    assert pooled["report"]["split_method"] == "stratified, seed 0" and sum(pooled["splits"].values()) == 29

@@ -87,9 +87,9 @@ def test_out_pointing_at_a_file_is_refused(tmp_path):
 def test_failed_rerun_keeps_previous_output(tmp_path, monkeypatch):
     r, m = prepared(tmp_path)
     before = (tmp_path / "data/manifest.json").read_text()
-    import bigmodel_cli.data.prepare as prep
+    import bigmodel_cli.data.arrays as arrays
 
-    monkeypatch.setattr(prep.np, "save", lambda *a, **k: (_ for _ in ()).throw(OSError("disk full")))
+    monkeypatch.setattr(arrays, "create_npy", lambda *a, **k: (_ for _ in ()).throw(OSError("disk full")))
     with pytest.raises(OSError):
         prepare(r)
     assert (tmp_path / "data/manifest.json").read_text() == before

@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 
 from bigmodel_cli import console
+from bigmodel_cli.data import manifest as manifests
 
 
 def write_prepared(dest: Path, task: str, splits: dict[str, tuple[np.ndarray, np.ndarray]],
@@ -27,13 +28,15 @@ def write_prepared(dest: Path, task: str, splits: dict[str, tuple[np.ndarray, np
         np.save(dest / split / "x.npy", x.astype(np.float32))
         np.save(dest / split / "y.npy", y.astype(np.int64 if task == "classification" else np.float32))
     manifest = {
-        "format_version": 1, "name": dest.name, "task": task, "kind": "tabular", "source": "synthetic",
-        "target": "label", "classes": classes, "features": features or [f"f{i}" for i in range(n_features)],
+        "format_version": manifests.FORMAT_VERSION, "name": dest.name, "task": task, "kind": "tabular",
+        "source": "synthetic", "target": "label", "classes": classes,
+        "features": features or [f"f{i}" for i in range(n_features)],
         "input_shape": [n_features], "input_dtype": "float32", "splits": {s: len(y) for s, (_, y) in splits.items()},
         "seed": 0, "preprocessing": {"normalize": {"scale": 1.0, "mean": mean.tolist(),
                                                   "std": np.where(std > 0, std, 1).tolist(), "per": "feature",
                                                   "method": "standard"}},
     }
+    manifest["fingerprint"] = manifests.fingerprint(dest, manifest)
     (dest / "manifest.json").write_text(json.dumps(manifest))
     return dest
 

@@ -116,9 +116,9 @@ def perturbed_last(run):
     import torch
 
     state = torch.load(run / "checkpoints/last.pt", weights_only=True)
-    first = next(k for k in state["model"] if k.endswith("weight"))
+    first = next(k for k in state["networks"]["model"] if k.endswith("weight"))
     generator = torch.Generator().manual_seed(0)
-    state["model"][first] += torch.randn(state["model"][first].shape, generator=generator) * 2.0
+    state["networks"]["model"][first] += torch.randn(state["networks"]["model"][first].shape, generator=generator) * 2.0
     torch.save(state, run / "checkpoints/last.pt")
 
 

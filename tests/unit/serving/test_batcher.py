@@ -154,6 +154,27 @@ def test_inference_failure_reaches_every_caller_of_the_batch(cls_path: Path) -> 
     assert all(isinstance(e, RequestError) and e.status_code == 500 for e in errors)
 
 
+def test_a_bug_in_a_batch_is_a_500_for_each_caller_and_one_traceback(cls_path: Path,
+                                                                     capsys: pytest.CaptureFixture) -> None:
+    batcher = _batcher(cls_path)
+
+    def broken(feeds: dict) -> dict:
+        raise KeyError("a bug")
+
+    batcher.model.run_batch = broken
+
+    async def main() -> list[object]:
+        out = await asyncio.gather(*(batcher.infer({"input": np.ones((1, 4), np.float32)}) for _ in range(3)),
+                                   return_exceptions=True)
+        await batcher.stop()
+        return out
+
+    errors = asyncio.run(main())
+    assert all(isinstance(e, RequestError) and e.status_code == 500 for e in errors)
+    err = capsys.readouterr().err
+    assert err.count("Traceback (most recent call last)") == 1 and "KeyError: 'a bug'" in err
+
+
 def test_requests_of_different_row_shapes_are_not_stacked(tmp_path: Path) -> None:
     graph = helper.make_graph(
         [helper.make_node("ReduceSum", ["input", "axes"], ["prediction"], keepdims=1)], "dynamic",

@@ -1,14 +1,20 @@
 """The V2 inference app in-process (Starlette's TestClient): routes, JSON and binary tensors, the label
-output, errors (the malformed-request suite), metrics, access log, API key, a hypothesis fuzz of infer.
-The real `bigmodel serve` process (tritonclient, batching, SIGTERM) is tested in tests/cli/test_serve.py.
+output, errors (the malformed-request suite), server bugs as logged 500s, metrics, access log, API key, the
+limits (bounded JSON decoding, in-flight bytes, body timeouts, stalled uploads and batching, shutdown), and a
+hypothesis fuzz of infer (JSON and binary tensors) that fails on any 5xx.
+The real `bigmodel serve` process (tritonclient, batching, SIGTERM, the connection guards) is tested in
+tests/cli/test_serve.py.
 
 Models: tests/unit/serving/tiny_models.py (onnx.helper, no torch, no training).
 """
 
 from __future__ import annotations
 
+import asyncio
 import json
 import re
+import time
+import tracemalloc
 import warnings
 from pathlib import Path
 
@@ -24,6 +30,7 @@ from bigmodel_cli import __version__
 from bigmodel_cli.errors import UsageError
 from bigmodel_cli.serving.app import create_app
 from bigmodel_cli.serving.model import LoadedModel
+from bigmodel_cli.serving.protocol import ModelSignature, RequestError, TensorSpec, decode_infer_request
 from bigmodel_cli.serving.server import ServeOptions, resolve_model_path
 from tests.unit.serving.tiny_models import CLS, REG, classifier, regressor
 
@@ -532,6 +539,231 @@ def test_access_log_lines_stay_json_whatever_the_client_and_path(cls_model: Load
     assert line["status"] == 404 and "evil" not in line
 
 
+# ------------------------------------------------------------------------------------------ server bugs
+
+
+def test_server_bug_is_a_500_logged_once_and_counted(models: dict[str, Path], capsys: pytest.CaptureFixture,
+                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    model = LoadedModel.load(models["cls"], device="cpu", max_batch_size=8)
+
+    def bug(*args: object, **kwargs: object) -> None:
+        raise KeyError("no such thing")
+
+    monkeypatch.setattr(model, "with_label", bug)  # a bug after decoding and inference
+    monkeypatch.setattr(model, "config_json", bug)  # and one in a Starlette route
+    with TestClient(create_app(model)) as c:
+        r = c.post(INFER, json=_tensor())
+        assert r.status_code == 500 and "internal server error" in r.json()["error"]
+        r = c.get(f"/v2/models/{CLS}/config")
+        assert r.status_code == 500 and r.json()["error"]
+        assert c.post(INFER, content=b"{").status_code == 400  # what a client sent keeps its 4xx
+        text = c.get("/metrics").text
+    err = capsys.readouterr().err
+    assert err.count("Traceback (most recent call last)") == 2 and err.count("server error KeyError") == 2, err
+    assert _metric(text, "bigmodel_requests_total", outcome="error", model=CLS) == 1
+    assert _metric(text, "bigmodel_requests_total", outcome="bad_request", model=CLS) == 1
+    assert _metric(text, "bigmodel_server_errors_total", model=CLS) == 2
+
+
+# ------------------------------------------------------------------------------------------ limits
+
+
+def _scope(path: str = INFER, headers: dict[str, str | bytes] | None = None) -> dict:
+    raw = [(k.lower().encode(), v if isinstance(v, bytes) else v.encode()) for k, v in (headers or {}).items()]
+    return {"type": "http", "method": "POST", "path": path, "client": ("127.0.0.1", 1), "query_string": b"",
+            "root_path": "", "headers": raw}
+
+
+async def _call(app, receive, headers: dict[str, str | bytes] | None = None) -> tuple[int, dict[bytes, bytes], dict]:
+    """One request straight to the ASGI app: status, response headers, JSON body."""
+    sent: list[dict] = []
+
+    async def send(message: dict) -> None:
+        sent.append(message)
+
+    await app(_scope(headers=headers), receive, send)
+    body = b"".join(m.get("body", b"") for m in sent[1:])
+    return sent[0]["status"], dict(sent[0]["headers"]), json.loads(body)
+
+
+def _messages(*chunks: bytes, stall: bool = False):
+    """An ASGI receive giving `chunks` (the last one ends the body unless `stall`), then waiting forever."""
+    queue = [{"type": "http.request", "body": c, "more_body": stall or i < len(chunks) - 1}
+             for i, c in enumerate(chunks)]
+
+    async def receive() -> dict:
+        if queue:
+            return queue.pop(0)
+        await asyncio.Event().wait()
+        raise AssertionError("unreachable")
+
+    return receive
+
+
+def _endless(chunk: bytes = b" ", every_s: float = 0.05):
+    """A chunked body that never ends: `chunk` every `every_s` seconds."""
+
+    async def receive() -> dict:
+        await asyncio.sleep(every_s)
+        return {"type": "http.request", "body": chunk, "more_body": True}
+
+    return receive
+
+
+@pytest.mark.parametrize("value", [b"\xb2", b"1\xb9", b" 1 2", b"+12", b"0x10"])
+def test_malformed_header_length_is_a_quiet_400(cls_model: LoadedModel, capsys: pytest.CaptureFixture,
+                                                value: bytes) -> None:
+    body, _ = _binary(X[:1])  # b"\xb2" is '²' in latin-1, a digit to str.isdigit but not to int()
+    status, _, doc = asyncio.run(_call(create_app(cls_model), _messages(body),
+                                       {"Inference-Header-Content-Length": value}))
+    assert status == 400 and "Inference-Header-Content-Length" in doc["error"], doc
+    assert capsys.readouterr().err == ""  # no line per request: anyone could flood the log
+
+
+def test_json_with_more_values_than_the_model_takes_is_refused_before_parsing(cls_model: LoadedModel) -> None:
+    body = b'{"inputs":[{"name":"input","shape":[1,4],"datatype":"FP32","data":[' + b"1," * 1_000_000 + b"1]}]}"
+    tracemalloc.start()
+    try:
+        with pytest.raises(RequestError) as refused:
+            decode_infer_request(body, cls_model.signature)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert refused.value.status_code == 400 and "at most 48" in refused.value.message, refused.value.message
+    assert peak < 100_000, f"{peak:,} bytes allocated for a {len(body):,}-byte body that is refused"
+
+    calls = 0
+
+    async def receive() -> dict:  # the same body as it comes over a socket: 64 KiB at a time
+        nonlocal calls
+        calls += 1
+        piece = body[(calls - 1) * 65536:calls * 65536]
+        return {"type": "http.request", "body": piece, "more_body": calls * 65536 < len(body)}
+
+    status, headers, doc = asyncio.run(_call(create_app(cls_model), receive, {"content-length": str(len(body))}))
+    assert status == 400 and "at most 48" in doc["error"] and calls == 2  # refused on its second 64 KiB
+    assert b"connection" not in headers  # the server discards the rest: the client still reads the 400
+
+
+def test_decoding_stays_within_the_memory_it_reserves() -> None:
+    signature = ModelSignature(inputs=[TensorSpec("input", "FP32", (-1, 3, 16, 16))],
+                               outputs=[TensorSpec("y", "FP32", (-1, 1))],
+                               input_dtypes={"input": np.dtype(np.float32)}, max_batch_size=32)
+    x = np.random.default_rng(0).normal(size=(32, 3, 16, 16))
+    for nested in (False, True):  # the largest request the model takes, its data flat and nested
+        body = json.dumps(_body(x, nested=nested)).encode()
+        reserved: list[int] = []
+        tracemalloc.start()
+        try:
+            decoded = decode_infer_request(body, signature, None, reserved.append)
+            peak = tracemalloc.get_traced_memory()[1]
+        finally:
+            tracemalloc.stop()
+        assert np.allclose(decoded.inputs["input"], x.astype(np.float32))
+        assert peak <= reserved[0], (nested, peak, reserved)
+    more_rows = json.dumps(_body(np.zeros((40, 3, 16, 16)), nested=True)).encode()
+    with pytest.raises(RequestError, match="at most"):  # refused on its raw bytes, before parsing
+        decode_infer_request(more_rows, signature)
+    ints = np.random.default_rng(1).integers(-100, 100, (32, 3, 16, 16)).astype(np.int8)  # converted to FP32
+    body, headers = _binary(ints, "INT8")
+    reserved = []
+    tracemalloc.start()
+    try:
+        decoded = decode_infer_request(body, signature, headers["Inference-Header-Content-Length"], reserved.append)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    header = int(headers["Inference-Header-Content-Length"])  # a small header's parse is not reserved: ~32x its size
+    assert np.array_equal(decoded.inputs["input"], ints.astype(np.float32))
+    assert sum(reserved) <= peak <= sum(reserved) + 32 * header, (peak, reserved, header)
+    body, headers = _binary(ints.astype(np.float32))
+    reserved = []
+    decode_infer_request(body, signature, headers["Inference-Header-Content-Length"], reserved.append)
+    assert reserved == []  # sent in the model's dtype: the tensor shares the body
+
+
+def test_inflight_bytes_cap_503_in_total_413_alone(cls_model: LoadedModel) -> None:
+    app = create_app(cls_model, max_inflight_bytes=64 * 1024)
+    good = json.dumps(_tensor()).encode()
+
+    def unread() -> None:
+        raise AssertionError("a refused body must not be read")
+
+    async def main() -> None:
+        status, headers, doc = await _call(app, unread, {"content-length": "100000"})
+        assert status == 413 and "--max-inflight-mb" in doc["error"] and headers[b"connection"] == b"close"
+
+        stalled = asyncio.ensure_future(_call(app, _messages(b"{" * 100, stall=True), {"content-length": "40000"}))
+        await asyncio.sleep(0.05)  # it holds 40,000 bytes while its body does not come
+        status, _, doc = await _call(app, unread, {"content-length": "30000"})
+        assert status == 503 and "server busy" in doc["error"], doc
+        status, _, doc = await _call(app, _messages(good), {"content-length": str(len(good))})
+        assert status == 200, doc  # small requests still fit
+        stalled.cancel()  # (the server's grace period ends): it is answered, and gives its bytes back
+        status, _, doc = await stalled
+        assert status == 503 and "shutting down" in doc["error"]
+        status, _, doc = await _call(app, _messages(b"{" * 30000), {"content-length": "30000"})
+        assert status == 400, doc  # fits now; refused for what it is
+
+    asyncio.run(main())
+    with TestClient(app) as c:
+        assert _metric(c.get("/metrics").text, "bigmodel_inflight_bytes", model=CLS) == 0
+
+
+def test_stalled_or_endless_body_is_a_408(cls_model: LoadedModel) -> None:
+    app = create_app(cls_model, request_timeout_s=0.3)
+
+    async def main() -> None:
+        for receive in (_messages(b'{"inputs": [', stall=True), _messages(stall=True), _endless()):
+            started = time.monotonic()
+            status, headers, doc = await _call(app, receive)
+            assert status == 408 and "--request-timeout-s" in doc["error"], doc
+            assert headers[b"connection"] == b"close" and 0.25 < time.monotonic() - started < 2
+        status, _, _ = await _call(app, _messages(json.dumps(_tensor()).encode()))
+        assert status == 200
+
+    asyncio.run(main())
+    with TestClient(app) as c:
+        assert _metric(c.get("/metrics").text, "bigmodel_requests_total", outcome="timeout", model=CLS) == 3
+
+
+def test_stalled_upload_does_not_delay_other_requests_batches(cls_model: LoadedModel) -> None:
+    app = create_app(cls_model, max_queue_delay_ms=400)
+    good = json.dumps(_tensor()).encode()
+
+    async def main() -> list[float]:
+        stalled = asyncio.ensure_future(_call(app, _messages(b'{"inputs": [', stall=True)))
+        await asyncio.sleep(0.05)
+        times = []
+        for _ in range(3):
+            started = time.monotonic()
+            status, _, _ = await _call(app, _messages(good))
+            times.append(time.monotonic() - started)
+            assert status == 200
+        stalled.cancel()
+        await stalled
+        return times
+
+    times = asyncio.run(main())
+    assert max(times) < 0.2, f"lone requests waited {times} s for a batch the stalled upload would never join"
+
+
+def test_stopping_server_answers_a_stalled_upload_503_in_json(cls_model: LoadedModel) -> None:
+    import threading
+
+    stopping = threading.Event()
+    app = create_app(cls_model, request_timeout_s=0.3, stopping=stopping)
+    stopping.set()
+
+    async def main() -> None:
+        status, headers, doc = await _call(app, _messages(b"{", stall=True))
+        assert status == 503 and "shutting down" in doc["error"] and headers[b"connection"] == b"close"
+
+    asyncio.run(main())
+    with TestClient(app) as c:
+        assert c.get("/v2/health/ready").status_code == 503  # a load balancer stops sending
+
+
 # ------------------------------------------------------------------------------------------ fuzz
 
 _json_values = st.recursive(
@@ -541,38 +773,96 @@ _json_values = st.recursive(
 )
 _shapes = st.lists(st.integers(-2, 10) | st.sampled_from([2**40, "1", None, 1.5]), max_size=4)
 _tensors = st.fixed_dictionaries(
-    {"name": st.sampled_from(["input", "x", 3])},
+    {"name": st.sampled_from(["input", "x", 3]) | _json_values},
     optional={"shape": _shapes | _json_values,
-              "datatype": st.sampled_from(["FP32", "FP16", "INT8", "UINT64", "BYTES", "BOOL", "fp32", 7]),
+              "datatype": st.sampled_from(["FP32", "FP16", "INT8", "UINT64", "BYTES", "BOOL", "fp32", 7])
+              | _json_values,
               "data": st.lists(st.floats(allow_nan=True) | st.integers(-300, 2**65) | st.text(max_size=2),
                                max_size=40) | _json_values,
               "parameters": st.fixed_dictionaries({}, optional={"binary_data_size": st.integers(-4, 64)})
               | _json_values},
 )
+_outputs = st.lists(st.fixed_dictionaries({"name": st.sampled_from(["logits", "label", "probabilities", "x"])},
+                                          optional={"parameters": st.fixed_dictionaries(
+                                              {}, optional={"binary_data": st.booleans()}) | _json_values}),
+                    max_size=3)
+_outputs_valid = st.sampled_from([[{"name": "label"}, {"name": "probabilities"}],
+                                  [{"name": "logits", "parameters": {"binary_data": True}}]])
 _documents = st.fixed_dictionaries(
     {},
     optional={"inputs": st.lists(_tensors, max_size=3) | _json_values,
-              "outputs": st.lists(st.fixed_dictionaries({"name": st.sampled_from(["logits", "label", "x"])},
-                                                        optional={"parameters": _json_values}), max_size=3),
+              "outputs": _outputs,
               "id": st.text(max_size=5) | _json_values,
               "parameters": st.fixed_dictionaries({}, optional={"binary_data_output": st.booleans() | _json_values})},
 )
 
 
-_near_valid = st.integers(1, 10).flatmap(lambda n: st.fixed_dictionaries({"inputs": st.tuples(st.fixed_dictionaries({
-    "name": st.just("input"), "shape": st.just([n, 4]), "datatype": st.sampled_from(["FP32", "FP64", "INT16"]),
-    "data": st.lists(st.integers(-40000, 40000) | st.floats(-1e40, 1e40), min_size=4 * n, max_size=4 * n)
-    | st.lists(st.floats(-10, 10), min_size=4 * n - 1, max_size=4 * n + 1),
-}))}, optional={"outputs": st.just([{"name": "label"}, {"name": "probabilities"}])}))
+@st.composite
+def _near_valid(draw: st.DrawFn) -> dict:
+    """Requests the model takes, and ones a value or a count away from it."""
+    rows = draw(st.integers(1, 10))
+    kind = draw(st.sampled_from(["fine"] * 4 + ["extreme", "count"]))
+    datatype = draw(st.sampled_from(["FP32"] * 3 + ["FP64", "INT16"]))
+    small = st.integers(-100, 100) if datatype == "INT16" else st.integers(-100, 100) | st.floats(-10, 10)
+    values = {"fine": small, "extreme": st.integers(-40000, 40000) | st.floats(-1e40, 1e40),
+              "count": st.floats(-10, 10)}[kind]
+    size = 4 * rows + (draw(st.sampled_from([-1, 1])) if kind == "count" else 0)
+    doc: dict = {"inputs": [{"name": "input", "shape": [rows, 4], "datatype": datatype,
+                             "data": draw(st.lists(values, min_size=size, max_size=size))}]}
+    if draw(st.booleans()):
+        doc["outputs"] = draw(_outputs_valid)
+    return doc
+
+
 _headers = st.none() | st.integers(-3, 400).map(str) | st.text(max_size=4)
+_BINARY_TYPES = {"FP32": np.float32, "FP16": np.float16, "FP64": np.float64, "INT8": np.int8, "INT32": np.int32,
+                 "UINT64": np.uint64}
 
 
-FUZZ_OK: list[bytes] = []
+@st.composite
+def _binary_requests(draw: st.DrawFn) -> tuple[bytes, str]:
+    """Binary tensor requests as tritonclient builds them, the header length right; the tensor's bytes, its
+    binary_data_size and the header's fields are right or off by a little."""
+    rows = draw(st.integers(1, 10))
+    odd = st.sampled_from([False] * 7 + [True])  # now and then a name or datatype that is not even a string
+    datatype = draw(_json_values if draw(odd) else st.sampled_from(list(_BINARY_TYPES) + ["BYTES", "BOOL"]))
+    dtype = np.dtype(_BINARY_TYPES.get(datatype, np.uint8) if isinstance(datatype, str) else np.uint8)
+    if draw(st.sampled_from([True] * 3 + [False])):  # values a model can take
+        values = draw(st.lists(st.integers(-100, 100), min_size=rows * 4, max_size=rows * 4))
+        raw = np.array(values).astype(dtype.newbyteorder("<")).tobytes()
+    else:
+        raw = draw(st.binary(max_size=rows * 4 * dtype.itemsize + 4))
+    size = draw(st.sampled_from([len(raw)] * 12 + [len(raw) + 1, max(len(raw) - 1, 0), -1, "16"]))
+    shape = draw(st.sampled_from([[rows, 4]] * 12 + [[rows], [rows, 4, 1], [0, 4], [rows, 5]]))
+    name = draw(_json_values) if draw(odd) else "input"
+    tensor = {"name": name, "shape": shape, "datatype": datatype, "parameters": {"binary_data_size": size}}
+    doc = {"inputs": [tensor], **draw(st.fixed_dictionaries({}, optional={
+        "outputs": _outputs, "parameters": st.fixed_dictionaries({}, optional={"binary_data_output": st.booleans()}),
+        "id": st.text(max_size=5)}))}
+    header = json.dumps(doc).encode()
+    tail = draw(st.sampled_from([b""] * 12 + [b"\0", b"\0" * 8]))
+    length = draw(st.sampled_from([str(len(header))] * 12 + [str(len(header) - 1), str(len(header) + 3), "0"]))
+    return header + raw + tail, length
+
+
+FUZZ_OK: dict[str, int] = {}
+
+
+def _fuzz_post(client: TestClient, kind: str, body: bytes, headers: dict[str, str]) -> None:
+    r = client.post(INFER, content=body, headers=headers)
+    assert r.status_code < 500, (r.status_code, r.text, body[:200])  # a 500 is a server bug
+    if r.status_code != 200:
+        assert isinstance(r.json()["error"], str)
+    else:
+        FUZZ_OK[kind] = FUZZ_OK.get(kind, 0) + 1
+        if "inference-header-content-length" in r.headers:
+            _binary_outputs(r)  # well-formed by the extension's rules
+    assert client.get("/v2/health/ready").status_code == 200
 
 
 @settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture,
                                                                    HealthCheck.too_slow])
-@given(doc=_documents | _near_valid, tail=st.binary(max_size=48), header=st.none() | _headers,
+@given(doc=_documents | _near_valid(), tail=st.binary(max_size=48), header=st.none() | _headers,
        raw=st.none() | st.none() | st.binary(max_size=64))
 def test_fuzz_infer_never_5xx(client: TestClient, doc: dict, tail: bytes, header: str | None,
                               raw: bytes | None) -> None:
@@ -581,17 +871,20 @@ def test_fuzz_infer_never_5xx(client: TestClient, doc: dict, tail: bytes, header
     headers = {}
     if header is not None and header.isascii() and header.isprintable():
         headers["Inference-Header-Content-Length"] = header
-    r = client.post(INFER, content=body, headers=headers)
-    assert r.status_code < 500, (r.status_code, r.text, body[:200])
-    if r.status_code != 200:
-        assert isinstance(r.json()["error"], str)
-    else:
-        FUZZ_OK.append(body)
-    assert client.get("/v2/health/ready").status_code == 200
+    _fuzz_post(client, "json", body, headers)
+
+
+@settings(max_examples=120, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture,
+                                                                   HealthCheck.too_slow])
+@given(request=_binary_requests())
+def test_fuzz_binary_infer_never_5xx(client: TestClient, request: tuple[bytes, str]) -> None:
+    body, length = request
+    _fuzz_post(client, "binary", body, {"Inference-Header-Content-Length": length})
 
 
 def test_fuzz_reached_successful_requests_too() -> None:
-    assert FUZZ_OK, "the fuzz above never produced a valid request: it only tested the error paths"
+    """The fuzz above decoded real tensors on both paths, not only the errors before them."""
+    assert FUZZ_OK.get("json", 0) >= 5 and FUZZ_OK.get("binary", 0) >= 5, FUZZ_OK
 
 
 @pytest.mark.parametrize(("field", "value", "message"), [

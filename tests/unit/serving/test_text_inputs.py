@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 import onnxruntime as ort
 import pytest
-from hypothesis import given, settings
+from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from onnx import TensorProto, helper, numpy_helper
 from starlette.exceptions import StarletteDeprecationWarning
@@ -187,6 +187,60 @@ def test_fuzz_text_decoding_never_fails_otherwise(model: LoadedModel, shape: lis
         assert e.status_code == 400
     else:
         assert ids.dtype == np.int64 and ids.shape[1:] == (MAX_LENGTH,) and ids.min() >= 0
+
+
+@pytest.fixture(scope="module")
+def text_client(model: LoadedModel):
+    with TestClient(create_app(model)) as client:
+        yield client
+
+
+@st.composite
+def _text_requests(draw: st.DrawFn, form: str) -> tuple[bytes, dict[str, str]]:
+    """Strings as JSON BYTES or Triton's binary BYTES (lengths right or off), or token ids, through the app."""
+    texts = draw(st.lists(st.text(max_size=12) | st.sampled_from(TRAIN), min_size=1, max_size=9))
+    shape = draw(st.sampled_from([[len(texts)]] * 6 + [[len(texts), 1]] * 2 + [[len(texts), 2], [len(texts) + 1]]))
+    if form == "json":
+        data = draw(st.sampled_from([texts, [[t] for t in texts], texts + [1]]))
+        body = json.dumps({"inputs": [{"name": "input", "shape": shape, "datatype": "BYTES", "data": data}]})
+        return body.encode(), {}
+    if form == "ids":
+        length = draw(st.sampled_from(list(range(1, MAX_LENGTH + 1)) * 3 + [0, MAX_LENGTH + 1]))
+        value = st.integers(0, 9) | st.sampled_from([-1, 10**6]) if draw(st.integers(0, 3)) == 0 else st.integers(0, 9)
+        row = st.lists(value, min_size=length, max_size=length)
+        ids = draw(st.lists(row, min_size=1, max_size=8 if draw(st.integers(0, 3)) else 9))
+        body = json.dumps({"inputs": [{"name": "input", "shape": [len(ids), length], "datatype": "INT64",
+                                       "data": ids}]})
+        return body.encode(), {}
+    raw = b"".join(struct.pack("<I", len(t.encode("utf-8", "surrogatepass"))) + t.encode("utf-8", "surrogatepass")
+                   for t in texts)
+    raw = draw(st.sampled_from([raw] * 8 + [raw[:-1], raw + b"\0", b"\xff\xff\xff\x7f" + raw]))
+    size = draw(st.sampled_from([len(raw)] * 8 + [len(raw) + 2, max(len(raw) - 3, 0)]))
+    header = json.dumps({"inputs": [{"name": "input", "shape": shape, "datatype": "BYTES",
+                                     "parameters": {"binary_data_size": size}}],
+                         "outputs": [{"name": "label"}]}).encode()
+    return header + raw, {"Inference-Header-Content-Length": str(len(header))}
+
+
+TEXT_FUZZ_OK: dict[str, int] = {}
+
+
+@pytest.mark.parametrize("form", ["json", "binary", "ids"])
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture,
+                                                                  HealthCheck.too_slow])
+@given(data=st.data())
+def test_fuzz_text_infer_through_the_app_never_5xx(text_client: TestClient, form: str, data: st.DataObject) -> None:
+    body, headers = data.draw(_text_requests(form))
+    r = text_client.post(f"/v2/models/{NAME}/infer", content=body, headers=headers)
+    assert r.status_code < 500, (r.status_code, r.text, body[:200])  # a 500 is a server bug
+    if r.status_code == 200:
+        TEXT_FUZZ_OK[form] = TEXT_FUZZ_OK.get(form, 0) + 1
+    else:
+        assert r.status_code == 400 and r.json()["error"]
+
+
+def test_text_fuzz_reached_every_form() -> None:
+    assert all(TEXT_FUZZ_OK.get(form, 0) >= 5 for form in ("json", "binary", "ids")), TEXT_FUZZ_OK
 
 
 # ------------------------------------------------------------------------------------------ the model and the app
