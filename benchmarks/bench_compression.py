@@ -157,7 +157,8 @@ def prune_part(work: Path, epochs: int, finetune_epochs: int, iterations: int, t
     }
 
 
-def distill_part(work: Path, seeds: int, epochs: int, teacher_epochs: int, width: int) -> dict:
+def distill_part(work: Path, seeds: int, epochs: int, teacher_epochs: int, width: int, weight: float,
+                 temperature: float) -> dict:
     from bigmodel_cli.config.recipe import resolve
     from bigmodel_cli.data.prepare import prepare
     from bigmodel_cli.training.loop import fit
@@ -173,14 +174,18 @@ def distill_part(work: Path, seeds: int, epochs: int, teacher_epochs: int, width
     results: dict[str, list[float]] = {"alone": [], "distilled": []}
     for seed in range(seeds):
         for kind in results:
-            run = work / f"student-w{width}-{kind}-{seed}"
+            tag = f"-w{weight:g}-T{temperature:g}" if kind == "distilled" and (weight, temperature) != (0.5, 4) else ""
+            run = work / f"student-w{width}-{kind}{tag}-{seed}"
             flags = {**data, "train.distill.teacher": str(work / "teacher") if kind == "distilled" else None}
             if not (run / "checkpoints/best.pt").is_file():
-                fit(resolve("digits-cnn", flags, [*student, f"seed={seed}", "train.distill.cache_logits=true"]), run)
+                fit(resolve("digits-cnn", flags, [*student, f"seed={seed}", "train.distill.cache_logits=true",
+                                                  f"train.distill.weight={weight}",
+                                                  f"train.distill.temperature={temperature}"]), run)
             results[kind].append(test_accuracy_run(run))
     alone, distilled = float(np.mean(results["alone"])), float(np.mean(results["distilled"]))
     top = test_accuracy_run(work / "teacher")
     return {"teacher": "digits-cnn (cnn_small width 32)", "student": f"cnn_small width {width}", "epochs": epochs,
+            "weight": weight, "temperature": temperature,
             "seeds": seeds, "test_accuracy": {**results, "teacher": top},
             "mean_alone": alone, "mean_distilled": distilled, "gain_points": 100 * (distilled - alone),
             "gap_to_teacher_points": 100 * (top - distilled),
@@ -199,6 +204,8 @@ def main() -> None:
     parser.add_argument("--student-epochs", type=int, default=15)
     parser.add_argument("--teacher-epochs", type=int, default=15, help="digits-cnn's own: 15")
     parser.add_argument("--student-width", type=int, default=2, help="cnn_small width of the student")
+    parser.add_argument("--weight", type=float, default=0.5, help="train.distill.weight")
+    parser.add_argument("--temperature", type=float, default=4.0, help="train.distill.temperature")
     args = parser.parse_args()
     os.environ.setdefault("CI", "1")
     with tempfile.TemporaryDirectory(prefix="bench-compression-") as scratch:
@@ -207,7 +214,7 @@ def main() -> None:
         out: dict = {"load_start": load()}
         if args.part in ("distill", "all"):
             out["distill"] = distill_part(work / "distill", args.seeds, args.student_epochs, args.teacher_epochs,
-                                          args.student_width)
+                                          args.student_width, args.weight, args.temperature)
             log(json.dumps(out["distill"], indent=1))
         if args.part in ("prune", "all"):
             out["prune"] = prune_part(work / "prune", args.epochs, args.finetune_epochs, args.iterations,
