@@ -28,7 +28,7 @@ from bigmodel_cli.errors import UsageError
 
 FORMAT = 2
 # the parts of `meta` that must agree for a checkpoint to fit a model and its data
-_MUST_MATCH = ("task", "model", "loss", "num_classes", "input_shape", "classes", "fingerprint")
+_MUST_MATCH = ("task", "model", "loss", "num_classes", "input_shape", "classes", "fingerprint", "pruned")
 _SHARDED = ("networks", "optimizers")  # what torch.distributed.checkpoint holds in a sharded folder
 
 
@@ -142,6 +142,12 @@ def check_meta(path: Path | str, state: dict[str, Any], expect: dict[str, Any] |
             if key == "fingerprint":
                 raise UsageError(f"{path}: checkpoint was trained on prepared data {str(saved)[:12]}, but this run "
                                  f"describes data {str(want)[:12]}; it belongs to another run")
+            if key == "pruned":
+                have = "a pruned network (bigmodel prune)" if saved else "the unpruned network"
+                builds = "a pruned architecture" if want else "the unpruned architecture"
+                raise UsageError(f"{path}: checkpoint holds {have}, but this run builds {builds}"
+                                 f"{' (pruned differently)' if saved and want else ''}; load it through the run "
+                                 "directory that wrote it (its recipe.yaml records model.pruned)")
             raise UsageError(f"{path}: checkpoint was saved for {key}={saved!r}, but this run has {key}={want!r}")
 
 

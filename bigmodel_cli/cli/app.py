@@ -12,7 +12,19 @@ import sys
 import typer
 
 from bigmodel_cli import __version__
-from bigmodel_cli.cli import benchmark, export, generate, info, predict, prepare_data, recipes, serve, train, tune
+from bigmodel_cli.cli import (
+    benchmark,
+    export,
+    generate,
+    info,
+    predict,
+    prepare_data,
+    prune,
+    recipes,
+    serve,
+    train,
+    tune,
+)
 from bigmodel_cli.cli import eval as eval_cmd
 
 app = typer.Typer(
@@ -34,6 +46,7 @@ app.command("serve")(serve.serve)
 app.command("predict")(predict.predict)
 app.command("tune")(tune.tune)
 app.command("generate")(generate.generate)
+app.command("prune")(prune.prune)
 
 
 def _version(value: bool) -> None:

@@ -4,6 +4,7 @@
     bigmodel train -r digits-cnn --set train.epochs=3 --run-dir runs/quick --json
     bigmodel train -r digits-cnn --resume
     bigmodel train -r breast-cancer-mlp --folds 5      # cross-validation: fold_1..5/ and cv.json
+    bigmodel train -r wine-mlp --teacher runs/big     # knowledge distillation from a trained run
     bigmodel train -r digits-cnn --devices 2           # 2 processes (GPUs, or CPU with gloo) via torch.distributed.run
     bigmodel train -r R --devices 8 --nnodes 2 --node-rank 0 --master-addr node0   # and node-rank 1 on node1
 """
@@ -30,6 +31,7 @@ def train(
     resume: bool = typer.Option(False, "--resume", help="Continue from RUN_DIR/checkpoints/last.pt."),
     report_to: str | None = typer.Option(None, "--report-to", help="mlflow,tensorboard (sets train.report_to)."),
     folds: int | None = typer.Option(None, "--folds", help="K-fold cross-validation over train+val (cv.json)."),
+    teacher: str | None = typer.Option(None, "--teacher", help="Distill from this trained run (train.distill)."),
     sets: list[str] | None = SET,
     as_json: bool = JSON,
 ) -> None:
@@ -43,7 +45,8 @@ def train(
         raise UsageError(f"--node-rank {node_rank} with --nnodes {nnodes}: node ranks are 0..{max(nnodes, 1) - 1}")
     from bigmodel_cli.tracking import parse_names
 
-    flags = {"train.devices": devices, "train.report_to": parse_names(report_to) if report_to is not None else None}
+    flags = {"train.devices": devices, "train.report_to": parse_names(report_to) if report_to is not None else None,
+             "train.distill.teacher": teacher}
     resolved = resolve(recipe, flags, sets)
     run_dir = run_dir or Path("runs") / resolved.name
     if resume and (run_dir / "recipe.yaml").is_file():  # continue with the run's own recipe
@@ -64,6 +67,7 @@ def train(
         worker += [a for s in sets or [] for a in ("--set", s)] + (["--resume"] if resume else [])
         worker += ["--json"] if as_json else []
         worker += ["--report-to", ",".join(resolved.train.report_to) or "none"]
+        worker += ["--teacher", str(resolved.train.distill.teacher)] if teacher else []
         distributed.launch(worker, resolved.train.processes, nnodes, node_rank, master_addr, master_port,
                            rdzv_endpoint)
         return

@@ -131,6 +131,7 @@ class ModelSection(Section):
     args: dict[str, Any] = Field(default_factory=dict)  # keyword arguments for the model factory
     weights: str | None = None  # local pretrained weights (.pt/.pth state dict or .safetensors); new heads skipped
     freeze: list[str] = Field(default_factory=list)  # parameter-name prefixes to freeze, or "backbone" (all but head)
+    pruned: dict[str, dict[str, Any]] | None = None  # by `bigmodel prune`: per module, what differs from the builder's
 
     @field_validator("freeze", mode="before")
     @classmethod
@@ -202,6 +203,22 @@ class VaeSection(Section):
     sigma: float = Field(default=0.1, gt=0.0)  # mse: the decoder's fixed Gaussian std on [0, 1] pixels
 
 
+class DistillSection(Section):
+    """Knowledge distillation from a trained run: loss (1-w)·task + w·T²·KL(teacher_T || student_T)."""
+
+    teacher: str | None = None  # the teacher's run directory (its best checkpoint); --teacher sets it
+    weight: float = Field(default=0.5, ge=0.0, le=1.0)  # w: share of the distillation term in the loss
+    temperature: float = Field(default=4.0, gt=0.0)  # T: both logits divided by T before the softmax
+    cache_logits: bool = False  # the teacher's logits on train computed once (augmentation off), not every step
+
+    @field_validator("teacher")
+    @classmethod
+    def _absolute(cls, v: str | None) -> str | None:
+        from pathlib import Path
+
+        return str(Path(v).expanduser().resolve()) if v else v  # the run means the same from any directory
+
+
 class TrainSection(Section):
     epochs: int = Field(default=10, ge=1)  # passes over the train split (early stopping may end sooner)
     batch_size: int = Field(default=64, ge=1)  # per process
@@ -230,6 +247,7 @@ class TrainSection(Section):
     early_stopping: EarlyStoppingSection = Field(default_factory=EarlyStoppingSection)  # null or false: off
     gan: GanSection = Field(default_factory=GanSection)  # task: generation, GAN models
     vae: VaeSection = Field(default_factory=VaeSection)  # task: generation, VAE models
+    distill: DistillSection = Field(default_factory=DistillSection)  # a teacher run for knowledge distillation
 
     @field_validator("early_stopping", mode="before")
     @classmethod

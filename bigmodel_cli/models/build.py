@@ -81,7 +81,17 @@ def model_meta(recipe, data: dict[str, Any]) -> dict[str, Any]:
         "input_shape": list(data["input_shape"]),
         "classes": data["classes"],
         "fingerprint": data.get("fingerprint"),
+        "pruned": _pruned_digest(recipe.model),
     }
+
+
+def _pruned_digest(model_section) -> str | None:
+    """None for the builder's own architecture, else a fingerprint of the pruned one (`model.pruned`)."""
+    if not getattr(model_section, "pruned", None):
+        return None
+    from bigmodel_cli.compression.architecture import digest
+
+    return digest(model_section.pruned)
 
 
 def build_network(recipe, data: dict[str, Any]) -> nn.Module:
@@ -121,6 +131,10 @@ def build_from_recipe(model_section, data: dict[str, Any], one_logit: bool = Fal
     if one_logit:
         check_fits(net, what, shape, 1, data.get("kind"))
         net = BinaryLogits(net)
+    if getattr(model_section, "pruned", None):  # a run written by `bigmodel prune`: the builder's net, resized
+        from bigmodel_cli.compression.architecture import apply
+
+        apply(net, model_section.pruned)
     check_fits(net, what, shape, outputs, data.get("kind"))
     return net
 

@@ -2,10 +2,13 @@
 
     bigmodel train -r digits-cnn              # task: classification
     bigmodel train -r diabetes-regression     # task: regression
+    bigmodel train -r wine-mlp --teacher runs/big   # distilled from a trained run (training/distill.py)
 
 Validation predicts every validation row exactly once (rank r takes rows r::world, outputs are
 gathered) and scores them with scikit-learn: val_loss and val_accuracy/f1/roc_auc, or
-val_mse/mae/r2.
+val_mse/mae/r2. With `train.distill.teacher`, a frozen teacher (`parts.frozen`) sees the student's
+batches and the loss mixes the task's loss with the distillation term; train_task_loss and
+train_distill_loss are logged beside train_loss.
 """
 
 from __future__ import annotations
@@ -37,12 +40,16 @@ class Supervised:
 
     def check(self, recipe, data: dict[str, Any]) -> None:
         resolve_loss(recipe.train, recipe.task, data["classes"])
+        if recipe.train.distill.teacher:
+            from bigmodel_cli.training import distill
+
+            distill.check(recipe, data)
 
     def metrics(self, recipe, data: dict[str, Any]) -> list[str]:
         return ["val_loss"] + [f"val_{m}" for m in VAL_METRICS[self.name]]
 
     def terms(self, recipe) -> list[str]:
-        return ["loss"]
+        return ["loss", "task_loss", "distill_loss"] if recipe.train.distill.teacher else ["loss"]
 
     def build(self, ctx: Context) -> Parts:
         recipe, cfg = ctx.recipe, ctx.recipe.train
@@ -59,8 +66,15 @@ class Supervised:
         weights = class_weights(cfg, ctx.train.labels, n_classes) if self.name == "classification" else None
         loss = TaskLoss(resolve_loss(cfg, recipe.task, ctx.data["classes"]), cfg, weights)
         notes.append(f"loss {loss.name}")
-        return Parts(networks={"model": net}, inputs=normalizer(ctx.data), losses={"task": loss},
-                     eval_modes=frozen_norm_layers(net) if frozen else [], notes=notes)
+        parts = Parts(networks={"model": net}, inputs=normalizer(ctx.data), losses={"task": loss},
+                      eval_modes=frozen_norm_layers(net) if frozen else [], notes=notes)
+        if cfg.distill.teacher:  # a frozen teacher: never wrapped by DDP/FSDP, fed the student's batches
+            from bigmodel_cli.training import distill
+
+            parts.frozen["teacher"], teacher_notes = distill.load_teacher(ctx, predict_split)
+            parts.losses["distill"] = distill.DistillLoss(cfg.distill.temperature)
+            notes += teacher_notes
+        return parts
 
     def optimizers(self, ctx: Context, parts: Parts) -> dict[str, tuple[torch.optim.Optimizer, Any]]:
         cfg = ctx.recipe.train
@@ -69,13 +83,22 @@ class Supervised:
         return {"model": (optimizer, schedule)}
 
     def training_step(self, parts: Parts, batch: Batch, step: Step) -> None:
+        teacher = parts.frozen.get("teacher")
         with step.autocast():
-            loss = parts.losses["task"](parts.modules["model"](parts.inputs(batch.x)), batch.y)
+            out = parts.modules["model"](parts.inputs(batch.x))
+            loss = parts.losses["task"](out, batch.y)
+            if teacher is not None:  # (1-w)·task + w·T²·KL(teacher_T || student_T) on the same augmented batch
+                w = step.recipe.train.distill.weight
+                task_loss, distill_loss = loss, parts.losses["distill"](out, teacher(batch.x))
+                loss = (1 - w) * task_loss + w * distill_loss
         l1 = step.recipe.train.l1
         if l1:
             loss = loss + l1 * l1_penalty(parts.networks["model"])
         step.backward(loss, "model")
-        step.log(loss=loss)
+        if teacher is not None:
+            step.log(loss=loss, task_loss=task_loss, distill_loss=distill_loss)
+        else:
+            step.log(loss=loss)
         step.step_optimizer("model")
 
     def validate(self, parts: Parts, val: Split, ctx: Context) -> dict[str, float | None]:

@@ -30,6 +30,7 @@ COMMANDS = {
 ELSEWHERE = {
     "generate": "tests/e2e/test_recipes_generative.py: generate needs a generation run",
     "predict": "tests/cli/test_predict.py: predict needs raw rows in the columns the run was trained on",
+    "prune": "tests/cli/test_prune.py: prune needs a trained image run (Torch-Pruning traces a conv net)",
 }
 
 
