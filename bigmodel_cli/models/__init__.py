@@ -4,10 +4,11 @@ one place a run's network is built (`build`).
     from bigmodel_cli.models import create_model, list_models
     net = create_model("cnn_small", num_classes=10, input_shape=[1, 8, 8], width=32)
 
-Importing this package registers every family (cnn, mlp, text, vision).
+Importing this package registers every family (cnn, mlp, text, vision, hf: transformers is imported only
+when an hf model is built).
 """
 
-from bigmodel_cli.models import cnn, mlp, text, vision  # noqa: F401  (each family registers itself)
+from bigmodel_cli.models import cnn, hf, mlp, text, vision  # noqa: F401  (each family registers itself)
 from bigmodel_cli.models.registry import create_model, list_models, register_model
 
 __all__ = ["create_model", "list_models", "register_model"]
