@@ -397,7 +397,8 @@ def _finish_text(rows: Rows, y: np.ndarray, classes, target: str, recipe, report
         stats[name][1] += int((ids == spec["unk_id"]).sum()) if spec["unk_id"] is not None else 0
 
     def finish(out: dict[str, Any]) -> None:
-        text = {"vocab_size": spec["vocab_size"], "max_length": spec["max_length"], "truncated": stats["truncated"]}
+        text = {"vocab_size": spec["vocab_size"], "max_length": spec["max_length"], "truncated": stats["truncated"],
+                **({"model_tokenizer": True} if "hf" in extra else {})}
         for name in split.CODES:
             if out["split_sizes"][name]:
                 real, unknown = stats[name]

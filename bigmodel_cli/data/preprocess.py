@@ -576,7 +576,7 @@ def fit_model_tokenizer(folder_ref: str | None, cfg, task: str) -> tuple[dict[st
     vocab = max(tok.get_vocab_size(with_added_tokens=True), int(config.get("vocab_size") or 0))
     spec = {"tokenizer_kind": "model", "max_length": cfg.max_length, "lowercase": None, "vocab_size": vocab,
             "pad_id": ids["pad"], "pad_token": names["pad"], "unk_id": ids["unk"], "eos_id": ids["eos"],
-            "bos_id": ids["bos"], "tokenizer": tok.to_str()}
+            "bos_id": ids["bos"], "max_positions": longest, "tokenizer": tok.to_str()}
     model = {"path": str(folder.resolve()), "model_type": config["model_type"], "config": config,
              "max_positions": longest}
     return spec, model

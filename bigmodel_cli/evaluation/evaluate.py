@@ -96,6 +96,10 @@ def plan(run_dir: str | Path, options: Options | None = None, onnx: Path | None 
     """Check everything an evaluation needs; exit-2 errors name the flag, file or column."""
     options = options or Options()
     run = load_run(run_dir)
+    if run.recipe.task == "language-modeling":  # loss and perplexity of a decoder (evaluation.language_model)
+        from bigmodel_cli.evaluation import language_model
+
+        return language_model.plan(run, str(run_dir), options, onnx)
     cfg = _effective_config(run, options)
     classes = run.manifest["classes"] if run.recipe.task == "classification" else None
     known = M.metric_names(run.recipe.task, len(classes or []), cfg.top_k)
@@ -215,6 +219,8 @@ def evaluate(run_dir: str | Path, options: Options | None = None, onnx: Path | N
 def execute(p: Plan) -> dict[str, Any]:
     from bigmodel_cli.evaluation.report import print_report
 
+    if not isinstance(p, Plan):  # a language-modelling plan
+        return p.execute()
     started = time.perf_counter()
     task = p.run.recipe.task
     outputs = p.outputs(p.x)

@@ -25,7 +25,9 @@ def get_task(name: str):
 
 
 def _load() -> None:
+    from bigmodel_cli.tasks.language_modeling import LanguageModeling
     from bigmodel_cli.tasks.supervised import Supervised
 
     for name in ("classification", "regression"):
         _TASKS.setdefault(name, lambda name=name: Supervised(name))
+    _TASKS.setdefault("language-modeling", LanguageModeling)
