@@ -23,8 +23,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -34,37 +33,12 @@ from bigmodel_cli import __version__, atomic
 from bigmodel_cli.data import preprocess
 from bigmodel_cli.data.arrays import NpyWriter, Scratch, chunks
 from bigmodel_cli.data.manifest import FORMAT_VERSION, SPLITS, preprocessing_json
+from bigmodel_cli.data.prepared import Prepared
 from bigmodel_cli.data.report import class_warnings, print_report
 from bigmodel_cli.data.sources import RawImages, read_source
 from bigmodel_cli.errors import UsageError
 
-DEFAULT_TARGETS = ("target", "label", "class", "y")
 NORMALIZE_ROWS = 65536  # train rows per chunk of the table normalisation's sums (part of its exact result)
-
-
-def number_label(value: float) -> str:
-    """A numeric class value as its class name: integral numbers without '.0' (eval --data reads labels so too)."""
-    return str(int(value)) if float(value).is_integer() else repr(float(value))
-
-
-@dataclass
-class Prepared:
-    """What a source became: its classes and fitted preprocessing, and each split's rows, produced a chunk at a time."""
-
-    kind: str
-    features: list[str]
-    classes: list[str] | None
-    target: str
-    preprocessing: dict[str, Any]
-    row_shape: tuple[int, ...]
-    dtype: Any
-    y_dtype: Any
-    sizes: dict[str, int]
-    x_chunks: Callable[[str], Iterator[np.ndarray]]
-    y_chunks: Callable[[str], Iterator[np.ndarray]]
-    observe: Callable[[str, np.ndarray], None] | None = None  # sees every x chunk as written
-    normalize: Callable[[], dict[str, Any]] | None = None  # the normalisation, when observe fitted it
-    finish: Callable[[dict[str, Any]], None] | None = None  # adds to the report once everything is written
 
 
 def prepare(recipe, out: str | Path | None = None, force: bool = False) -> dict[str, Any]:

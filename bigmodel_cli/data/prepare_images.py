@@ -19,7 +19,7 @@ import numpy as np
 from bigmodel_cli.data import split
 from bigmodel_cli.data.arrays import Scratch, chunks, rows_per_chunk
 from bigmodel_cli.data.clean import image_keys
-from bigmodel_cli.data.prepare import Prepared
+from bigmodel_cli.data.prepared import Prepared
 from bigmodel_cli.data.sources import RawImages
 from bigmodel_cli.errors import UsageError
 

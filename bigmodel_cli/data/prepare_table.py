@@ -21,7 +21,7 @@ import pyarrow.compute as pc
 
 from bigmodel_cli.data import clean, preprocess, split
 from bigmodel_cli.data.arrays import Scratch, chunks
-from bigmodel_cli.data.prepare import DEFAULT_TARGETS, Prepared, number_label
+from bigmodel_cli.data.prepared import DEFAULT_TARGETS, Prepared, number_label
 from bigmodel_cli.data.sources import RawTable
 from bigmodel_cli.errors import UsageError
 

@@ -96,8 +96,8 @@ def _is_number(text: str) -> bool:
 
 def _label(value) -> str | None:
     """A raw label as prepare-data names classes: strings as they are, booleans as true/false, numbers by
-    `prepare.number_label`."""
-    from bigmodel_cli.data.prepare import number_label
+    `prepared.number_label`."""
+    from bigmodel_cli.data.prepared import number_label
 
     if value is None or isinstance(value, str):
         return value

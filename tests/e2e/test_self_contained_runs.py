@@ -27,6 +27,8 @@ def trained(tmp_path_factory):
 def test_eval_refuses_data_prepared_again_naming_both_fingerprints(trained, tmp_path, change):
     work = tmp_path / "project"
     shutil.copytree(trained, work)
+    recipe = work / "runs/breast-cancer-mlp/recipe.yaml"  # the copy's run trained on the copy's data
+    recipe.write_text(recipe.read_text().replace(str(trained / "data"), str(work / "data")))
     before = run_cli("eval", "runs/breast-cancer-mlp", "--json", cwd=work)
     assert before.code == 0 and before.json()["metrics"]["accuracy"] > 0.9
     run_fp = json.loads((work / "runs/breast-cancer-mlp/preprocessing.json").read_text())["fingerprint"]
@@ -51,7 +53,8 @@ def test_text_data_prepared_with_another_vocabulary_is_refused(tmp_path):
     assert run_cli("prepare-data", "-r", "text-transformer", *common, "--set", "data.text.vocab_size=200",
                    cwd=tmp_path).code == 0
     trained = run_cli("train", "-r", "text-transformer", "--set", "train.epochs=1", "--set",
-                      "model.args={d_model: 16, num_heads: 2, num_layers: 1, dim_feedforward: 32}", cwd=tmp_path)
+                      "model.args={d_model: 16, num_heads: 2, num_layers: 1, dim_feedforward: 32}", "--set",
+                      "eval.fail_under={}", cwd=tmp_path)
     assert trained.code == 0, trained.stderr
     assert run_cli("eval", "runs/text-transformer", cwd=tmp_path).code == 0
     assert run_cli("prepare-data", "-r", "text-transformer", *common, "--set", "data.text.vocab_size=100",
