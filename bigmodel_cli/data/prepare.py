@@ -159,7 +159,7 @@ def _write(recipe, source_sha256: str, prepared: Prepared, report: dict[str, Any
         report["class_counts"] = {s: dict(zip(prepared.classes, _bincount(ys[s], len(prepared.classes)).tolist(),
                                               strict=True)) for s in SPLITS}
         report["warnings"].extend(class_warnings(report["class_counts"]))
-    else:
+    elif recipe.task != "language-modeling":  # a corpus has no target: the next tokens are in x
         report["target_summary"] = {s: _summary(ys[s], new_array) for s in SPLITS if len(ys[s])}
     if prepared.normalize:
         normalize = prepared.normalize()

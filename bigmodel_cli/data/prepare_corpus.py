@@ -25,7 +25,7 @@ import numpy as np
 
 from bigmodel_cli.data import preprocess, split
 from bigmodel_cli.data.arrays import Scratch, chunks, rows_per_chunk
-from bigmodel_cli.data.prepare import Prepared
+from bigmodel_cli.data.prepared import Prepared
 from bigmodel_cli.errors import UsageError
 
 TEXT_SUFFIXES = (".txt", ".md", ".text")

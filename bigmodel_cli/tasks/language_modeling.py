@@ -156,11 +156,15 @@ class CheckpointDecoder:
         self.spec = run.manifest["preprocessing"]["text"]
         self.longest = run.manifest["preprocessing"]["hf"].get("max_positions")
         self.past = None
+        import inspect
+
+        # transformers >= 5.20 names the key/value cache `cache` (`past_key_values` before)
+        self.cache_arg = "cache" if "cache" in inspect.signature(self.model.forward).parameters else "past_key_values"
 
     @torch.inference_mode()
     def _run(self, ids: list[int]) -> np.ndarray:
-        out = self.model(input_ids=torch.tensor([ids]), past_key_values=self.past, use_cache=True)
-        self.past = out.past_key_values
+        out = self.model(input_ids=torch.tensor([ids]), **{self.cache_arg: self.past}, use_cache=True)
+        self.past = getattr(out, "cache", None) or getattr(out, "past_key_values", None)
         return out.logits[0, -1].float().numpy()
 
     def start(self, ids: list[int]) -> np.ndarray:

@@ -19,11 +19,12 @@ WORDS = ["great", "wonderful", "superb", "moving", "brilliant", "charming", "gri
          "the", "film", "plot", "actor", "scene", "music", "story", "camera", "director", "ending", "cast",
          "script", "was", "and", "with", "a", "of", "its", "this", "second", "half", "lead", "score", "pacing",
          "cat", "sat", "on", "mat", "dog", "ran", "in", "park"]
+COUNTING = "one two three four five six seven eight nine ten"
 
 
 def sentences(n: int = 60, seed: int = 0) -> list[str]:
     rng = np.random.default_rng(seed)
-    return [" ".join(rng.choice(WORDS, size=int(rng.integers(3, 12)))) for _ in range(n)] + [" ".join(WORDS)]
+    return [" ".join(rng.choice(WORDS, size=int(rng.integers(3, 12)))) for _ in range(n)] + [" ".join(WORDS), COUNTING]
 
 
 def _silence():
@@ -113,10 +114,9 @@ def write_corpus(path: Path, paragraphs: int = 120, seed: int = 0) -> Path:
     """A plain-text corpus: paragraphs of a few lines, separated by blank lines, with a learnable pattern
     (every paragraph counts up 'one two three ...' before its sentence)."""
     rng = np.random.default_rng(seed)
-    counting = "one two three four five six seven eight nine ten"
     lines = []
     for _ in range(paragraphs):
-        lines.append(counting)
+        lines.append(COUNTING)
         lines.append(" ".join(rng.choice(WORDS, size=int(rng.integers(4, 10)))))
         lines.append("")
     path.write_text("\n".join(lines), encoding="utf-8")
