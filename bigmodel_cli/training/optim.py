@@ -39,8 +39,7 @@ def parameter_groups(net: torch.nn.Module, weight_decay: float, decay_all: bool,
     for name, p in net.named_parameters():
         if p.requires_grad:
             by_key.setdefault((decay_all or p.ndim > 1, scales.get(name, 1.0)), []).append(p)
-    if not scales:  # one decayed group (even when empty) and the undecayed one
-        by_key.setdefault((True, 1.0), [])
+    by_key.setdefault((True, 1.0), [])  # the base-rate decayed group comes first, even when empty: its lr is logged
     groups = []
     for (decay, scale), params in sorted(by_key.items(), key=lambda kv: (kv[0][1] != 1.0, not kv[0][0], -kv[0][1])):
         group: dict[str, Any] = {"params": params, "weight_decay": weight_decay if decay else 0.0}
