@@ -55,11 +55,13 @@ def lora(tmp_path_factory, pretrained_body, labelled_csv):
                         "train.optimizer.lr=0.01")
 
 
+@pytest.mark.slow
 def test_full_fine_tuning_learns_the_labels(full):
     _, _, summary = full
     assert summary["best_metrics"]["val_accuracy"] >= 0.8, summary["best_metrics"]
 
 
+@pytest.mark.slow
 def test_a_moved_run_evaluates_without_its_model_folder(full, tmp_path, bert_dir):
     from bigmodel_cli.evaluation.evaluate import evaluate
 
@@ -73,6 +75,7 @@ def test_a_moved_run_evaluates_without_its_model_folder(full, tmp_path, bert_dir
     assert report["metrics"]["accuracy"] >= 0.75
 
 
+@pytest.mark.slow
 def test_lora_trains_adapters_and_the_head_only(lora, pretrained_body):
     root, _, summary = lora
     state = torch.load(root / "run/checkpoints/last.pt", weights_only=True)["networks"]["model"]
@@ -87,6 +90,7 @@ def test_lora_trains_adapters_and_the_head_only(lora, pretrained_body):
     assert summary["best_metrics"]["val_accuracy"] >= 0.7, summary["best_metrics"]
 
 
+@pytest.mark.slow
 def test_lora_export_is_merged_and_verified(lora):
     import onnx
 
@@ -121,6 +125,7 @@ def test_layer_decay_and_head_rate_make_parameter_groups(bert_dir, labelled_csv,
     assert lrs["net.model.bert.embeddings.word_embeddings.weight"] == pytest.approx(0.001 * 0.125)
 
 
+@pytest.mark.slow
 def test_a_decoder_classifies_too(tmp_path, llama_dir, labelled_csv):
     from bigmodel_cli.export.onnx_export import export_run
 

@@ -30,6 +30,7 @@ def lm_run(tmp_path_factory, gpt2_dir, corpus):
     return root, manifest, fit(r, root / "run")
 
 
+@pytest.mark.slow
 def test_the_corpus_is_packed_into_blocks_of_its_tokens(lm_run, gpt2_dir, corpus):
     from transformers import AutoTokenizer
 
@@ -47,6 +48,7 @@ def test_the_corpus_is_packed_into_blocks_of_its_tokens(lm_run, gpt2_dir, corpus
     assert int(tok.eos_token_id) in stream.tolist()  # documents are separated by end-of-text
 
 
+@pytest.mark.slow
 def test_training_lowers_the_perplexity(lm_run):
     _, _, summary = lm_run
     first, last = summary["best_metrics"], summary["last_metrics"]
@@ -56,6 +58,7 @@ def test_training_lowers_the_perplexity(lm_run):
     assert min(r["val_perplexity"] for r in history) < 40  # a random 320-token model starts near 320
 
 
+@pytest.mark.slow
 def test_eval_reports_perplexity_and_gates_it(lm_run):
     from bigmodel_cli.evaluation.evaluate import Options, evaluate
 
@@ -69,6 +72,7 @@ def test_eval_reports_perplexity_and_gates_it(lm_run):
         evaluate(root / "run", Options(fail_over={"perplexty": 3.0}))
 
 
+@pytest.mark.slow
 def test_generation_is_seeded_and_the_onnx_decoder_agrees(lm_run):
     from bigmodel_cli.export.onnx_export import export_run
     from bigmodel_cli.tasks.language_modeling import generate_text
@@ -86,6 +90,7 @@ def test_generation_is_seeded_and_the_onnx_decoder_agrees(lm_run):
                          seed=3) == a
 
 
+@pytest.mark.slow
 def test_generation_options_and_prompt_length_are_checked(lm_run):
     from bigmodel_cli.tasks.language_modeling import generate_text
 
@@ -106,6 +111,7 @@ def test_sampling_keeps_the_nucleus():
     assert sample_next(logits, 0.0, 1.0, rng) == 0
 
 
+@pytest.mark.slow
 def test_a_llama_folder_fine_tunes_with_lora(tmp_path, llama_dir, corpus):
     from bigmodel_cli.training.loop import fit
 
