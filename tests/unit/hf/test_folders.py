@@ -116,3 +116,23 @@ def test_a_hub_id_on_the_command_line_is_exit_2_in_one_line(cli, tmp_path, label
                  "model.path=bert-base-uncased")
     assert result.code == 2
     assert "Traceback" not in result.stderr and "bert-base-uncased" in result.stderr
+
+
+def test_sharded_safetensors_load_every_tensor(tmp_path, bert_dir, labelled_csv):
+    import torch
+    from safetensors.torch import load_file
+    from transformers import AutoModel
+
+    from bigmodel_cli.models.build import build_network
+
+    sharded = tmp_path / "sharded"
+    AutoModel.from_pretrained(str(bert_dir), local_files_only=True).save_pretrained(sharded, max_shard_size="40KB")
+    for name in ("tokenizer.json", "tokenizer_config.json"):
+        shutil.copy(bert_dir / name, sharded / name)
+    assert (sharded / "model.safetensors.index.json").is_file() and len(list(sharded.glob("*.safetensors"))) > 1
+    r = recipe("text-bert-finetune", tmp_path, labelled_csv, sharded)
+    net = build_network(r, prepare(r))
+    saved = load_file(str(bert_dir / "model.safetensors"))  # the masked-LM folder's tensors (no pooler)
+    want = {k.removeprefix("bert."): v for k, v in saved.items() if k.startswith("bert.")}
+    got = net.net.model.bert.state_dict()
+    assert want and all(torch.equal(got[k], v) for k, v in want.items())
