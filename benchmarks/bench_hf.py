@@ -25,7 +25,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import resource
 import subprocess
 import sys
 import tempfile
@@ -56,7 +55,11 @@ def write_model(folder: Path, hidden: int, layers: int, length: int, seed: int =
     return folder
 
 
-def prepared(root: Path, model: Path, rows: int, length: int, name: str = "text-bert-finetune", sets=()):
+def prepared(root: Path, model: Path, rows: int, length: int, name: str = "text-bert-finetune", sets=(),
+             learnable: bool = False):
+    """The recipe's data prepared from generated reviews (`learnable`: texts whose label is plain from their
+    words, tests/unit/hf/conftest.py; else the text-transformer recipe's reviews, negations and 5 % noise)."""
+    from conftest import write_labelled
     from test_recipe_text import write_reviews
 
     from bigmodel_cli import console
@@ -66,7 +69,7 @@ def prepared(root: Path, model: Path, rows: int, length: int, name: str = "text-
     console.quiet(True)
     source = root / "reviews.csv"
     if not source.exists():
-        write_reviews(source, rows)
+        (write_labelled if learnable else write_reviews)(source, rows)
     recipe = resolve(name, {"data.prepared": str(root / f"data-{name}"), "data.source": str(source),
                             "model.path": str(model)}, [f"data.text.max_length={length}", *sets])
     prepare(recipe, force=True)
@@ -77,18 +80,38 @@ def prepared(root: Path, model: Path, rows: int, length: int, name: str = "text-
 
 
 def part_trainer(args, root: Path) -> dict:
-    import torch
+    """Ours and the Trainer alternately (--repeats times: the machine's load changes), the best of each."""
+    import shutil
 
     from bigmodel_cli.training.loop import fit
 
     model = write_model(root / "bert", args.hidden, args.layers, args.length)
-    sets = [f"train.batch_size={args.batch}", "train.epochs=2", "train.optimizer.lr=0.0001", "train.head_lr=null",
+    sets = [f"train.batch_size={args.batch}", "train.epochs=2", "train.optimizer.lr=0.002", "train.head_lr=null",
             "train.scheduler.name=constant", "train.scheduler.warmup_epochs=0", "train.clip_grad_norm=null",
-            "train.early_stopping.patience=null", "train.loss=cross_entropy"]
-    recipe = prepared(root, model, args.rows, args.length, sets=sets)
-    fit(recipe, root / "run")
-    ours = [json.loads(line)["samples_per_s"] for line in (root / "run/metrics.jsonl").read_text().splitlines()]
+            "train.early_stopping.patience=null", "train.loss=cross_entropy", "train.optimizer.weight_decay=0"]
+    recipe = prepared(root, model, args.rows, args.length, sets=sets, learnable=True)
+    ours, theirs = [], []
+    for rep in range(args.repeats):
+        run = root / "run"
+        shutil.rmtree(run, ignore_errors=True)
+        fit(recipe, run)
+        rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+        ours.append(rows[-1]["samples_per_s"])
+        theirs.append(_hf_trainer(recipe, model, args, root))
+        print(f"  round {rep + 1}: bigmodel {ours[-1]:.2f} samples/s, HF Trainer {theirs[-1]:.2f} samples/s")
+    out = {"part": "trainer", "rows": len(np.load(Path(recipe.prepared_dir) / "train" / "y.npy")),
+           "batch": args.batch, "length": args.length, "hidden": args.hidden, "layers": args.layers,
+           "bigmodel_samples_per_s": max(ours), "hf_trainer_samples_per_s": max(theirs),
+           "ratio": max(ours) / max(theirs), "rounds": {"bigmodel": ours, "hf_trainer": theirs}}
+    print(f"fine-tuning, epoch 2, best of {args.repeats}: bigmodel {max(ours):.2f} samples/s, HF Trainer "
+          f"{max(theirs):.2f} samples/s -> {out['ratio']:.2f}x (goal >= 1.0x)")
+    return out
 
+
+def _hf_trainer(recipe, model: Path, args, root: Path) -> float:
+    """The Hugging Face Trainer on the same prepared rows (ids, mask ids != pad), its defaults (fused AdamW);
+    samples/s of its second epoch."""
+    import torch
     from transformers import AutoModelForSequenceClassification, Trainer, TrainerCallback, TrainingArguments
 
     x = np.load(Path(recipe.prepared_dir) / "train" / "x.npy").astype(np.int64)
@@ -116,21 +139,38 @@ def part_trainer(args, root: Path) -> dict:
     torch.manual_seed(0)
     net = AutoModelForSequenceClassification.from_pretrained(str(model), num_labels=2, local_files_only=True)
     targs = TrainingArguments(output_dir=str(root / "hf-trainer"), per_device_train_batch_size=args.batch,
-                              num_train_epochs=2, learning_rate=1e-4, lr_scheduler_type="constant",
+                              num_train_epochs=2, learning_rate=2e-3, lr_scheduler_type="constant",
                               save_strategy="no", logging_strategy="no", report_to=[], eval_strategy="no",
                               dataloader_num_workers=0, use_cpu=not torch.cuda.is_available(), disable_tqdm=True,
                               max_grad_norm=0.0, weight_decay=0.0)
     Trainer(model=net, args=targs, train_dataset=Rows(), callbacks=[EpochTimer()]).train()
-    theirs = [len(x) / t for t in times]
-    out = {"part": "trainer", "rows": len(x), "batch": args.batch, "length": args.length, "hidden": args.hidden,
-           "layers": args.layers, "bigmodel_samples_per_s": ours[-1], "hf_trainer_samples_per_s": theirs[-1],
-           "ratio": ours[-1] / theirs[-1]}
-    print(f"fine-tuning, epoch 2: bigmodel {ours[-1]:.1f} samples/s, HF Trainer {theirs[-1]:.1f} samples/s "
-          f"-> {out['ratio']:.2f}x (goal >= 1.0x)")
-    return out
+    return len(x) / times[-1]
 
 
 # ---------------------------------------------------------------- lora
+
+
+class PeakRSS:
+    """The largest resident size seen by a thread sampling every 2 ms (CPU: torch has no allocator statistics)."""
+
+    def __init__(self):
+        import threading
+
+        import psutil
+
+        self.process, self.peak, self.running = psutil.Process(), 0, True
+        self.thread = threading.Thread(target=self._sample, daemon=True)
+        self.thread.start()
+
+    def _sample(self):
+        while self.running:
+            self.peak = max(self.peak, self.process.memory_info().rss)
+            time.sleep(0.002)
+
+    def stop(self) -> int:
+        self.running = False
+        self.thread.join()
+        return self.peak
 
 
 def _child_memory(kind: str, root: str, steps: int, batch: int) -> None:
@@ -142,7 +182,7 @@ def _child_memory(kind: str, root: str, steps: int, batch: int) -> None:
     from bigmodel_cli.models.build import build_network
 
     recipe = resolve("text-bert-finetune" if kind == "full" else "text-bert-finetune-lora",
-                     {"data.prepared": f"{root}/data-text-bert-finetune", "model.path": f"{root}/bert"})
+                     {"data.prepared": f"{root}/lora/data-text-bert-finetune", "model.path": f"{root}/lora/bert"})
     manifest = read(recipe.prepared_dir)
     gpu = torch.cuda.is_available()
     device = torch.device("cuda" if gpu else "cpu")
@@ -151,7 +191,11 @@ def _child_memory(kind: str, root: str, steps: int, batch: int) -> None:
     trainable = sum(p.numel() for p in net.parameters() if p.requires_grad)
     total = sum(p.numel() for p in net.parameters())
     opt = torch.optim.AdamW([p for p in net.parameters() if p.requires_grad], lr=1e-4)
-    built = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    import gc
+
+    gc.collect()
+    built = PeakRSS().stop()  # the process with the model built, before training
+    sampler = PeakRSS()
     if gpu:
         torch.cuda.reset_peak_memory_stats()
     for i in range(steps):
@@ -160,15 +204,15 @@ def _child_memory(kind: str, root: str, steps: int, batch: int) -> None:
         opt.zero_grad()
         loss.backward()
         opt.step()
-    peak = (torch.cuda.max_memory_allocated() if gpu
-            else (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - built) * 1024)
+    peak = torch.cuda.max_memory_allocated() if gpu else sampler.stop() - built
     print(json.dumps({"trainable": trainable, "total": total, "peak_bytes": peak, "gpu": gpu}))
 
 
 def part_lora(args, root: Path) -> dict:
-    if not (root / "bert").exists():
-        write_model(root / "bert", args.hidden, args.layers, args.length)
-        prepared(root, root / "bert", args.rows, args.length)
+    lora = root / "lora"
+    lora.mkdir(exist_ok=True)
+    write_model(lora / "bert", args.lora_hidden, args.layers, args.length)
+    prepared(lora, lora / "bert", args.rows, args.length, learnable=True)
     results = {}
     for kind in ("full", "lora"):
         proc = subprocess.run([sys.executable, __file__, "--child", kind, "--root", str(root),
@@ -178,12 +222,13 @@ def part_lora(args, root: Path) -> dict:
             raise SystemExit(proc.stderr[-2000:])
         results[kind] = json.loads(proc.stdout.strip().splitlines()[-1])
     full, lora = results["full"], results["lora"]
-    where = "GPU max allocated" if full["gpu"] else "CPU peak RSS over the built model"
+    where = "GPU max allocated" if full["gpu"] else "CPU peak resident size over the built model's"
+    print(f"hidden {args.lora_hidden}, {args.layers} layers, batch {args.batch}, sequence {args.length}, 20 steps")
     print(f"trainable parameters: full {full['trainable']:,}, LoRA {lora['trainable']:,} "
           f"({100 * lora['trainable'] / full['trainable']:.2f} %)")
     print(f"peak training memory ({where}): full {full['peak_bytes'] / 2**20:.1f} MiB, "
           f"LoRA {lora['peak_bytes'] / 2**20:.1f} MiB")
-    return {"part": "lora", "full": full, "lora": lora}
+    return {"part": "lora", "hidden": args.lora_hidden, "layers": args.layers, "full": full, "lora": results["lora"]}
 
 
 # ---------------------------------------------------------------- ort
@@ -217,7 +262,11 @@ def part_ort(args, root: Path) -> dict:
     torch_x = torch.from_numpy(x)
     with torch.inference_mode():
         eager = _median_ms(lambda: module(torch_x))
-    times = {"eager": eager}
+        threads = torch.get_num_threads()
+        torch.set_num_threads(1)
+        eager_one = _median_ms(lambda: module(torch_x))
+        torch.set_num_threads(threads)
+    times = {"eager": eager, "eager_1_thread": eager_one}
     for name in ("model.onnx", "model.int8.onnx"):
         session = create_session(run / name, device="cpu")
         times[name] = _median_ms(lambda s=session: s.run(None, {"input": x}))
@@ -230,10 +279,13 @@ def part_ort(args, root: Path) -> dict:
                                          s.run(None, {"input": x}))
     out = {"part": "ort", "batch": 1, "length": int(x.shape[1]), "ms": times,
            "ort_fp32_vs_eager": eager / times["model.onnx"],
+           "ort_fp32_vs_eager_1_thread": eager_one / times["model.onnx"],
+           "val_accuracy_fp32": int8["int8"]["metric"]["fp32"],
            "int8_vs_fp32": times["model.onnx"] / times["model.int8.onnx"], "int8_drop_points": drop,
            "optimized_vs_fp32": times["model.onnx"] / times["model.opt.onnx"],
            "fused": optimized.get("optimize", {}).get("fused"), "verified": fp32["verification"]["passed"]}
-    print(f"batch 1, sequence {x.shape[1]}: eager {eager:.2f} ms, ORT fp32 {times['model.onnx']:.2f} ms "
+    print(f"batch 1, sequence {x.shape[1]}: eager {eager:.2f} ms ({eager_one:.2f} ms on one thread), "
+          f"ORT fp32 {times['model.onnx']:.2f} ms "
           f"({out['ort_fp32_vs_eager']:.2f}x, goal >= 1.5x), int8 {times['model.int8.onnx']:.2f} ms "
           f"({out['int8_vs_fp32']:.2f}x fp32, goal >= 1.5x; drop {drop:.2f} points, goal <= 1), optimised fp32 "
           f"{times['model.opt.onnx']:.2f} ms ({out['optimized_vs_fp32']:.2f}x fp32; fused {out['fused']})")
@@ -310,6 +362,8 @@ def main() -> None:
     parser.add_argument("--length", type=int, default=128)
     parser.add_argument("--hidden", type=int, default=128)
     parser.add_argument("--layers", type=int, default=4)
+    parser.add_argument("--repeats", type=int, default=2, help="trainer: rounds of ours then the Trainer")
+    parser.add_argument("--lora-hidden", type=int, default=256, help="lora: hidden size of its BERT")
     parser.add_argument("--reviews", type=int, default=4000, help="labelled reviews for `pretrained`")
     parser.add_argument("--pretrain-texts", type=int, default=20000)
     parser.add_argument("--pretrain-epochs", type=int, default=3)

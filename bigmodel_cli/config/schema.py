@@ -156,6 +156,7 @@ class OptimizerSection(Section):
     nesterov: bool = False  # sgd
     betas: tuple[float, float] = (0.9, 0.999)  # adam, adamw
     eps: float = Field(default=1e-8, gt=0.0)
+    fused: bool = False  # adam, adamw: torch's fused kernel (one op per step for all parameters; CPU and GPU)
 
 
 class SchedulerSection(Section):

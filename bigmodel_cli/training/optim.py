@@ -53,13 +53,22 @@ def create_optimizer(net: torch.nn.Module, cfg) -> torch.optim.Optimizer:
     groups = parameter_groups(net, cfg.weight_decay, cfg.decay_norm_and_bias, cfg.lr)
     if cfg.name == "sgd":
         return torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum, nesterov=cfg.nesterov and cfg.momentum > 0)
-    if cfg.name == "adam":
-        return torch.optim.Adam(groups, lr=cfg.lr, betas=tuple(cfg.betas), eps=cfg.eps)
+    if cfg.name in ("adam", "adamw"):
+        kind = torch.optim.Adam if cfg.name == "adam" else torch.optim.AdamW
+        if getattr(cfg, "fused", False):
+            try:
+                return kind(groups, lr=cfg.lr, betas=tuple(cfg.betas), eps=cfg.eps, fused=True)
+            except (RuntimeError, ValueError, TypeError) as e:  # parameters the fused kernel does not take
+                from bigmodel_cli import console
+
+                console.warn(f"train.optimizer.fused: not available here ({str(e).splitlines()[0][:120]}); "
+                             "using the unfused optimizer")
+        return kind(groups, lr=cfg.lr, betas=tuple(cfg.betas), eps=cfg.eps)
     if cfg.name == "adagrad":
         return torch.optim.Adagrad(groups, lr=cfg.lr, eps=cfg.eps)
     if cfg.name == "rmsprop":
         return torch.optim.RMSprop(groups, lr=cfg.lr, momentum=cfg.momentum, eps=cfg.eps)
-    return torch.optim.AdamW(groups, lr=cfg.lr, betas=tuple(cfg.betas), eps=cfg.eps)
+    raise ValueError(f"unknown optimizer {cfg.name}")  # the schema allows no other name
 
 
 def warmup_steps(cfg, total_steps: int, steps_per_epoch: int) -> int:
