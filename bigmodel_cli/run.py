@@ -77,6 +77,8 @@ def portable_recipe(recipe):
     model_updates = {}
     if recipe.model.weights:
         model_updates["weights"] = str(Path(recipe.model.weights).expanduser().resolve())
+    if recipe.model.path and Path(recipe.model.path).expanduser().exists():  # a local folder, not a Hub id
+        model_updates["path"] = str(Path(recipe.model.path).expanduser().resolve())
     return recipe.model_copy(update={"data": data.model_copy(update=updates),
                                      "model": recipe.model.model_copy(update=model_updates)})
 

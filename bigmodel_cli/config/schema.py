@@ -70,7 +70,7 @@ class BinningSection(Section):
 
 
 class TextSection(Section):
-    tokenizer: Literal["word", "bpe", "wordpiece"] = "word"  # fitted on train texts with `tokenizers`
+    tokenizer: Literal["word", "bpe", "wordpiece", "model"] = "word"  # fitted on train texts; model: model.path's own
     vocab_size: int = Field(default=20000, ge=3)  # including [PAD]=0 and [UNK]=1
     lowercase: bool = True  # lower-case texts before tokenising (and in serve)
     max_length: int = Field(default=128, ge=1)  # ids per text: longer truncated, shorter padded with 0
@@ -125,6 +125,15 @@ class DataSection(Section):
     corrupt: CorruptSection = Field(default_factory=CorruptSection)  # task: restoration only
 
 
+class LoraSection(Section):
+    """LoRA adapters (peft) on a pre-trained `hf` model: only the adapters and the task head are trained."""
+
+    r: int = Field(default=8, ge=1)  # rank of each adapter
+    alpha: float = Field(default=16.0, gt=0.0)  # scaling: the update is (alpha / r) * B @ A
+    dropout: float = Field(default=0.05, ge=0.0, lt=1.0)  # dropout on the adapter's input
+    target_modules: list[str] | None = None  # module names (query, value, c_attn, q_proj...); None: peft's default
+
+
 class ModelSection(Section):
     name: str | None = None  # a registered model (bigmodel info lists them)
     component: str | None = None  # or your own factory, "package.module:function"
@@ -132,6 +141,8 @@ class ModelSection(Section):
     weights: str | None = None  # local pretrained weights (.pt/.pth state dict or .safetensors); new heads skipped
     freeze: list[str] = Field(default_factory=list)  # parameter-name prefixes to freeze, or "backbone" (all but head)
     pruned: dict[str, dict[str, Any]] | None = None  # by `bigmodel prune`: per module, what differs from the builder's
+    path: str | None = None  # model.name hf: a local Hugging Face model folder (config.json, weights, tokenizer)
+    lora: LoraSection | None = None  # model.name hf: train LoRA adapters (and the head) instead of every weight
 
     @field_validator("freeze", mode="before")
     @classmethod
@@ -154,6 +165,7 @@ class OptimizerSection(Section):
     nesterov: bool = False  # sgd
     betas: tuple[float, float] = (0.9, 0.999)  # adam, adamw
     eps: float = Field(default=1e-8, gt=0.0)  # added to denominators (adam, adamw, adagrad, rmsprop)
+    fused: bool = False  # adam, adamw: torch's fused kernel (one op per step for all parameters; CPU and GPU)
 
 
 class SchedulerSection(Section):
@@ -244,6 +256,9 @@ class TrainSection(Section):
     loader_workers: int = Field(default=0, ge=0)  # 0: gather batches in a background thread; N: N worker processes
     sync_batchnorm: bool = False  # ddp on GPUs: BatchNorm statistics over all processes (N x batch == 1 x N*batch)
     dist_timeout_s: float = Field(default=45.0, gt=0.0)  # N processes: a rank silent this long fails the run
+    layer_decay: float | None = Field(default=None, gt=0.0, le=1.0)  # hf: lr x decay^(depth from the top) per layer
+    head_lr: float | None = Field(default=None, gt=0.0)  # hf: learning rate of the new task head (others: optimizer.lr)
+    gradient_checkpointing: bool = False  # hf: recompute each layer's activations in backward (less memory)
     early_stopping: EarlyStoppingSection = Field(default_factory=EarlyStoppingSection)  # null or false: off
     gan: GanSection = Field(default_factory=GanSection)  # task: generation, GAN models
     vae: VaeSection = Field(default_factory=VaeSection)  # task: generation, VAE models
@@ -315,6 +330,7 @@ class ExportSection(Section):
     format: Literal["onnx", "torchscript"] = "onnx"  # torchscript: a traced .pt for libtorch
     max_metric_drop: float = Field(default=1.0, ge=0.0)  # int8: largest allowed drop of the main metric, points
     calibration_batches: int = Field(default=16, ge=1)  # int8: train batches (of 32 rows) used to calibrate
+    optimize: bool = False  # hf: onnxruntime's transformer optimiser (fused attention/LayerNorm), verified like fp32
     verify: VerifySection = Field(default_factory=VerifySection)
 
 
@@ -334,7 +350,8 @@ class ServeSection(Section):
 
 class Recipe(Section):
     name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$")  # names data/<name> and runs/<name>
-    task: Literal["classification", "regression", "generation", "restoration"] = "classification"  # decides
+    task: Literal["classification", "regression", "generation", "restoration",
+                  "language-modeling"] = "classification"  # decides
     #   outputs, loss, metrics, export
     seed: int = 0  # seeds the split, weights, shuffling, augmentation and bootstrap
     data: DataSection = Field(default_factory=DataSection)

@@ -10,9 +10,10 @@ only; apply that one fitted transform (`preprocess.apply_*`) to every split; fit
 normalisation on train (applied inside the model, `transform.Normalize`). The output folder
 is written beside its destination and swapped in only on success.
 
-Everything streams (`prepare_table`, `prepare_images`): a table file is converted block by
-block into a memory-mapped Arrow file, an image folder decoded into a file-backed array, and
-each split written a chunk at a time into `.npy` files mapped from the output folder, so
+A language-modelling corpus (`prepare_corpus`) is tokenised with the model folder's tokenizer and packed
+into fixed-length blocks. Everything streams (`prepare_table`, `prepare_images`, `prepare_corpus`): a
+table file is converted block by block into a memory-mapped Arrow file, an image folder decoded
+into a file-backed array, and each split written a chunk at a time into `.npy` files mapped from the output folder, so
 that private memory does not grow with the number of rows or images. The results are those
 of the same steps on the whole data in memory. `manifest.json["fingerprint"]` is the SHA-256
 of every split's x.npy and y.npy and of the fitted preprocessing, taken as they are written.
@@ -57,10 +58,18 @@ def prepare(recipe, out: str | Path | None = None, force: bool = False) -> dict[
     try:
         with atomic.atomic_dir(out) as tmp:
             scratch = Scratch(tmp / ".scratch")
-            raw = read_source(recipe.data.source, recipe.data, scratch)
-            _check_replace(out, recipe, force, raw.sha256)
-            report: dict[str, Any] = {"warnings": [], "source_sha256": raw.sha256}
-            if isinstance(raw, RawImages):
+            if recipe.task == "language-modeling":  # a corpus packed into blocks (prepare_corpus)
+                from bigmodel_cli.data.prepare_corpus import prepare_corpus, read_corpus
+
+                raw, sha256 = read_corpus(recipe, scratch)
+            else:
+                raw = read_source(recipe.data.source, recipe.data, scratch)
+                sha256 = raw.sha256
+            _check_replace(out, recipe, force, sha256)
+            report: dict[str, Any] = {"warnings": [], "source_sha256": sha256}
+            if recipe.task == "language-modeling":
+                prepared = prepare_corpus(raw, recipe, report, scratch)
+            elif isinstance(raw, RawImages):
                 prepared = prepare_images(raw, recipe, report, scratch)
             else:
                 prepared = prepare_table(raw, recipe, report, scratch)
@@ -68,7 +77,7 @@ def prepare(recipe, out: str | Path | None = None, force: bool = False) -> dict[
                 raise UsageError(f"data.kind is {recipe.data.kind}, but data.source '{recipe.data.source}' is "
                                  f"{prepared.kind} data")
             augment = _augment_spec(recipe.data, prepared)
-            manifest = _write(recipe, raw.sha256, prepared, report, augment, tmp, scratch.array)
+            manifest = _write(recipe, sha256, prepared, report, augment, tmp, scratch.array)
             del raw, prepared
             scratch.close()
             atomic.write_json(tmp / "manifest.json", manifest)
@@ -150,7 +159,7 @@ def _write(recipe, source_sha256: str, prepared: Prepared, report: dict[str, Any
         report["class_counts"] = {s: dict(zip(prepared.classes, _bincount(ys[s], len(prepared.classes)).tolist(),
                                               strict=True)) for s in SPLITS}
         report["warnings"].extend(class_warnings(report["class_counts"]))
-    else:
+    elif recipe.task != "language-modeling":  # a corpus has no target: the next tokens are in x
         report["target_summary"] = {s: _summary(ys[s], new_array) for s in SPLITS if len(ys[s])}
     if prepared.normalize:
         normalize = prepared.normalize()

@@ -378,7 +378,11 @@ def _finish_text(rows: Rows, y: np.ndarray, classes, target: str, recipe, report
         for _, chunk in rows.where(column, code):
             yield ["" if t is None else str(t) for t in chunk.to_pylist()]
 
-    spec = preprocess.fit_text((t for part in texts(split.TRAIN) for t in part), data.text)
+    extra: dict[str, Any] = {}
+    if data.text.tokenizer == "model":  # the model folder's own tokenizer (pre-trained transformers)
+        spec, extra["hf"] = preprocess.fit_model_tokenizer(recipe.model.path, data.text, recipe.task)
+    else:
+        spec = preprocess.fit_text((t for part in texts(split.TRAIN) for t in part), data.text)
     spec["column"] = column
     stats = {"truncated": 0, **{s: [0, 0] for s in split.CODES}}  # per split: real tokens, unknown tokens
 
@@ -390,18 +394,19 @@ def _finish_text(rows: Rows, y: np.ndarray, classes, target: str, recipe, report
         real = ids != spec["pad_id"]
         stats["truncated"] += int((real.sum(axis=1) >= spec["max_length"]).sum())
         stats[name][0] += int(real.sum())
-        stats[name][1] += int((ids == spec["unk_id"]).sum())
+        stats[name][1] += int((ids == spec["unk_id"]).sum()) if spec["unk_id"] is not None else 0
 
     def finish(out: dict[str, Any]) -> None:
-        text = {"vocab_size": spec["vocab_size"], "max_length": spec["max_length"], "truncated": stats["truncated"]}
+        text = {"vocab_size": spec["vocab_size"], "max_length": spec["max_length"], "truncated": stats["truncated"],
+                **({"model_tokenizer": True} if "hf" in extra else {})}
         for name in split.CODES:
             if out["split_sizes"][name]:
                 real, unknown = stats[name]
                 text[f"unknown_token_rate_{name}"] = round(float(unknown) / max(1, real), 6)
         out["text"] = text
 
-    return Prepared("text", [column], classes, target, {"text": spec}, (spec["max_length"],), np.int32, y.dtype,
-                    _sizes(rows), x_chunks, _y_chunks(rows, y), observe=observe, finish=finish)
+    return Prepared("text", [column], classes, target, {"text": spec, **extra}, (spec["max_length"],), np.int32,
+                    y.dtype, _sizes(rows), x_chunks, _y_chunks(rows, y), observe=observe, finish=finish)
 
 
 # ---------------------------------------------------------------- columns

@@ -18,8 +18,10 @@ numpy on the whole column in memory.
 
 from __future__ import annotations
 
+import contextlib
 import difflib
 from collections.abc import Callable, Iterable, Iterator
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -465,7 +467,7 @@ def _tokenizer(spec: dict[str, Any]):
     if key not in _TOKENIZERS:
         tok = Tokenizer.from_str(key)
         tok.enable_truncation(spec["max_length"])
-        tok.enable_padding(pad_id=spec["pad_id"], pad_token=PAD, length=spec["max_length"])
+        tok.enable_padding(pad_id=spec["pad_id"], pad_token=spec.get("pad_token", PAD), length=spec["max_length"])
         _TOKENIZERS.clear()
         _TOKENIZERS[key] = tok
     return _TOKENIZERS[key]
@@ -492,3 +494,145 @@ def _texts(spec: dict[str, Any], raw: Any) -> list[str]:
             raise UsageError(f"column '{column}' (the text) is missing from the input")
         raw = table[column].to_pylist()
     return ["" if t is None else str(t) for t in raw]
+
+
+# ---------------------------------------------------------------- text with a model folder's own tokenizer
+
+
+WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin",
+                "pytorch_model.bin.index.json")
+HF_EXTRA = "pip install 'bigmodel-cli[hf]'"
+
+
+def model_folder(ref: str | None, key: str = "model.path") -> Path:
+    """A local Hugging Face model folder (config.json and weights), or an exit-2 error saying what is missing.
+
+    Nothing is ever downloaded: a Hub id (`bert-base-uncased`, `org/name`) is refused with the way to get a folder.
+    """
+    if not ref:
+        raise UsageError(f"{key} is not set: give a local Hugging Face model folder (config.json, *.safetensors, "
+                         f"tokenizer.json), e.g. --set {key}=models/bert-tiny")
+    path = Path(ref).expanduser()
+    if not path.exists():
+        hub_like = not ref.startswith((".", "/", "~")) and len(Path(ref).parts) <= 2 and not Path(ref).suffix
+        if hub_like:
+            raise UsageError(f"{key} '{ref}': no such folder, and it is not downloaded from the Hugging Face Hub "
+                             f"(bigmodel never downloads); fetch it yourself, e.g. `hf download {ref} --local-dir "
+                             f"models/{Path(ref).name}`, and set {key}=models/{Path(ref).name}")
+        raise UsageError(f"{key} '{ref}': no such folder")
+    if not path.is_dir():
+        raise UsageError(f"{key} '{ref}': is a file; give the model's folder (with config.json)")
+    if not (path / "config.json").is_file():
+        raise UsageError(f"{key} '{ref}': no config.json in the folder; is it a Hugging Face model folder?")
+    if not any((path / name).is_file() for name in WEIGHT_FILES) and not any(path.glob("*.safetensors")):
+        raise UsageError(f"{key} '{ref}': no weights in the folder (model.safetensors, sharded *.safetensors with "
+                         f"model.safetensors.index.json, or pytorch_model.bin)")
+    return path
+
+
+def model_config(folder: Path) -> dict[str, Any]:
+    import json
+
+    try:
+        config = json.loads((folder / "config.json").read_text(encoding="utf-8"))
+    except (ValueError, UnicodeDecodeError) as e:
+        raise UsageError(f"{folder / 'config.json'}: not valid JSON ({e})") from None
+    if not isinstance(config, dict) or "model_type" not in config:
+        raise UsageError(f"{folder / 'config.json'}: no model_type; not a Hugging Face model config")
+    return config
+
+
+def max_positions(config: dict[str, Any]) -> int | None:
+    """The longest sequence the model's position embeddings take (None: rotary or unbounded)."""
+    for key in ("max_position_embeddings", "n_positions", "n_ctx", "max_seq_len"):
+        if isinstance(config.get(key), int):
+            return int(config[key])
+    return None
+
+
+def _special_token(configs: list[dict[str, Any]], name: str) -> str | None:
+    for config in configs:
+        value = config.get(name)
+        if isinstance(value, dict):
+            value = value.get("content")
+        if isinstance(value, str):
+            return value
+    return None
+
+
+def _folder_tokenizer(folder: Path):
+    """The folder's fast tokenizer as a `tokenizers.Tokenizer`: tokenizer.json, else converted by transformers."""
+    from tokenizers import Tokenizer
+
+    if (folder / "tokenizer.json").is_file():
+        try:
+            return Tokenizer.from_file(str(folder / "tokenizer.json"))
+        except Exception as e:  # noqa: BLE001 - the Rust side raises plain Exception
+            raise UsageError(f"{folder / 'tokenizer.json'}: not a readable tokenizer ({str(e).splitlines()[0]})") \
+                from None
+    slow = [n for n in ("vocab.txt", "vocab.json", "tokenizer.model", "spiece.model", "sentencepiece.bpe.model")
+            if (folder / n).is_file()]
+    if not slow:
+        raise UsageError(f"{folder}: no tokenizer in the model folder (tokenizer.json, or vocab.txt / vocab.json + "
+                         f"merges.txt / tokenizer.model); copy the model's tokenizer files into it")
+    try:
+        import os
+
+        os.environ.setdefault("HF_HUB_OFFLINE", "1")
+        from transformers import AutoTokenizer
+    except ImportError:
+        raise UsageError(f"{folder}: its tokenizer ({slow[0]}) needs converting by transformers: {HF_EXTRA} (or "
+                         f"save a tokenizer.json with it)") from None
+    try:
+        fast = AutoTokenizer.from_pretrained(str(folder), local_files_only=True, use_fast=True)
+    except Exception as e:  # noqa: BLE001 - transformers raises many kinds for a broken folder
+        raise UsageError(f"{folder}: cannot load its tokenizer ({str(e).splitlines()[0][:200]})") from None
+    backend = getattr(fast, "backend_tokenizer", None)
+    if backend is None:
+        raise UsageError(f"{folder}: its tokenizer has no fast (tokenizers) version; save a tokenizer.json with it")
+    return Tokenizer.from_str(backend.to_str())
+
+
+def fit_model_tokenizer(folder_ref: str | None, cfg, task: str) -> tuple[dict[str, Any], dict[str, Any]]:
+    """(text spec, model description) for `data.text.tokenizer: model`: the model folder's own tokenizer.
+
+    The spec is what `apply_text` tokenises with (prepare-data, eval --data and serve alike): the tokenizer as
+    JSON, `max_length`, and the padding id, which also marks padding for the network's attention mask. A
+    tokenizer without a padding token (GPT-2) pads with its end-of-text token. The model description (its
+    config.json) lets a run rebuild the network without the folder.
+    """
+    import json
+
+    folder = model_folder(folder_ref)
+    config = model_config(folder)
+    longest = max_positions(config)
+    if longest is not None and cfg.max_length > longest:
+        raise UsageError(f"data.text.max_length {cfg.max_length} is longer than the model's position embeddings "
+                         f"({longest} in {folder / 'config.json'}); set data.text.max_length={longest} or less")
+    tok = _folder_tokenizer(folder)
+    settings = []
+    for name in ("tokenizer_config.json", "special_tokens_map.json"):
+        if (folder / name).is_file():
+            with contextlib.suppress(ValueError):
+                settings.append(json.loads((folder / name).read_text(encoding="utf-8")))
+    names = {k: _special_token(settings, f"{k}_token") for k in ("pad", "eos", "bos", "unk")}
+    ids = {k: (tok.token_to_id(v) if v else None) for k, v in names.items()}
+    if ids["pad"] is None and isinstance(config.get("pad_token_id"), int):
+        ids["pad"] = config["pad_token_id"]
+        names["pad"] = tok.id_to_token(ids["pad"])
+    if ids["eos"] is None and isinstance(config.get("eos_token_id"), int):
+        ids["eos"] = config["eos_token_id"]
+    if ids["pad"] is None:
+        if ids["eos"] is None:
+            raise UsageError(f"{folder}: the tokenizer has neither a padding nor an end-of-text token; add pad_token "
+                             f"to its tokenizer_config.json")
+        ids["pad"], names["pad"] = ids["eos"], tok.id_to_token(ids["eos"])
+    tok.no_truncation()
+    tok.no_padding()
+    vocab = max(tok.get_vocab_size(with_added_tokens=True), int(config.get("vocab_size") or 0))
+    spec = {"tokenizer_kind": "model", "max_length": cfg.max_length, "lowercase": None, "vocab_size": vocab,
+            "pad_id": ids["pad"], "pad_token": names["pad"], "unk_id": ids["unk"], "eos_id": ids["eos"],
+            "bos_id": ids["bos"], "max_positions": longest, "tokenizer": tok.to_str()}
+    model = {"path": str(folder.resolve()), "model_type": config["model_type"], "config": config,
+             "max_positions": longest}
+    return spec, model

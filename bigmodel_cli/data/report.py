@@ -82,8 +82,13 @@ def _steps_table(manifest: dict[str, Any], table_class):
         table.add_row("features after encoding", str(report["features_after_encoding"]))
     if report.get("text"):
         text = report["text"]
-        table.add_row("vocabulary (fitted on train)", f"{text['vocab_size']} tokens, {text['max_length']} per text, "
-                                                      f"{text['truncated']} truncated")
+        if text.get("blocks"):  # a language-modelling corpus packed into blocks
+            packed = (f"{s} {text['tokens'][s]} -> {text['blocks'][s]} blocks" for s in text["blocks"])
+            table.add_row(f"tokens in blocks of {text['max_length']}", ", ".join(packed))
+        else:
+            what = "the model's tokenizer" if text.get("model_tokenizer") else "fitted on train"
+            table.add_row(f"vocabulary ({what})", f"{text['vocab_size']} tokens, {text['max_length']} per text, "
+                                                  f"{text['truncated']} truncated")
     table.add_row("source SHA-256", report["source_sha256"])
     return table
 

@@ -115,6 +115,10 @@ def plan(run_dir: str | Path, options: Options | None = None, onnx: Path | None 
     if options.features is not None:
         raise UsageError(f"--features {options.features}: for generation runs (FID/KID on a classifier's features); "
                          f"{run_dir} is a {run.recipe.task} run")
+    if run.recipe.task == "language-modeling":  # loss and perplexity of a decoder (evaluation.language_model)
+        from bigmodel_cli.evaluation import language_model
+
+        return language_model.plan(run, str(run_dir), options, onnx)
     cfg = _effective_config(run, options)
     classes = run.manifest["classes"] if run.recipe.task == "classification" else None
     known = M.metric_names(run.recipe.task, len(classes or []), cfg.top_k)
@@ -241,6 +245,8 @@ def execute(p: Plan | GenerativePlan) -> dict[str, Any]:
                                    lambda path, split, which, ckpt: output_place(path, split, None,
                                                                                 _checkpoint_tag(path, which, ckpt)))
 
+    if not isinstance(p, Plan):  # a language-modelling plan
+        return p.execute()
     started = time.perf_counter()
     task = p.run.recipe.task
     outputs = p.outputs(p.x)

@@ -28,10 +28,12 @@ class Exportable(nn.Module):
         out = self.net(self.norm(input))
         if self.task == "classification":
             return out, torch.softmax(out, dim=1)
-        return out
+        return out  # regression: prediction; language-modeling: next-token logits [N, L, vocab]
 
 
 def output_names(task: str) -> list[str]:
+    if task == "language-modeling":
+        return ["logits"]
     return ["logits", "probabilities"] if task == "classification" else ["prediction"]
 
 
@@ -48,6 +50,10 @@ def exportable(run, checkpoint: str) -> tuple[Exportable, Path]:
     net, norm, ckpt_path = load_network(run, checkpoint)
     if run.manifest["kind"] == "text" and not getattr(norm, "identity", False):
         norm = nn.Identity()  # token ids are never scaled
+    if run.recipe.model.name == "hf":  # a pre-trained transformer: LoRA merged, export-friendly attention
+        from bigmodel_cli.export.hf import exportable_network
+
+        net = exportable_network(net)
     return Exportable(norm, portable(net), run.recipe.task).eval(), ckpt_path
 
 

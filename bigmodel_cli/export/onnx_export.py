@@ -69,6 +69,12 @@ def _check_request(run, out, quantize: str, fmt: str, opset: int, verify_samples
         raise UsageError(f"--format {fmt}: expected one of {', '.join(FORMATS)}")
     if fmt == "torchscript" and quantize != "none":
         raise UsageError(f"--quantize {quantize}: only ONNX models are quantised; drop it for --format torchscript")
+    if run.recipe.export.optimize and run.recipe.model.name != "hf":
+        raise UsageError("export.optimize (onnxruntime's transformer optimiser) is for pre-trained transformers "
+                         "(model.name hf); unset it")
+    if run.recipe.task == "language-modeling" and (quantize == "int8" or fmt == "torchscript"):
+        raise UsageError("a language model exports as ONNX fp32 or fp16 (--quantize int8 and --format torchscript "
+                         "are for classifiers and regressors)")
     if not 13 <= opset <= 23:
         raise UsageError(f"--opset {opset}: expected an ONNX opset between 13 and 23")
     if verify_samples is not None and verify_samples < 1:
@@ -175,17 +181,36 @@ def _onnx(job: _Job, sample, tmp: Path, verify_rows, data):
     with tempfile.TemporaryDirectory(prefix="bigmodel-export-") as work:
         fp32 = tmp if job.quantize == "none" else Path(work) / "fp32.onnx"
         exporter = onnx_graph.to_onnx(job.module, sample, fp32, job.opset, job.task)
+        optimized = _optimize(job, fp32, Path(work)) if job.cfg.optimize else {}
         job.write_metadata(fp32, exporter, "none")
         tol = V.tolerance(job.cfg.verify, job.quantize)
         if job.quantize == "none":
             return exporter, (V.verify_onnx(tmp, job.module, verify_rows, job.task, tol) if job.verify_model
-                              else None), {}
+                              else None), optimized
         if job.quantize == "fp16":
             q.to_fp16(fp32, tmp)
             job.write_metadata(tmp, exporter, "fp16")
             check = V.verify_onnx(tmp, job.module, verify_rows, job.task, tol) if job.verify_model else None
-            return exporter, check, {"fp16": {"io_types": "float32 (weights and activations float16)"}}
-        return exporter, *_int8(job, fp32, tmp, exporter, verify_rows, data)
+            return exporter, check, {"fp16": {"io_types": "float32 (weights and activations float16)"}, **optimized}
+        if job.run.recipe.model.name == "hf":  # the exporter's shape annotations trip ORT's quantiser
+            from bigmodel_cli.export.hf import drop_shape_annotations
+
+            drop_shape_annotations(fp32)
+        check, extra = _int8(job, fp32, tmp, exporter, verify_rows, data)
+        return exporter, check, {**extra, **optimized}
+
+
+def _optimize(job: _Job, fp32: Path, work: Path) -> dict[str, Any]:
+    """export.optimize (hf models): onnxruntime's transformer optimiser rewrites the fp32 graph in place."""
+    import shutil
+
+    from bigmodel_cli.export import hf
+
+    config = job.run.manifest["preprocessing"]["hf"]["config"]
+    fused = hf.optimize(fp32, work / "optimized.onnx", config)
+    shutil.move(work / "optimized.onnx", fp32)
+    console.info(f"transformer optimiser ({fused['model_type']}): fused {fused['fused'] or 'nothing'}")
+    return {"optimize": fused}
 
 
 def _int8(job: _Job, fp32: Path, tmp: Path, exporter: str, verify_rows, data):

@@ -5,10 +5,10 @@ one place a run's network is built (`build`).
     net = create_model("cnn_small", num_classes=10, input_shape=[1, 8, 8], width=32)
 
 Importing this package registers every family (cnn, mlp, text, vision; gan, vae, restoration for the
-generative tasks).
+generative tasks; hf: transformers is imported only when an hf model is built).
 """
 
-from bigmodel_cli.models import cnn, gan, mlp, restoration, text, vae, vision  # noqa: F401  (each registers itself)
+from bigmodel_cli.models import cnn, gan, hf, mlp, restoration, text, vae, vision  # noqa: F401  (each registers itself)
 from bigmodel_cli.models.registry import create_model, list_models, register_model
 
 __all__ = ["create_model", "list_models", "register_model"]

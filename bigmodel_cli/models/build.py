@@ -94,9 +94,18 @@ def _pruned_digest(model_section) -> str | None:
     return digest(model_section.pruned)
 
 
-def build_network(recipe, data: dict[str, Any]) -> nn.Module:
-    """The recipe's network for this data (a one-logit head when a binary task trains with BCE)."""
+def build_network(recipe, data: dict[str, Any], pretrained: bool = True) -> nn.Module:
+    """The recipe's network for this data (a one-logit head when a binary task trains with BCE).
+
+    `pretrained=False` (a trained run, whose checkpoint holds every weight): a pre-trained `hf` model is
+    built from the config its run carries, without reading the model folder's weights.
+    """
     one_logit = resolve_loss(recipe.train, recipe.task, data["classes"]) == "bce"
+    if recipe.model.name == "hf":  # a local Hugging Face folder (models/hf.py)
+        from bigmodel_cli.models import hf
+
+        net = hf.from_recipe(recipe, data, 1 if one_logit else num_outputs(data), pretrained)
+        return BinaryLogits(net) if one_logit else net
     return build_from_recipe(recipe.model, data, one_logit=one_logit)
 
 
@@ -244,7 +253,7 @@ def load_trained(run, which: str = "best"):
 
     path = checkpoint.resolve(run.path, which)
     state = checkpoint.load(path, expect=model_meta(run.recipe, run.manifest))
-    net = build_network(run.recipe, run.manifest)
+    net = build_network(run.recipe, run.manifest, pretrained=False)
     checkpoint.load_weights(net, state, path)
     net.eval()
     return net, normalizer(run.manifest).eval(), path

@@ -26,6 +26,7 @@ def get_task(name: str):
 
 def _load() -> None:
     from bigmodel_cli.tasks.generation import Generation
+    from bigmodel_cli.tasks.language_modeling import LanguageModeling
     from bigmodel_cli.tasks.restoration import Restoration
     from bigmodel_cli.tasks.supervised import Supervised
 
@@ -33,3 +34,4 @@ def _load() -> None:
         _TASKS.setdefault(name, lambda name=name: Supervised(name))
     _TASKS.setdefault("generation", Generation)
     _TASKS.setdefault("restoration", Restoration)
+    _TASKS.setdefault("language-modeling", LanguageModeling)

@@ -6,9 +6,11 @@
     schedule.step_epoch(val_metric)         # after every validation (plateau only uses it)
 
 Weight decay is not applied to biases and normalisation weights (1-D parameters) unless
-`optimizer.decay_norm_and_bias`. Every schedule but `plateau` is a function of the optimiser
-step (warm-up included), so a resumed run lands on exactly the same learning rate; `plateau`
-is torch's ReduceLROnPlateau, stepped on the monitored metric after the warm-up.
+`optimizer.decay_norm_and_bias`. A network may scale the learning rate of its parameters (`lr_scales`:
+layer-wise decay of a pre-trained transformer); the base-rate groups come first (the logged `lr`).
+Every schedule but `plateau` is a function of the optimiser step (warm-up included), so a resumed
+run lands on exactly the same learning rate; `plateau` is torch's ReduceLROnPlateau, stepped on the
+monitored metric after the warm-up.
 """
 
 from __future__ import annotations
@@ -19,28 +21,54 @@ from typing import Any
 import torch
 
 
-def parameter_groups(net: torch.nn.Module, weight_decay: float, decay_all: bool) -> list[dict[str, Any]]:
-    decay, no_decay = [], []
-    for p in net.parameters():
+def lr_scales(net: torch.nn.Module) -> dict[str, float]:
+    """Learning-rate factors by parameter name, from every submodule that defines `lr_scales()` (a pre-trained
+    transformer's layer-wise decay and head rate, `models.hf`); parameters not named keep the base rate."""
+    scales: dict[str, float] = {}
+    for prefix, module in net.named_modules():
+        own = getattr(type(module), "lr_scales", None)
+        if callable(own):
+            scales.update({f"{prefix}.{name}" if prefix else name: f for name, f in module.lr_scales().items()})
+    return scales
+
+
+def parameter_groups(net: torch.nn.Module, weight_decay: float, decay_all: bool,
+                     lr: float | None = None) -> list[dict[str, Any]]:
+    scales = lr_scales(net) if lr is not None else {}
+    by_key: dict[tuple[bool, float], list[torch.nn.Parameter]] = {}
+    for name, p in net.named_parameters():
         if p.requires_grad:
-            (decay if decay_all or p.ndim > 1 else no_decay).append(p)
-    groups = [{"params": decay, "weight_decay": weight_decay}]
-    if no_decay:
-        groups.append({"params": no_decay, "weight_decay": 0.0})
+            by_key.setdefault((decay_all or p.ndim > 1, scales.get(name, 1.0)), []).append(p)
+    by_key.setdefault((True, 1.0), [])  # the base-rate decayed group comes first, even when empty: its lr is logged
+    groups = []
+    for (decay, scale), params in sorted(by_key.items(), key=lambda kv: (kv[0][1] != 1.0, not kv[0][0], -kv[0][1])):
+        group: dict[str, Any] = {"params": params, "weight_decay": weight_decay if decay else 0.0}
+        if scale != 1.0:
+            group["lr"] = lr * scale
+        groups.append(group)
     return groups
 
 
 def create_optimizer(net: torch.nn.Module, cfg) -> torch.optim.Optimizer:
-    groups = parameter_groups(net, cfg.weight_decay, cfg.decay_norm_and_bias)
+    groups = parameter_groups(net, cfg.weight_decay, cfg.decay_norm_and_bias, cfg.lr)
     if cfg.name == "sgd":
         return torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum, nesterov=cfg.nesterov and cfg.momentum > 0)
-    if cfg.name == "adam":
-        return torch.optim.Adam(groups, lr=cfg.lr, betas=tuple(cfg.betas), eps=cfg.eps)
+    if cfg.name in ("adam", "adamw"):
+        kind = torch.optim.Adam if cfg.name == "adam" else torch.optim.AdamW
+        if getattr(cfg, "fused", False):
+            try:
+                return kind(groups, lr=cfg.lr, betas=tuple(cfg.betas), eps=cfg.eps, fused=True)
+            except (RuntimeError, ValueError, TypeError) as e:  # parameters the fused kernel does not take
+                from bigmodel_cli import console
+
+                console.warn(f"train.optimizer.fused: not available here ({str(e).splitlines()[0][:120]}); "
+                             "using the unfused optimizer")
+        return kind(groups, lr=cfg.lr, betas=tuple(cfg.betas), eps=cfg.eps)
     if cfg.name == "adagrad":
         return torch.optim.Adagrad(groups, lr=cfg.lr, eps=cfg.eps)
     if cfg.name == "rmsprop":
         return torch.optim.RMSprop(groups, lr=cfg.lr, momentum=cfg.momentum, eps=cfg.eps)
-    return torch.optim.AdamW(groups, lr=cfg.lr, betas=tuple(cfg.betas), eps=cfg.eps)
+    raise ValueError(f"unknown optimizer {cfg.name}")  # the schema allows no other name
 
 
 def warmup_steps(cfg, total_steps: int, steps_per_epoch: int) -> int:

@@ -14,7 +14,7 @@ try:
     main({args!r})
 except SystemExit as e:
     code = e.code
-heavy = sorted(m for m in ("torch", "onnxruntime", "sklearn", "numpy") if m in sys.modules)
+heavy = sorted(m for m in ("torch", "onnxruntime", "sklearn", "numpy", "transformers", "peft") if m in sys.modules)
 print("HEAVY", heavy, "CODE", code, file=sys.stderr)
 """
 

@@ -19,6 +19,8 @@ def manifest(kind: str, shape: list[int], classes: int = 3) -> dict:
 
 @pytest.mark.parametrize("name", sorted(n for n, m in list_models().items() if "classification" in m["tasks"]))
 def test_every_registered_model_trains_a_step_on_its_kinds(name):  # generative models: tests/unit/tasks
+    if name == "hf":
+        pytest.skip("hf builds from a local model folder: tests/unit/hf")
     for kind in list_models()[name]["kinds"]:
         for shape in SHAPES[kind][:1] if name in SMALL_IMAGES_ONLY else SHAPES[kind]:
             if kind == "text":

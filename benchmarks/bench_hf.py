@@ -1,0 +1,390 @@
+"""Pre-trained transformers (issue 17), side by side on the same model and data, CPU unless a GPU is there:
+
+    .venv/bin/python benchmarks/bench_hf.py                       # every part
+    .venv/bin/python benchmarks/bench_hf.py --parts trainer,lora,ort --hidden 128 --layers 4
+    .venv/bin/python benchmarks/bench_hf.py --parts pretrained --reviews 4000
+
+Parts (each prints one block and a JSON line):
+  trainer     `bigmodel train` against the Hugging Face Trainer: one BERT written in the HF layout (hidden
+              --hidden, --layers layers), the same rows, batch --batch, sequence --length, AdamW, 2 epochs;
+              samples/s of the second epoch for both (goal: >= 1.0x the Trainer).
+  lora        full fine-tuning against LoRA (r 8 on query/value): trainable parameters, and peak memory of a
+              training process (on a GPU: torch.cuda.max_memory_allocated; on CPU: the peak resident size
+              of a fresh process minus its size once the model is built, over 20 steps).
+  ort         the classifier of `trainer` exported: onnxruntime fp32 against PyTorch eager at batch 1,
+              sequence --length (goal >= 1.5x), dynamic int8 against fp32 (goal >= 1.5x) and its accuracy drop
+              on the validation split (goal <= 1 point), with and without export.optimize.
+  pretrained  no pre-trained weights can be downloaded here, so a tiny BERT is pre-trained by masked language
+              modelling on generated reviews (other rows, other seed, no labels), then fine-tuned with
+              text-bert-finetune on the text-transformer recipe's data; against the same architecture fine-tuned
+              from random weights and the text-transformer recipe from scratch, on the same split.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO / "tests" / "unit" / "hf"))
+sys.path.insert(0, str(REPO / "tests" / "e2e"))
+os.environ["HF_HUB_OFFLINE"] = "1"
+
+
+def write_model(folder: Path, hidden: int, layers: int, length: int, seed: int = 0) -> Path:
+    import torch
+    from hf_tiny import _silence, wordpiece_tokenizer
+    from transformers import BertConfig, BertForMaskedLM
+
+    _silence()
+    torch.manual_seed(seed)
+    tok = wordpiece_tokenizer()
+    config = BertConfig(vocab_size=len(tok), hidden_size=hidden, num_hidden_layers=layers,
+                        num_attention_heads=max(1, hidden // 32), intermediate_size=4 * hidden,
+                        max_position_embeddings=max(length, 64), pad_token_id=tok.pad_token_id)
+    BertForMaskedLM(config).save_pretrained(folder)
+    tok.save_pretrained(folder)
+    return folder
+
+
+def prepared(root: Path, model: Path, rows: int, length: int, name: str = "text-bert-finetune", sets=(),
+             learnable: bool = False):
+    """The recipe's data prepared from generated reviews (`learnable`: texts whose label is plain from their
+    words, tests/unit/hf/conftest.py; else the text-transformer recipe's reviews, negations and 5 % noise)."""
+    from conftest import write_labelled
+    from test_recipe_text import write_reviews
+
+    from bigmodel_cli import console
+    from bigmodel_cli.config.recipe import resolve
+    from bigmodel_cli.data.prepare import prepare
+
+    console.quiet(True)
+    source = root / "reviews.csv"
+    if not source.exists():
+        (write_labelled if learnable else write_reviews)(source, rows)
+    recipe = resolve(name, {"data.prepared": str(root / f"data-{name}"), "data.source": str(source),
+                            "model.path": str(model)}, [f"data.text.max_length={length}", *sets])
+    prepare(recipe, force=True)
+    return recipe
+
+
+# ---------------------------------------------------------------- trainer
+
+
+def part_trainer(args, root: Path) -> dict:
+    """Ours and the Trainer alternately (--repeats times: the machine's load changes), the best of each."""
+    import shutil
+
+    from bigmodel_cli.training.loop import fit
+
+    model = write_model(root / "bert", args.hidden, args.layers, args.length)
+    sets = [f"train.batch_size={args.batch}", "train.epochs=2", "train.optimizer.lr=0.002", "train.head_lr=null",
+            "train.scheduler.name=constant", "train.scheduler.warmup_epochs=0", "train.clip_grad_norm=null",
+            "train.early_stopping.patience=null", "train.loss=cross_entropy", "train.optimizer.weight_decay=0"]
+    recipe = prepared(root, model, args.rows, args.length, sets=sets, learnable=True)
+    ours, theirs = [], []
+    for rep in range(args.repeats):
+        run = root / "run"
+        shutil.rmtree(run, ignore_errors=True)
+        fit(recipe, run)
+        rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+        ours.append(rows[-1]["samples_per_s"])
+        theirs.append(_hf_trainer(recipe, model, args, root))
+        print(f"  round {rep + 1}: bigmodel {ours[-1]:.2f} samples/s, HF Trainer {theirs[-1]:.2f} samples/s")
+    out = {"part": "trainer", "rows": len(np.load(Path(recipe.prepared_dir) / "train" / "y.npy")),
+           "batch": args.batch, "length": args.length, "hidden": args.hidden, "layers": args.layers,
+           "bigmodel_samples_per_s": max(ours), "hf_trainer_samples_per_s": max(theirs),
+           "ratio": max(ours) / max(theirs), "rounds": {"bigmodel": ours, "hf_trainer": theirs}}
+    print(f"fine-tuning, epoch 2, best of {args.repeats}: bigmodel {max(ours):.2f} samples/s, HF Trainer "
+          f"{max(theirs):.2f} samples/s -> {out['ratio']:.2f}x (goal >= 1.0x)")
+    return out
+
+
+def _hf_trainer(recipe, model: Path, args, root: Path) -> float:
+    """The Hugging Face Trainer on the same prepared rows (ids, mask ids != pad), its defaults (fused AdamW);
+    samples/s of its second epoch."""
+    import torch
+    from transformers import AutoModelForSequenceClassification, Trainer, TrainerCallback, TrainingArguments
+
+    x = np.load(Path(recipe.prepared_dir) / "train" / "x.npy").astype(np.int64)
+    y = np.load(Path(recipe.prepared_dir) / "train" / "y.npy")
+    manifest = json.loads((Path(recipe.prepared_dir) / "manifest.json").read_text())
+    pad = manifest["preprocessing"]["text"]["pad_id"]
+
+    class Rows(torch.utils.data.Dataset):
+        def __len__(self):
+            return len(x)
+
+        def __getitem__(self, i):
+            ids = torch.from_numpy(x[i])
+            return {"input_ids": ids, "attention_mask": (ids != pad).long(), "labels": int(y[i])}
+
+    times: list[float] = []
+
+    class EpochTimer(TrainerCallback):
+        def on_epoch_begin(self, *a, **k):
+            self.start = time.perf_counter()
+
+        def on_epoch_end(self, *a, **k):
+            times.append(time.perf_counter() - self.start)
+
+    torch.manual_seed(0)
+    net = AutoModelForSequenceClassification.from_pretrained(str(model), num_labels=2, local_files_only=True)
+    targs = TrainingArguments(output_dir=str(root / "hf-trainer"), per_device_train_batch_size=args.batch,
+                              num_train_epochs=2, learning_rate=2e-3, lr_scheduler_type="constant",
+                              save_strategy="no", logging_strategy="no", report_to=[], eval_strategy="no",
+                              dataloader_num_workers=0, use_cpu=not torch.cuda.is_available(), disable_tqdm=True,
+                              max_grad_norm=0.0, weight_decay=0.0)
+    Trainer(model=net, args=targs, train_dataset=Rows(), callbacks=[EpochTimer()]).train()
+    return len(x) / times[-1]
+
+
+# ---------------------------------------------------------------- lora
+
+
+class PeakRSS:
+    """The largest resident size seen by a thread sampling every 2 ms (CPU: torch has no allocator statistics)."""
+
+    def __init__(self):
+        import threading
+
+        import psutil
+
+        self.process, self.peak, self.running = psutil.Process(), 0, True
+        self.thread = threading.Thread(target=self._sample, daemon=True)
+        self.thread.start()
+
+    def _sample(self):
+        while self.running:
+            self.peak = max(self.peak, self.process.memory_info().rss)
+            time.sleep(0.002)
+
+    def stop(self) -> int:
+        self.running = False
+        self.thread.join()
+        return self.peak
+
+
+def _child_memory(kind: str, root: str, steps: int, batch: int) -> None:
+    """In a fresh process: build the network (full or LoRA), then train `steps` steps; print JSON."""
+    import torch
+
+    from bigmodel_cli.config.recipe import resolve
+    from bigmodel_cli.data.manifest import read
+    from bigmodel_cli.models.build import build_network
+
+    recipe = resolve("text-bert-finetune" if kind == "full" else "text-bert-finetune-lora",
+                     {"data.prepared": f"{root}/lora/data-text-bert-finetune", "model.path": f"{root}/lora/bert"})
+    manifest = read(recipe.prepared_dir)
+    gpu = torch.cuda.is_available()
+    device = torch.device("cuda" if gpu else "cpu")
+    net = build_network(recipe, manifest).to(device)
+    x = torch.from_numpy(np.load(f"{recipe.prepared_dir}/train/x.npy")[: batch * steps].astype(np.int64))
+    trainable = sum(p.numel() for p in net.parameters() if p.requires_grad)
+    total = sum(p.numel() for p in net.parameters())
+    opt = torch.optim.AdamW([p for p in net.parameters() if p.requires_grad], lr=1e-4)
+    import gc
+
+    gc.collect()
+    built = PeakRSS().stop()  # the process with the model built, before training
+    sampler = PeakRSS()
+    if gpu:
+        torch.cuda.reset_peak_memory_stats()
+    for i in range(steps):
+        ids = x[i * batch:(i + 1) * batch].to(device)
+        loss = net(ids).logsumexp(1).mean()
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    peak = torch.cuda.max_memory_allocated() if gpu else sampler.stop() - built
+    print(json.dumps({"trainable": trainable, "total": total, "peak_bytes": peak, "gpu": gpu}))
+
+
+def part_lora(args, root: Path) -> dict:
+    lora = root / "lora"
+    lora.mkdir(exist_ok=True)
+    write_model(lora / "bert", args.lora_hidden, args.layers, args.length)
+    prepared(lora, lora / "bert", args.rows, args.length, learnable=True)
+    results = {}
+    for kind in ("full", "lora"):
+        proc = subprocess.run([sys.executable, __file__, "--child", kind, "--root", str(root),
+                               "--batch", str(args.batch)], capture_output=True, text=True,
+                              env={**os.environ, "PYTHONPATH": str(REPO)})
+        if proc.returncode:
+            raise SystemExit(proc.stderr[-2000:])
+        results[kind] = json.loads(proc.stdout.strip().splitlines()[-1])
+    full, lora = results["full"], results["lora"]
+    where = "GPU max allocated" if full["gpu"] else "CPU peak resident size over the built model's"
+    print(f"hidden {args.lora_hidden}, {args.layers} layers, batch {args.batch}, sequence {args.length}, 20 steps")
+    print(f"trainable parameters: full {full['trainable']:,}, LoRA {lora['trainable']:,} "
+          f"({100 * lora['trainable'] / full['trainable']:.2f} %)")
+    print(f"peak training memory ({where}): full {full['peak_bytes'] / 2**20:.1f} MiB, "
+          f"LoRA {lora['peak_bytes'] / 2**20:.1f} MiB")
+    return {"part": "lora", "hidden": args.lora_hidden, "layers": args.layers, "full": full, "lora": results["lora"]}
+
+
+# ---------------------------------------------------------------- ort
+
+
+def _median_ms(fn, repeats: int = 30) -> float:
+    fn()
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return float(np.median(times) * 1000)
+
+
+def part_ort(args, root: Path) -> dict:
+    import torch
+
+    from bigmodel_cli.export.module import exportable
+    from bigmodel_cli.export.onnx_export import export_run
+    from bigmodel_cli.inference.session import create_session
+    from bigmodel_cli.run import load_run
+
+    if not (root / "run").exists():
+        part_trainer(args, root)
+    run = root / "run"
+    fp32 = export_run(run)
+    int8 = export_run(run, quantize="int8")
+    module, _ = exportable(load_run(run), "best")
+    x = np.load(Path(load_run(run).recipe.prepared_dir) / "val" / "x.npy")[:1].astype(np.int64)
+    torch_x = torch.from_numpy(x)
+    with torch.inference_mode():
+        eager = _median_ms(lambda: module(torch_x))
+        threads = torch.get_num_threads()
+        torch.set_num_threads(1)
+        eager_one = _median_ms(lambda: module(torch_x))
+        torch.set_num_threads(threads)
+    times = {"eager": eager, "eager_1_thread": eager_one}
+    for name in ("model.onnx", "model.int8.onnx"):
+        session = create_session(run / name, device="cpu")
+        times[name] = _median_ms(lambda s=session: s.run(None, {"input": x}))
+    drop = int8["int8"]["metric"]["drop_points"]
+    # the transformer optimiser on top
+    recipe_file = run / "recipe.yaml"
+    recipe_file.write_text(recipe_file.read_text().replace("optimize: false", "optimize: true"))
+    optimized = export_run(run, out=run / "model.opt.onnx")
+    times["model.opt.onnx"] = _median_ms(lambda s=create_session(run / "model.opt.onnx", device="cpu"):
+                                         s.run(None, {"input": x}))
+    out = {"part": "ort", "batch": 1, "length": int(x.shape[1]), "ms": times,
+           "ort_fp32_vs_eager": eager / times["model.onnx"],
+           "ort_fp32_vs_eager_1_thread": eager_one / times["model.onnx"],
+           "val_accuracy_fp32": int8["int8"]["metric"]["fp32"],
+           "int8_vs_fp32": times["model.onnx"] / times["model.int8.onnx"], "int8_drop_points": drop,
+           "optimized_vs_fp32": times["model.onnx"] / times["model.opt.onnx"],
+           "fused": optimized.get("optimize", {}).get("fused"), "verified": fp32["verification"]["passed"]}
+    print(f"batch 1, sequence {x.shape[1]}: eager {eager:.2f} ms ({eager_one:.2f} ms on one thread), "
+          f"ORT fp32 {times['model.onnx']:.2f} ms "
+          f"({out['ort_fp32_vs_eager']:.2f}x, goal >= 1.5x), int8 {times['model.int8.onnx']:.2f} ms "
+          f"({out['int8_vs_fp32']:.2f}x fp32, goal >= 1.5x; drop {drop:.2f} points, goal <= 1), optimised fp32 "
+          f"{times['model.opt.onnx']:.2f} ms ({out['optimized_vs_fp32']:.2f}x fp32; fused {out['fused']})")
+    return out
+
+
+# ---------------------------------------------------------------- pretrained
+
+
+def pretrain_mlm(folder: Path, texts: list[str], epochs: int, batch: int = 64, lr: float = 1e-3) -> float:
+    """Masked language modelling (15 % of tokens: 80 % [MASK], 10 % random, 10 % kept) of the folder's BERT."""
+    import torch
+    from transformers import AutoTokenizer, BertForMaskedLM, DataCollatorForLanguageModeling
+
+    tok = AutoTokenizer.from_pretrained(str(folder), local_files_only=True)
+    model = BertForMaskedLM.from_pretrained(str(folder), local_files_only=True)
+    collate = DataCollatorForLanguageModeling(tok, mlm_probability=0.15)
+    encoded = [tok(t, truncation=True, max_length=48)["input_ids"] for t in texts]
+    opt = torch.optim.AdamW(model.parameters(), lr=lr)
+    torch.manual_seed(0)
+    loss = float("nan")
+    model.train()
+    for _ in range(epochs):
+        order = np.random.default_rng(0).permutation(len(encoded))
+        for start in range(0, len(order), batch):
+            batch_ids = collate([{"input_ids": encoded[i]} for i in order[start:start + batch]])
+            out = model(**batch_ids)
+            opt.zero_grad()
+            out.loss.backward()
+            opt.step()
+            loss = float(out.loss)
+    model.save_pretrained(folder)
+    return loss
+
+
+def part_pretrained(args, root: Path) -> dict:
+    from test_recipe_text import review
+
+    from bigmodel_cli.evaluation.evaluate import evaluate
+    from bigmodel_cli.training.loop import fit
+
+    rng = np.random.default_rng(99)
+    unlabelled = [review(rng)[0] for _ in range(args.pretrain_texts)]
+    scores = {}
+    random_body = write_model(root / "bert-random", 64, 2, 48, seed=1)
+    body = write_model(root / "bert-mlm", 64, 2, 48, seed=1)
+    started = time.perf_counter()
+    mlm_loss = pretrain_mlm(body, unlabelled, args.pretrain_epochs)
+    print(f"MLM pre-training on {len(unlabelled)} unlabelled reviews: final loss {mlm_loss:.3f} "
+          f"({time.perf_counter() - started:.0f} s)")
+    (root / "reviews.csv").unlink(missing_ok=True)
+    fine = [f"train.epochs={args.finetune_epochs}", "train.batch_size=64", "train.optimizer.lr=0.0005",
+            "train.head_lr=0.002", "eval.fail_under={}"]
+    for label, model in (("pre-trained (MLM) BERT", body), ("same BERT, random weights", random_body)):
+        tag = "mlm" if model == body else "random"
+        recipe = prepared(root / tag, model, args.reviews, 48, sets=fine)
+        fit(recipe, root / tag / "run")
+        scores[label] = evaluate(root / tag / "run")["metrics"]["accuracy"]
+    recipe = prepared(root / "scratch", body, args.reviews, 48, name="text-transformer",
+                      sets=["eval.fail_under={}"])
+    fit(recipe, root / "scratch" / "run")
+    scores["text-transformer from scratch"] = evaluate(root / "scratch" / "run")["metrics"]["accuracy"]
+    for label, accuracy in scores.items():
+        print(f"test accuracy, {label}: {accuracy:.4f}")
+    return {"part": "pretrained", "reviews": args.reviews, "pretrain_texts": args.pretrain_texts,
+            "mlm_loss": mlm_loss, "test_accuracy": scores}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--parts", default="trainer,lora,ort,pretrained")
+    parser.add_argument("--rows", type=int, default=1024, help="generated reviews for trainer/lora/ort")
+    parser.add_argument("--batch", type=int, default=16)
+    parser.add_argument("--length", type=int, default=128)
+    parser.add_argument("--hidden", type=int, default=128)
+    parser.add_argument("--layers", type=int, default=4)
+    parser.add_argument("--repeats", type=int, default=2, help="trainer: rounds of ours then the Trainer")
+    parser.add_argument("--lora-hidden", type=int, default=256, help="lora: hidden size of its BERT")
+    parser.add_argument("--reviews", type=int, default=4000, help="labelled reviews for `pretrained`")
+    parser.add_argument("--pretrain-texts", type=int, default=20000)
+    parser.add_argument("--pretrain-epochs", type=int, default=3)
+    parser.add_argument("--finetune-epochs", type=int, default=4)
+    parser.add_argument("--child", choices=("full", "lora"))
+    parser.add_argument("--root")
+    args = parser.parse_args()
+    if args.child:
+        _child_memory(args.child, args.root, 20, args.batch)
+        return
+    import warnings
+
+    warnings.filterwarnings("ignore")
+    with tempfile.TemporaryDirectory(prefix="bench-hf-") as tmp:
+        root = Path(tmp)
+        for part in args.parts.split(","):
+            where = root / ("pretrained" if part == "pretrained" else "shared")
+            where.mkdir(exist_ok=True)
+            result = globals()[f"part_{part}"](args, where)
+            print(json.dumps(result))
+
+
+if __name__ == "__main__":
+    main()

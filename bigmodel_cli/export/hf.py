@@ -1,0 +1,63 @@
+"""Exporting pre-trained transformers (`model.name: hf`): the network as ONNX takes, then optional graph fusions.
+
+    net = exportable_network(net)            # LoRA merged into the weights, eval mode
+    optimize(Path("model.onnx"), Path("opt.onnx"), config)    # onnxruntime's transformer optimiser
+
+`bigmodel export RUN_DIR` runs the usual path (`onnx_export`): the graph takes `input` int64 ids
+[batch, sequence] (the attention mask is `ids != pad_id`, computed in the graph) and returns logits and
+probabilities (classification), a prediction (regression) or next-token logits [batch, sequence, vocab]
+(language modelling). `export.optimize: true` then rewrites the fp32 graph with onnxruntime's transformer
+optimiser (fused attention, LayerNorm, GELU, embedding layer norm), verified against PyTorch like any export;
+`--quantize int8` quantises MatMul weights dynamically, judged by the metric drop on the validation split.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from torch import nn
+
+from bigmodel_cli.errors import JobFailed
+
+# transformers' model_type -> onnxruntime optimiser's model_type (fusion patterns it knows)
+ORT_MODEL_TYPES = {"bert": "bert", "distilbert": "bert", "roberta": "bert", "xlm-roberta": "bert", "camembert": "bert",
+                   "electra": "bert", "mpnet": "bert", "deberta": "bert", "deberta-v2": "bert", "albert": "bert",
+                   "gpt2": "gpt2", "llama": "gpt2", "mistral": "gpt2", "qwen2": "gpt2", "phi": "phi"}
+
+
+def exportable_network(net: nn.Module) -> nn.Module:
+    """The trained network with its LoRA adapters merged (one plain weight per layer), in eval mode."""
+    from bigmodel_cli.models.hf import merged
+
+    return merged(net).eval()
+
+
+def optimize(src: Path, dest: Path, config: dict[str, Any]) -> dict[str, Any]:
+    """onnxruntime's transformer optimiser on an fp32 export; returns what it fused (op counts)."""
+    try:
+        from onnxruntime.transformers.optimizer import optimize_model
+    except ImportError as e:  # pragma: no cover - part of onnxruntime's wheel
+        raise JobFailed(f"export.optimize: onnxruntime's transformer optimiser is not available ({e})") from None
+    model_type = ORT_MODEL_TYPES.get(config.get("model_type", ""), "bert")
+    heads = int(config.get("num_attention_heads") or config.get("n_head") or 0)
+    hidden = int(config.get("hidden_size") or config.get("n_embd") or 0)
+    try:
+        optimized = optimize_model(str(src), model_type=model_type, num_heads=heads, hidden_size=hidden,
+                                   opt_level=1, use_gpu=False)
+        optimized.save_model_to_file(str(dest))
+    except Exception as e:  # noqa: BLE001 - the optimiser raises anything for a graph it cannot take
+        raise JobFailed(f"export.optimize: onnxruntime's transformer optimiser failed "
+                        f"({str(e).strip().splitlines()[0][:200] if str(e).strip() else type(e).__name__})") from None
+    fused = {k: int(v) for k, v in optimized.get_fused_operator_statistics().items() if v}
+    return {"model_type": model_type, "fused": fused}
+
+
+def drop_shape_annotations(path: Path) -> None:
+    """Remove the intermediate shape annotations (`value_info`) of a graph: the dynamo exporter's annotations of
+    a transformer disagree with what onnxruntime's quantiser infers (a dimension 1 against the batch)."""
+    import onnx
+
+    model = onnx.load(str(path))
+    model.graph.ClearField("value_info")
+    onnx.save(model, str(path))

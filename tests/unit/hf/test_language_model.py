@@ -1,0 +1,122 @@
+"""Causal language modelling on a tiny GPT-2 folder: a corpus packed into blocks, training that lowers the
+perplexity, eval with gates, seeded generation from the checkpoint and from the exported decoder alike."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from bigmodel_cli.config.recipe import resolve
+from bigmodel_cli.data.prepare import prepare
+from bigmodel_cli.errors import UsageError
+
+SETS = ["data.text.max_length=32", "train.batch_size=8", "train.accumulate=1", "train.epochs=2",
+        "train.optimizer.lr=0.005", "train.scheduler.name=constant", "train.scheduler.warmup_epochs=0",
+        "data.split.val=0.15", "data.split.test=0.15"]
+
+
+def lm_recipe(root, source, model, *sets):
+    return resolve("text-gpt-lm", {"data.prepared": str(root / "data"), "data.source": str(source),
+                                   "model.path": str(model)}, [*SETS, *sets])
+
+
+@pytest.fixture(scope="module")
+def lm_run(tmp_path_factory, gpt2_dir, corpus):
+    from bigmodel_cli.training.loop import fit
+
+    root = tmp_path_factory.mktemp("lm")
+    r = lm_recipe(root, corpus, gpt2_dir)
+    manifest = prepare(r)
+    return root, manifest, fit(r, root / "run")
+
+
+@pytest.mark.slow
+def test_the_corpus_is_packed_into_blocks_of_its_tokens(lm_run, gpt2_dir, corpus):
+    from transformers import AutoTokenizer
+
+    root, manifest, _ = lm_run
+    text = manifest["report"]["text"]
+    x = np.load(root / "data" / "train" / "x.npy")
+    assert x.shape == (text["blocks"]["train"], 32) and x.dtype == np.int32
+    assert text["tokens"]["train"] - 32 * len(x) == text["tokens_dropped"]["train"] < 32
+    assert sum(text["documents"].values()) == 80  # one document per paragraph
+    tok = AutoTokenizer.from_pretrained(str(gpt2_dir), local_files_only=True)
+    first = corpus.read_text().split("\n\n")
+    stream = np.concatenate([np.load(root / "data" / s / "x.npy").ravel() for s in ("train", "val", "test")])
+    paragraph = tok(first[0])["input_ids"]
+    assert any(np.array_equal(stream[i:i + len(paragraph)], paragraph) for i in range(0, 200))
+    assert int(tok.eos_token_id) in stream.tolist()  # documents are separated by end-of-text
+
+
+@pytest.mark.slow
+def test_training_lowers_the_perplexity(lm_run):
+    _, _, summary = lm_run
+    first, last = summary["best_metrics"], summary["last_metrics"]
+    history = [first, last]
+    assert {"val_loss", "val_perplexity"} <= set(last)
+    assert last["val_perplexity"] == pytest.approx(np.exp(last["val_loss"]))
+    assert min(r["val_perplexity"] for r in history) < 40  # a random 320-token model starts near 320
+
+
+@pytest.mark.slow
+def test_eval_reports_perplexity_and_gates_it(lm_run):
+    from bigmodel_cli.evaluation.evaluate import Options, evaluate
+
+    root, _, _ = lm_run
+    report = evaluate(root / "run", Options(fail_over={"perplexity": 1.0}))
+    assert report["metrics"]["perplexity"] == pytest.approx(np.exp(report["metrics"]["loss"]))
+    assert report["gates"] == [{"metric": "perplexity", "kind": "fail_over", "limit": 1.0,
+                                "value": report["metrics"]["perplexity"], "passed": False}]
+    assert (root / "run/eval/test.json").is_file()
+    with pytest.raises(UsageError, match="did you mean 'perplexity'"):
+        evaluate(root / "run", Options(fail_over={"perplexty": 3.0}))
+
+
+@pytest.mark.slow
+def test_generation_is_seeded_and_the_onnx_decoder_agrees(lm_run):
+    from bigmodel_cli.export.onnx_export import export_run
+    from bigmodel_cli.tasks.language_modeling import generate_text
+
+    root, _, _ = lm_run
+    run = root / "run"
+    a = generate_text(run, "one two", max_new_tokens=12, temperature=0.9, top_p=0.9, seed=3)
+    assert a == generate_text(run, "one two", max_new_tokens=12, temperature=0.9, top_p=0.9, seed=3)
+    assert a.startswith("one two") and len(a) > len("one two")
+    greedy = generate_text(run, "one two", max_new_tokens=12, temperature=0)
+    report = export_run(run)
+    assert report["outputs"] == ["logits"] and report["verification"]["passed"]
+    assert generate_text(run / "model.onnx", "one two", max_new_tokens=12, temperature=0) == greedy
+    assert generate_text(run / "model.onnx", "one two", max_new_tokens=12, temperature=0.9, top_p=0.9,
+                         seed=3) == a
+
+
+@pytest.mark.slow
+def test_generation_options_and_prompt_length_are_checked(lm_run):
+    from bigmodel_cli.tasks.language_modeling import generate_text
+
+    run = lm_run[0] / "run"
+    with pytest.raises(UsageError, match="--top-p"):
+        generate_text(run, "one", top_p=0)
+    with pytest.raises(UsageError, match="the model takes at most 64"):
+        generate_text(run, "one two " * 40)
+
+
+def test_sampling_keeps_the_nucleus():
+    from bigmodel_cli.tasks.language_modeling import sample_next
+
+    logits = np.log(np.array([0.5, 0.3, 0.15, 0.05]))
+    rng = np.random.default_rng(0)
+    drawn = {sample_next(logits, 1.0, 0.75, rng) for _ in range(200)}
+    assert drawn == {0, 1}  # 0.5 + 0.3 reach 0.75: tokens 2 and 3 are never drawn
+    assert sample_next(logits, 0.0, 1.0, rng) == 0
+
+
+@pytest.mark.slow
+def test_a_llama_folder_fine_tunes_with_lora(tmp_path, llama_dir, corpus):
+    from bigmodel_cli.training.loop import fit
+
+    r = lm_recipe(tmp_path, corpus, llama_dir, "train.epochs=1", "model.lora.r=4",
+                  "model.lora.target_modules=[q_proj, v_proj]")
+    prepare(r)
+    summary = fit(r, tmp_path / "run")
+    assert np.isfinite(summary["last_metrics"]["val_loss"])
