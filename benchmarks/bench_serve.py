@@ -58,7 +58,7 @@ def build_model(folder: Path, width: int = 8) -> Path:
     from torch.utils.flop_counter import FlopCounterMode
 
     from bigmodel_cli.data.transform import Normalize
-    from bigmodel_cli.export.onnx_export import Exportable
+    from bigmodel_cli.export.module import Exportable
     from bigmodel_cli.models import create_model
 
     torch.manual_seed(0)

@@ -334,6 +334,10 @@ def _binary_outputs(r) -> dict[str, np.ndarray]:
     doc, blob = json.loads(r.content[:size]), r.content[size:]
     out, offset = {}, 0
     for tensor in doc["outputs"]:
+        if "data" in tensor:  # an output the request did not ask for in binary
+            out[tensor["name"]] = np.array(tensor["data"], dtype=object if tensor["datatype"] == "BYTES"
+                                           else np.float32).reshape(tensor["shape"])
+            continue
         n = tensor["parameters"]["binary_data_size"]
         raw = blob[offset:offset + n]
         offset += n
