@@ -169,6 +169,59 @@ def test_tritonclient_binary_and_json(kind: str, request: pytest.FixtureRequest)
         client.close()
 
 
+def test_tritonclient_statistics_and_drift_of_the_exported_digits_model(image) -> None:
+    """get_inference_statistics() reads the counts; the export's profile.json makes /metrics compare traffic with
+    the validation rows: those rows again are no drift, sklearn's 0-16 pixels sent to this 0-255 model are."""
+    import tritonclient.http as httpclient
+
+    path, server = image
+    auth = {"Authorization": f"Bearer {KEY}"}
+    assert (path.parent / "profile.json").is_file()  # written by `export` beside model.onnx
+    val = np.load(path.parent / "reference" / "val_x.npy").astype(np.float32)
+    client = httpclient.InferenceServerClient(url=server.url)
+    try:
+        before = client.get_inference_statistics("digits-cnn", headers=dict(auth))["model_stats"][0]
+
+        def send(x: np.ndarray) -> None:
+            for part in (x[i:i + 32] for i in range(0, len(x), 32)):
+                tensor = httpclient.InferInput("input", list(part.shape), "FP32")
+                tensor.set_data_from_numpy(part)
+                client.infer("digits-cnn", [tensor], headers=dict(auth))
+
+        reps = int(np.ceil(600 / len(val)))
+        send(np.concatenate([val] * reps))
+        with pytest.raises(Exception, match="shape"):  # a refused request is a failure of this model
+            wrong = httpclient.InferInput("input", [1, 4], "FP32")
+            wrong.set_data_from_numpy(np.zeros((1, 4), np.float32))
+            client.infer("digits-cnn", [wrong], headers=dict(auth))
+        after = client.get_inference_statistics("digits-cnn", "1", headers=dict(auth))["model_stats"][0]
+        steady = server.get("/metrics", headers=auth)[1].decode()
+        send(np.round(np.concatenate([val] * reps) / 16))  # the README's old mistake: 0-16 pixels
+        drifted = server.get("/metrics", headers=auth)[1].decode()
+    finally:
+        client.close()
+    rows = reps * len(val)
+    assert after["inference_count"] - before["inference_count"] == rows
+    stats, was = after["inference_stats"], before["inference_stats"]
+    requests = stats["success"]["count"] - was["success"]["count"]
+    assert requests == -(-rows // 32) and stats["fail"]["count"] - was["fail"]["count"] == 1
+    assert stats["compute_infer"]["count"] - was["compute_infer"]["count"] == requests
+    assert stats["compute_infer"]["ns"] > was["compute_infer"]["ns"]
+
+    def psi(text: str, signal: str) -> float:
+        match = re.search(rf'^bigmodel_prediction_drift_psi{{model="digits-cnn",signal="{signal}"}} (\S+)$', text,
+                          re.MULTILINE)
+        assert match, text
+        return float(match.group(1))
+
+    assert psi(steady, "predicted_class") < 0.05
+    assert psi(drifted, "predicted_class") > 0.5
+    deadline = time.monotonic() + 10  # the warning is on the server's stderr, read by another thread
+    while not any("drift: predicted_class PSI" in line for line in server.lines):
+        assert time.monotonic() < deadline, "no drift warning on the server's stderr"
+        time.sleep(0.1)
+
+
 def test_api_key_guards_all_but_health(image) -> None:
     _, server = image
     assert server.get("/v2/health/ready")[0] == 200
@@ -572,13 +625,20 @@ def test_recipe_serve_section_then_flags(image_run: Path, tmp_path: Path) -> Non
     run = tmp_path / "run"
     shutil.copytree(image_run, run)
     recipe = yaml.safe_load((run / "recipe.yaml").read_text())
-    recipe["serve"] = {**recipe.get("serve", {}), "port": 0, "max_batch_size": 4, "max_body_mb": 0.001}
+    recipe["serve"] = {**recipe.get("serve", {}), "port": 0, "max_batch_size": 4, "max_body_mb": 0.001,
+                       "log_payloads": 1.0}
     (run / "recipe.yaml").write_text(yaml.safe_dump(recipe))
+    payloads = tmp_path / "payloads.jsonl"
 
-    server = Server(str(run), "--device", "cpu", "--no-access-log")  # port 0 from the recipe
+    server = Server(str(run), "--device", "cpu", "--no-access-log", "--payload-log", str(payloads))  # port 0: recipe
     try:
         config = json.loads(server.get("/v2/models/digits-cnn/config")[1])
         assert config["max_batch_size"] == 4
+        small = json.dumps({"inputs": [{"name": "input", "shape": [1, 1, 8, 8], "datatype": "UINT8",
+                                        "data": [9] * 64}], "id": "logged"}).encode()
+        request = urllib.request.Request(f"http://{server.url}/v2/models/digits-cnn/infer", data=small)
+        with urllib.request.urlopen(request, timeout=30) as r:
+            assert r.status == 200
         big = json.dumps({"inputs": [{"name": "input", "shape": [1, 1, 8, 8], "datatype": "FP32",
                                       "data": [1.0] * 64}], "id": "x" * 2000}).encode()
         request = urllib.request.Request(f"http://{server.url}/v2/models/digits-cnn/infer", data=big)
@@ -588,6 +648,8 @@ def test_recipe_serve_section_then_flags(image_run: Path, tmp_path: Path) -> Non
     finally:
         assert server.stop() == 0
     assert not any(line.startswith("{") for line in server.lines)  # --no-access-log
+    logged = [json.loads(line) for line in payloads.read_text().splitlines()]  # serve.log_payloads: 1.0
+    assert [(p["id"], p["inputs"][0]["data"][:2]) for p in logged] == [("logged", [9, 9])]
 
     server = Server(str(run), "--device", "cpu", "--max-batch-size", "8", "--port", "0")
     try:
@@ -611,6 +673,7 @@ USAGE_ERRORS = {
     "port in use": (["{cls}", "--port", "{busy}"], "address already in use"),
     "unset key": (["{cls}", "--api-key-env", "TEST_SERVE_UNSET_KEY"], "TEST_SERVE_UNSET_KEY"),
     "max queue": (["{cls}", "--max-queue", "0"], "--max-queue 0"),
+    "payload share": (["{cls}", "--log-payloads", "1.5"], "--log-payloads 1.5"),
 }
 
 

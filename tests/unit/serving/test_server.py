@@ -85,7 +85,7 @@ def test_health_and_server_metadata(client: TestClient) -> None:
     assert client.get(f"/v2/models/{CLS}/versions/1/ready").status_code == 200
     meta = client.get("/v2").json()
     assert meta["name"] == "bigmodel" and meta["version"] == __version__
-    assert meta["extensions"] == ["binary_tensor_data", "model_configuration"]
+    assert meta["extensions"] == ["binary_tensor_data", "model_configuration", "statistics"]
 
 
 def test_model_metadata_and_config(client: TestClient, reg_client: TestClient) -> None:
