@@ -2,6 +2,7 @@
 
     make bench            # or: .venv/bin/python benchmarks/bench_serve.py [WIDTH...]
     .venv/bin/python benchmarks/bench_serve.py --hostile [WIDTH]     # 63 MB JSON bodies: memory, others' latency
+    .venv/bin/python benchmarks/bench_serve.py --monitoring          # issue 18: monitoring on vs off, concurrency 32
 
 Model: `cnn_small` on 3x32x32 images (random weights, normalisation and softmax inside, as `bigmodel
 export` writes it), built into a temporary folder, at the widths given (default both): width 8 (5.8 MFLOP
@@ -44,6 +45,7 @@ SHAPE = [3, 32, 32]
 MODEL = "cnn-small-bench"
 REQUESTS = {32: 2100, 1: 450}  # per server and scenario, split over ROUNDS interleaved rounds
 ROUNDS = 3
+MONITOR_ROUNDS = 9  # --monitoring: rounds of 3 settings, each first in turn
 WARMUP = 100
 
 
@@ -105,13 +107,13 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def start_bigmodel(path: Path, log: Path) -> tuple[subprocess.Popen, str]:
-    """`bigmodel serve` with its defaults (access log on, to a file); its URL from the banner line."""
+def start_bigmodel(path: Path, log: Path, args: tuple[str, ...] = ()) -> tuple[subprocess.Popen, str]:
+    """`bigmodel serve` with its defaults (access log on, to a file) and `args`; its URL from the banner line."""
     env = {**os.environ, "CI": "1"}
     with log.open("w") as err:
         extra = os.environ.get("BENCH_SERVE_ARGS", "").split()  # e.g. "--max-queue-delay-ms 5" to try settings
         proc = subprocess.Popen([sys.executable, "-m", "bigmodel_cli", "serve", str(path), "--port", "0",
-                                 "--device", "cpu", *extra], stdout=subprocess.DEVNULL, stderr=err, env=env)
+                                 "--device", "cpu", *extra, *args], stdout=subprocess.DEVNULL, stderr=err, env=env)
     deadline = time.monotonic() + 90
     while time.monotonic() < deadline:
         match = re.search(r"http://127\.0\.0\.1:(\d+)", log.read_text())
@@ -288,6 +290,9 @@ def codec_costs(path: Path, x: np.ndarray) -> dict[str, float]:
 def main() -> None:
     if sys.argv[1:2] == ["--hostile"]:
         hostile(int(sys.argv[2]) if len(sys.argv) > 2 else 8)
+        return
+    if sys.argv[1:2] == ["--monitoring"]:
+        monitoring()
         return
     widths = [int(w) for w in sys.argv[1:]] or [8, 32]
     for width in widths:
@@ -526,6 +531,153 @@ least).
                     print(f"       first answer: {status} {text.decode(errors='replace')}")
         finally:
             stop(proc)
+
+
+# ---------------------------------------------------------------------------------------------- monitoring
+
+
+def build_tabular(folder: Path, features: int = 30) -> Path:
+    """A tabular classifier as `bigmodel export` writes one for breast-cancer-mlp: 30 features, a 64-unit hidden
+    layer, 2 classes (onnx.helper, random weights)."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.default_rng(0)
+    inits = [numpy_helper.from_array((rng.normal(size=shape) / np.sqrt(shape[0])).astype(np.float32), name)
+             for name, shape in (("W1", (features, 64)), ("W2", (64, 2)))]
+    graph = helper.make_graph(
+        [helper.make_node("MatMul", ["input", "W1"], ["h"]), helper.make_node("Relu", ["h"], ["r"]),
+         helper.make_node("MatMul", ["r", "W2"], ["logits"]),
+         helper.make_node("Softmax", ["logits"], ["probabilities"], axis=1)],
+        "tabular", [helper.make_tensor_value_info("input", TensorProto.FLOAT, ["batch", features])],
+        [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["batch", 2]),
+         helper.make_tensor_value_info("probabilities", TensorProto.FLOAT, ["batch", 2])],
+        initializer=inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)], ir_version=10)
+    for key, value in {"task": "classification", "recipe": MODEL, "input_shape": json.dumps([features]),
+                       "input_kind": "tabular", "class_names": json.dumps(["benign", "malignant"])}.items():
+        entry = model.metadata_props.add()
+        entry.key, entry.value = key, value
+    path = folder / "model.onnx"
+    onnx.save(model, str(path))
+    return path
+
+
+def monitor_cost(path: Path, x: np.ndarray, profile: dict, rows: int = 8) -> float:
+    """CPU microseconds `Monitor.observe` takes for one batch of `rows` rows (in this process)."""
+    from bigmodel_cli.serving import monitor as monitors
+    from bigmodel_cli.serving.model import LoadedModel
+
+    model = LoadedModel.load(path, device="cpu", max_batch_size=32)
+    monitor = monitors.for_model(model, profile, drift_threshold=float("inf"))  # no warnings: same rows again
+    feeds = {"input": np.ascontiguousarray(x[:rows])}
+    outputs = model.run_batch(feeds)
+    n = 2000
+    start = time.process_time()
+    for _ in range(n):
+        monitor.observe(feeds, outputs)
+    return (time.process_time() - start) / n * 1e6
+
+
+def payload_cost(path: Path, x: np.ndarray, share: float = 0.01, n: int = 20000) -> float:
+    """CPU microseconds per request of sampling `share` of the requests into a payload log (this process, the
+    writer thread included), for one-row requests of `x`."""
+    from bigmodel_cli.serving.model import LoadedModel
+    from bigmodel_cli.serving.payloads import PayloadLog
+
+    model = LoadedModel.load(path, device="cpu", max_batch_size=32)
+    feeds = {"input": np.ascontiguousarray(x[:1])}
+    outputs = model.run_batch(feeds)
+    with tempfile.TemporaryDirectory() as tmp:
+        log = PayloadLog(share, Path(tmp) / "p.jsonl", model=model.name, version="1", seed=0)
+        start = time.process_time()
+        for _ in range(n):
+            if log.sampled():
+                log.log(None, {}, feeds, outputs)
+        log.close()
+        return (time.process_time() - start) / n * 1e6
+
+
+def monitoring() -> None:
+    """`bigmodel serve` with monitoring on (prediction metrics, drift against a profile beside the model), on with
+    1 % of the payloads logged, and off (--no-monitoring), side by side at concurrency 32, binary tensors; rounds
+    interleaved so that all three see the same background load. Models: cnn_small w=8 (image classifier: class and
+    confidence drift) and a 30-feature tabular MLP (feature summaries and 30 feature PSIs besides)."""
+    from bigmodel_cli.export import profile as reference
+
+    rng = np.random.default_rng(0)
+    for kind in ("image", "tabular"):
+        with tempfile.TemporaryDirectory() as tmp:
+            folder = Path(tmp)
+            if kind == "image":
+                path = build_model(folder, 8)
+                inputs = rng.integers(0, 256, [600, *SHAPE]).astype(np.float32)
+                title = "cnn_small w=8, 3x32x32"
+            else:
+                path = build_tabular(folder)
+                inputs = rng.normal(size=(600, 30)).astype(np.float32)
+                title = "tabular MLP 30-64-2"
+            profile = reference.build(path, inputs[:500], "classification",
+                                      feature_names=[f"x{i}" for i in range(30)] if kind == "tabular" else None)
+            (folder / "profile.json").write_text(json.dumps(profile))
+            import onnxruntime as ort
+
+            session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+            requests_x = inputs[500:564]
+            expected = np.stack([session.run(["probabilities"], {"input": x[None]})[0] for x in requests_x])
+            bodies = [binary_request(x[None]) for x in requests_x]
+            configs = {"off": ("--no-monitoring",), "on": (),
+                       "on + payloads 1%": ("--log-payloads", "0.01", "--payload-log", str(folder / "p.jsonl"))}
+            servers = {name: start_bigmodel(path, folder / f"serve-{i}.log", args)
+                       for i, (name, args) in enumerate(configs.items())}
+            pooled: dict[str, list] = {name: [[], 0.0, 0] for name in configs}
+            cpu: dict[str, dict[str, float]] = {name: {} for name in configs}
+            try:
+                for _name, (_, url) in servers.items():
+                    load(url, bodies, 32, expected, WARMUP)
+                for turn in range(MONITOR_ROUNDS):
+                    order = list(servers.items())
+                    for name, (proc, url) in order[turn % 3:] + order[:turn % 3]:  # each setting first in turn
+                        before = cpu_seconds(proc.pid)
+                        lat, elapsed, errors = load(url, bodies, 32, expected, REQUESTS[32] // MONITOR_ROUNDS)
+                        after = cpu_seconds(proc.pid)
+                        run = pooled[name]
+                        run[0] += lat
+                        run[1] += elapsed
+                        run[2] += errors
+                        for k in after:
+                            cpu[name][k] = cpu[name].get(k, 0.0) + after[k] - before.get(k, 0.0)
+                metrics_text = urllib.request.urlopen(f"{servers['on'][1]}/metrics", timeout=10).read().decode()
+            finally:
+                for proc, _ in servers.values():
+                    stop(proc)
+            observe_us = monitor_cost(path, inputs, profile)
+            payload_us = payload_cost(path, inputs)
+        sent = MONITOR_ROUNDS * (REQUESTS[32] // MONITOR_ROUNDS)
+        print(f"\n{title}: bigmodel serve, binary tensors, concurrency 32, {sent} requests per setting in "
+              f"{MONITOR_ROUNDS} "
+              f"interleaved rounds (load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores)")
+        print(f"  {'monitoring':<18} {'req/s':>8} {'vs off':>7} {'p50 ms':>8} {'p99 ms':>8} {'errors':>6} "
+              f"{'CPU us/request: loop':>21} {'threads':>8} {'sum':>6} {'vs off':>7}")
+        off = summary(*pooled["off"])
+        off_cpu = sum(cpu["off"].values()) / sent * 1e6
+        for name in configs:
+            r = summary(*pooled[name])
+            total = sum(cpu[name].values()) / sent * 1e6
+            print(f"  {name:<18} {r['req_s']:>8,.0f} {r['req_s'] / off['req_s']:>6.1%} {r['p50_ms']:>8.2f} "
+                  f"{r['p99_ms']:>8.2f} {r['errors']:>6.0f} {cpu[name].get('loop', 0) / sent * 1e6:>21.0f} "
+                  f"{cpu[name].get('threads', 0) / sent * 1e6:>8.0f} {total:>6.0f} {total / off_cpu:>6.1%}")
+        drift = [line for line in metrics_text.splitlines() if line.startswith("bigmodel_prediction_drift_psi")]
+        print(f"  in-process: Monitor.observe {observe_us:.1f} us CPU per batch of 8 rows; payload log at 1 % "
+              f"{payload_us:.1f} us per request; the 'on' server's "
+              f"/metrics: {len(drift)} prediction PSI gauges, "
+              f"{metrics_text.count('bigmodel_feature_drift_psi{')} feature PSI gauges")
+        extra = sum(cpu["on"].values()) / max(sum(cpu["off"].values()), 1e-9) - 1
+        ratio = summary(*pooled["on"])["req_s"] / off["req_s"]
+        print(f"  goal (issue 18): monitoring costs at most 3 % of throughput at concurrency 32 -> by server CPU per "
+              f"request (steady under load) {'met' if extra <= 0.03 else 'NOT met'} ({extra:+.1%}); by req/s "
+              f"{'met' if ratio >= 0.97 else 'NOT met'} ({ratio:.1%} of off; req/s swings by tens of % when other "
+              f"jobs share the cores)")
 
 
 if __name__ == "__main__":

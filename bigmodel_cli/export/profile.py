@@ -61,7 +61,10 @@ def bins(values: np.ndarray, cuts: np.ndarray) -> np.ndarray:
     cuts = np.asarray(cuts, dtype=np.float64)
     if values.ndim == 1:
         return np.searchsorted(cuts, values, side="right")
-    return (values[:, :, None] >= cuts[None, :, :]).sum(axis=2)
+    out = np.empty(values.shape, dtype=np.intp)
+    for f in range(values.shape[1]):  # a binary search per feature: faster than comparing with every cut
+        out[:, f] = np.searchsorted(cuts[f], values[:, f], side="right")
+    return out
 
 
 def bin_counts(values: np.ndarray, cuts: np.ndarray) -> np.ndarray:

@@ -48,11 +48,13 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from bigmodel_cli import __version__
 from bigmodel_cli.console import console, warn
 from bigmodel_cli.serving.batcher import DynamicBatcher
+from bigmodel_cli.serving.generator import IMAGE_OUTPUT
 from bigmodel_cli.serving.metrics import ServerMetrics
 from bigmodel_cli.serving.model import LoadedModel
 from bigmodel_cli.serving.payloads import PayloadLog
 from bigmodel_cli.serving.protocol import (
     COUNTED_JSON_BYTES,
+    PNG_OUTPUT,
     InferRequest,
     ModelSignature,
     RequestError,
@@ -298,7 +300,11 @@ class InferEndpoint:
         timing.decode_s = time.perf_counter() - decoding
         outputs = await batcher.infer(infer_request.inputs, timing)
         encoding = time.perf_counter()
-        results = model.with_label(outputs, infer_request.outputs)
+        if PNG_OUTPUT in infer_request.outputs and outputs[IMAGE_OUTPUT].size > _INLINE_OUTPUT_VALUES:
+            results = await asyncio.get_running_loop().run_in_executor(
+                state.codec, model.with_extras, outputs, infer_request.outputs)
+        else:
+            results = model.with_extras(outputs, infer_request.outputs)
         if _json_values(infer_request, results) > _INLINE_OUTPUT_VALUES:
             content, json_length = await asyncio.get_running_loop().run_in_executor(
                 state.codec, encode_infer_response, model.name, model.version, infer_request, results)

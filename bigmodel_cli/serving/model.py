@@ -7,7 +7,9 @@
 checked at load (a batch-2 warm-up) to really be row-wise, otherwise requests are never merged.
 
 A text model (an export with the `text_preprocessing` metadata: the tokenizer fitted by prepare-data)
-takes token ids or raw strings for its input; `signature.text` tokenises with that tokenizer.
+takes token ids or raw strings for its input; `signature.text` tokenises with that tokenizer. A generator
+(task generation, input `z`) takes z or a `seed` request parameter, and a `label` (`generator.py`); a model
+with an `image` UINT8 output also answers PNG bytes (`image_png`).
 
 The session comes from `inference.session.create_session` (no spinning: the pool's idle threads would take
 the CPU the event loop needs) and the metadata is read with `export.metadata`, the owners of those contracts.
@@ -24,9 +26,11 @@ import numpy as np
 
 from bigmodel_cli.errors import UsageError
 from bigmodel_cli.export import metadata as export_metadata
+from bigmodel_cli.serving import generator as generators
 from bigmodel_cli.serving.protocol import (
     LABEL_OUTPUT,
     ORT_V2,
+    PNG_OUTPUT,
     V2_NUMPY,
     ModelSignature,
     RequestError,
@@ -63,13 +67,15 @@ class LoadedModel:
         self.outputs = [_spec(node) for node in session.get_outputs()]
         self.input_dtypes = {s.name: V2_NUMPY[s.datatype] for s in self.inputs if s.datatype in V2_NUMPY}
         self.text = _text_input(self.meta, self.inputs, path or name)
+        self.generator = generators.generator_input(self.task, self.metadata, self.inputs, self.class_names,
+                                                    max_batch_size, path or name)
         self.providers: list[str] = list(session.get_providers())
         self.batchable = False
         self.ready = False
         self.signature = ModelSignature(
             inputs=self.inputs, outputs=self.outputs, input_dtypes=self.input_dtypes,
             max_batch_size=max_batch_size, class_names=self.class_names, has_label=self._score_output() is not None,
-            text=self.text,
+            text=self.text, generator=self.generator, has_png=generators.has_png_output(self.outputs),
         )
 
     @classmethod
@@ -147,6 +153,8 @@ class LoadedModel:
                 parameters[key] = self.metadata[key]
         if self.text is not None:  # `inputs` stays the real tensor (ids); strings are accepted too
             parameters["text_input"] = self._text_metadata()
+        if self.generator is not None:  # `inputs` stay z (and label); both may come from request parameters
+            parameters["generator"] = self.generator.metadata()
         return {
             "name": self.name,
             "versions": [self.version],
@@ -170,6 +178,10 @@ class LoadedModel:
             config["dynamic_batching"] = {}
         if self.text is not None:
             config["parameters"] = {"text_input": {"string_value": json.dumps(self._text_metadata())}}
+        if self.generator is not None:  # Triton's `optional`: z may be drawn from a seed, label given as a parameter
+            for entry in config["input"]:
+                entry["optional"] = True
+            config["parameters"] = {"generator": {"string_value": json.dumps(self.generator.metadata())}}
         return config
 
     def _text_metadata(self) -> dict[str, Any]:
@@ -179,7 +191,8 @@ class LoadedModel:
 
     def _all_outputs(self) -> list[TensorSpec]:
         label = [TensorSpec(LABEL_OUTPUT, "BYTES", (-1,))] if self.signature.has_label else []
-        return self.outputs + label
+        png = [TensorSpec(PNG_OUTPUT, "BYTES", (-1,))] if self.signature.has_png else []
+        return self.outputs + label + png
 
     def run_batch(self, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         """One `session.run` returning every output (blocking: call it from a worker thread)."""
@@ -189,11 +202,13 @@ class LoadedModel:
             raise RequestError(500, f"inference failed: {_one_line(e)}") from e
         return {spec.name: value for spec, value in zip(self.outputs, values, strict=True)}
 
-    def with_label(self, results: dict[str, np.ndarray], wanted: list[str]) -> dict[str, np.ndarray]:
-        """`results` plus the `label` output when `wanted` asks for it."""
+    def with_extras(self, results: dict[str, np.ndarray], wanted: list[str]) -> dict[str, np.ndarray]:
+        """`results` plus the `label` (class names) and `image_png` (PNG bytes) outputs when `wanted` asks for them."""
         score = self._score_output()
         if LABEL_OUTPUT in wanted and score is not None:
-            return {**results, LABEL_OUTPUT: labels(results[score], self.class_names)}
+            results = {**results, LABEL_OUTPUT: labels(results[score], self.class_names)}
+        if PNG_OUTPUT in wanted and self.signature.has_png:
+            results = {**results, PNG_OUTPUT: generators.png_tensor(results[generators.IMAGE_OUTPUT])}
         return results
 
 

@@ -33,6 +33,7 @@ not by the body: a 63 MB body of `1,1,1,...` is refused before it becomes 31 mil
 
 from __future__ import annotations
 
+import base64
 import json
 import math
 import struct
@@ -44,6 +45,7 @@ from typing import Any
 import numpy as np
 
 LABEL_OUTPUT = "label"  # extra BYTES output of classifiers: the class name of each row's top probability
+PNG_OUTPUT = "image_png"  # extra BYTES output of image-making models: one PNG per image (serving/generator.py)
 
 # V2 datatype <-> numpy; a request may send any numeric one, it is converted to the model's input dtype
 V2_NUMPY: dict[str, np.dtype] = {
@@ -139,10 +141,13 @@ class ModelSignature:
     class_names: list[str] | None = None
     has_label: bool = False  # a classifier: LABEL_OUTPUT may be asked for
     text: TextInput | None = None  # a text model: its id input also takes strings
+    generator: Any = None  # a generator's `generator.GeneratorInput`: z may come from a seed, label from a parameter
+    has_png: bool = False  # PNG_OUTPUT may be asked for
 
     @property
     def output_names(self) -> list[str]:
-        return [s.name for s in self.outputs] + ([LABEL_OUTPUT] if self.has_label else [])
+        return ([s.name for s in self.outputs] + ([LABEL_OUTPUT] if self.has_label else [])
+                + ([PNG_OUTPUT] if self.has_png else []))
 
     @cached_property
     def max_values(self) -> int | None:
@@ -249,6 +254,8 @@ def decode_infer_request(body: bytes, signature: ModelSignature, header_length: 
         raise RequestError(400, "'parameters' must be an object")
 
     inputs = _decode_inputs(doc.get("inputs"), signature, binary, reserve)
+    if signature.generator is not None:
+        inputs = signature.generator.complete(inputs, parameters)
     outputs, binary_outputs = _requested_outputs(doc.get("outputs"), parameters, signature)
     return InferRequest(inputs=inputs, outputs=outputs, binary_outputs=binary_outputs, id=request_id,
                         parameters=parameters)
@@ -256,7 +263,10 @@ def decode_infer_request(body: bytes, signature: ModelSignature, header_length: 
 
 def _decode_inputs(tensors: Any, signature: ModelSignature, binary: memoryview,
                    reserve: Callable[[int], None] | None) -> dict[str, np.ndarray]:
-    if not isinstance(tensors, list) or not tensors:
+    generator = signature.generator is not None  # its inputs may all come from request parameters (a seed)
+    if generator and tensors is None:
+        tensors = []
+    if not isinstance(tensors, list) or not (tensors or generator):
         raise RequestError(400, "request needs 'inputs': a non-empty list of tensors")
     expected = {s.name: s for s in signature.inputs}
     inputs: dict[str, np.ndarray] = {}
@@ -275,7 +285,7 @@ def _decode_inputs(tensors: Any, signature: ModelSignature, binary: memoryview,
         raise RequestError(400, f"{len(binary) - offset} bytes of binary tensor data after the inputs' "
                                 f"binary_data_size (sum {offset})")
     missing = [n for n in expected if n not in inputs]
-    if missing:
+    if missing and not generator:  # a generator's are checked once its parameters are read
         raise RequestError(400, f"missing input(s): {', '.join(missing)}")
     batches = {a.shape[0] for a in inputs.values()}
     if len(batches) > 1:
@@ -568,6 +578,9 @@ def encode_infer_response(model_name: str, model_version: str, request: InferReq
                                                                                  copy=False).tobytes()
             tensor["parameters"] = {"binary_data_size": len(raw)}
             chunks.append(raw)
+        elif datatype == "BYTES" and value.size and isinstance(value.flat[0], bytes):  # PNG: base64 text in JSON
+            tensor["parameters"] = {"content_type": "base64"}
+            tensor["data"] = [base64.b64encode(v).decode("ascii") for v in value.ravel()]
         else:
             tensor["data"] = [str(v) for v in value.ravel()] if datatype == "BYTES" else value.ravel().tolist()
         outputs.append(tensor)

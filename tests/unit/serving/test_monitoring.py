@@ -164,6 +164,20 @@ def test_drift_psi_gauges_and_one_warning_per_feature_that_drifts(models: dict[s
     assert "feature w" not in err and "feature y" not in err and "serve.drift_threshold 0.2" in err
 
 
+def test_drift_is_checked_as_batches_run_without_a_scrape(models: dict[str, Path], cls_profile: dict,
+                                                          capsys: pytest.CaptureFixture,
+                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(monitors, "CHECK_INTERVAL_S", 0.0)  # checked every 100 rows, not at most once a second
+    model = LoadedModel.load(models["cls"], device="cpu", max_batch_size=32)
+    monitor = monitors.for_model(model, cls_profile)
+    x = np.random.default_rng(8).normal(size=(640, 4)).astype(np.float32)
+    x[:, 3] -= 4
+    for part in np.split(x, 20):
+        monitor.observe({"input": part}, model.run_batch({"input": part}))
+    err = capsys.readouterr().err
+    assert err.count("drift: feature z PSI") == 1 and "feature w" not in err
+
+
 def test_regression_histogram_uses_the_profile_deciles(models: dict[str, Path]) -> None:
     rng = np.random.default_rng(4)
     val = rng.normal(size=(300, 2, 3)).astype(np.float32)

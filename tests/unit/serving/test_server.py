@@ -553,7 +553,7 @@ def test_server_bug_is_a_500_logged_once_and_counted(models: dict[str, Path], ca
     def bug(*args: object, **kwargs: object) -> None:
         raise KeyError("no such thing")
 
-    monkeypatch.setattr(model, "with_label", bug)  # a bug after decoding and inference
+    monkeypatch.setattr(model, "with_extras", bug)  # a bug after decoding and inference
     monkeypatch.setattr(model, "config_json", bug)  # and one in a Starlette route
     with TestClient(create_app(model)) as c:
         r = c.post(INFER, json=_tensor())
