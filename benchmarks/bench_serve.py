@@ -3,6 +3,7 @@
     make bench            # or: .venv/bin/python benchmarks/bench_serve.py [WIDTH...]
     .venv/bin/python benchmarks/bench_serve.py --hostile [WIDTH]     # 63 MB JSON bodies: memory, others' latency
     .venv/bin/python benchmarks/bench_serve.py --monitoring          # issue 18: monitoring on vs off, concurrency 32
+    .venv/bin/python benchmarks/bench_serve.py --generator           # issue 15: a small generator at batch 1, PNG
 
 Model: `cnn_small` on 3x32x32 images (random weights, normalisation and softmax inside, as `bigmodel
 export` writes it), built into a temporary folder, at the widths given (default both): width 8 (5.8 MFLOP
@@ -293,6 +294,9 @@ def main() -> None:
         return
     if sys.argv[1:2] == ["--monitoring"]:
         monitoring()
+        return
+    if sys.argv[1:2] == ["--generator"]:
+        generator_latency()
         return
     widths = [int(w) for w in sys.argv[1:]] or [8, 32]
     for width in widths:
@@ -678,6 +682,104 @@ def monitoring() -> None:
               f"request (steady under load) {'met' if extra <= 0.03 else 'NOT met'} ({extra:+.1%}); by req/s "
               f"{'met' if ratio >= 0.97 else 'NOT met'} ({ratio:.1%} of off; req/s swings by tens of % when other "
               f"jobs share the cores)")
+
+
+# ---------------------------------------------------------------------------------------------- generator
+
+GEN_LATENT = 64
+
+
+def build_generator(folder: Path, latent_dim: int = GEN_LATENT, width: int = 64) -> Path:
+    """A DCGAN-style generator the size of digits-dcgan's (z 64 -> 4x4x2w -> transposed conv -> 8x8x1, uint8 out)
+    with random weights, exported with the generative contract's inputs, output and metadata."""
+    import torch
+    from torch import nn
+
+    from bigmodel_cli.export import metadata
+
+    class Generator(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.project = nn.Sequential(nn.Linear(latent_dim, 2 * width * 16), nn.BatchNorm1d(2 * width * 16),
+                                         nn.ReLU())
+            self.up = nn.Sequential(nn.ConvTranspose2d(2 * width, width, 4, 2, 1), nn.BatchNorm2d(width), nn.ReLU(),
+                                    nn.Conv2d(width, 1, 3, padding=1), nn.Tanh())
+
+        def forward(self, z: torch.Tensor) -> torch.Tensor:
+            x = self.up(self.project(z).reshape(-1, 2 * width, 4, 4))
+            return torch.round((x + 1) * 127.5).to(torch.uint8)
+
+    torch.manual_seed(0)
+    net = Generator().eval()
+    path = folder / "gan.onnx"
+    torch.onnx.export(net, (torch.zeros(2, latent_dim),), str(path), dynamo=False, input_names=["z"],
+                      output_names=["image"], opset_version=18, dynamic_axes={"z": {0: "batch"}, "image": {0: "batch"}})
+    metadata.write(path, {"task": "generation", "recipe": MODEL, "latent_dim": str(latent_dim),
+                          "conditional": "false", "class_names": json.dumps([str(i) for i in range(10)]),
+                          "input_shape": json.dumps([latent_dim]), "image_shape": json.dumps([1, 8, 8]),
+                          "input_kind": "latent", "output_dtype": "uint8"})
+    return path
+
+
+def generator_latency() -> None:
+    """Batch-1 latency of a small generator through `bigmodel serve` at concurrency 1: a seed asking for PNG (JSON,
+    base64), a seed asking for binary PNG bytes, z sent as binary asking for the UINT8 image; and whether a seed's
+    PNG bytes are the same on every call and on a second server process."""
+    import http.client
+
+    with tempfile.TemporaryDirectory() as tmp:
+        path = build_generator(Path(tmp))
+        servers = [start_bigmodel(path, Path(tmp) / f"serve-{i}.log") for i in range(2)]
+        z = np.random.default_rng(0).standard_normal((1, GEN_LATENT), dtype=np.float32)
+        header = json.dumps({"inputs": [{"name": "z", "shape": [1, GEN_LATENT], "datatype": "FP32",
+                                         "parameters": {"binary_data_size": z.nbytes}}],
+                             "parameters": {"binary_data_output": True}}).encode()
+        requests = {
+            "seed -> PNG (JSON base64)": (lambda i: json.dumps({"parameters": {"seed": i},
+                                                                "outputs": [{"name": "image_png"}]}).encode(), {}),
+            "seed -> PNG (binary)": (lambda i: json.dumps({"parameters": {"seed": i, "binary_data_output": True},
+                                                           "outputs": [{"name": "image_png"}]}).encode(), {}),
+            "z (binary) -> UINT8 image": (lambda i: header + z.tobytes(),
+                                          {"Inference-Header-Content-Length": str(len(header))}),
+        }
+        try:
+            host, port = servers[0][1].removeprefix("http://").split(":")
+            connection = http.client.HTTPConnection(host, int(port), timeout=30)
+            print(f"small generator (z {GEN_LATENT} -> 1x8x8 uint8, DCGAN-style, width 64), bigmodel serve, "
+                  f"concurrency 1, one image per request (load average {os.getloadavg()[0]:.1f} on "
+                  f"{os.cpu_count()} cores)")
+            print(f"  {'request':<28} {'p50 ms':>7} {'p90 ms':>7} {'p99 ms':>7}")
+            for name, (make, headers) in requests.items():
+                latencies = []
+                for i in range(WARMUP + 600):
+                    body = make(i % 50)
+                    start = time.perf_counter()
+                    connection.request("POST", f"/v2/models/{MODEL}/infer", body=body, headers=headers)
+                    response = connection.getresponse()
+                    response.read()
+                    if response.status != 200:
+                        raise SystemExit(f"{name}: {response.status}")
+                    if i >= WARMUP:
+                        latencies.append(time.perf_counter() - start)
+                lat = sorted(latencies)
+                print(f"  {name:<28} {1000 * statistics.median(lat):>7.2f} {1000 * lat[int(0.9 * len(lat))]:>7.2f} "
+                      f"{1000 * lat[int(0.99 * (len(lat) - 1))]:>7.2f}")
+            connection.close()
+
+            def pngs(url: str) -> list[str]:
+                out = []
+                for seed in range(10):
+                    body = json.dumps({"parameters": {"seed": seed, "n": 4}, "outputs": [{"name": "image_png"}]})
+                    request = urllib.request.Request(f"{url}/v2/models/{MODEL}/infer", data=body.encode())
+                    out += json.loads(urllib.request.urlopen(request, timeout=30).read())["outputs"][0]["data"]
+                return out
+
+            first, again, other = pngs(servers[0][1]), pngs(servers[0][1]), pngs(servers[1][1])
+            print(f"  same seed, byte-identical PNG: {'yes' if first == again else 'NO'} on a second call, "
+                  f"{'yes' if first == other else 'NO'} on a second server process (10 seeds x 4 images)")
+        finally:
+            for proc, _ in servers:
+                stop(proc)
 
 
 if __name__ == "__main__":

@@ -32,7 +32,7 @@ import onnxruntime as ort
 import pytest
 import yaml
 
-from tests.unit.serving.tiny_models import CLS, classifier, slow_classifier
+from tests.unit.serving.tiny_models import CLS, GEN, classifier, generator, slow_classifier
 
 KEY = "s3cret-key"
 
@@ -220,6 +220,50 @@ def test_tritonclient_statistics_and_drift_of_the_exported_digits_model(image) -
     while not any("drift: predicted_class PSI" in line for line in server.lines):
         assert time.monotonic() < deadline, "no drift warning on the server's stderr"
         time.sleep(0.1)
+
+
+def test_tritonclient_calls_a_generator_by_seed_or_z(tmp_path: Path) -> None:
+    """What a tritonclient user reads from the metadata is enough to call a conditional generator: a seed (and a
+    label) as request parameters, or z and label tensors; PNG bytes or the UINT8 images back."""
+    import io
+
+    import tritonclient.http as httpclient
+    from PIL import Image
+    from tritonclient.utils import InferenceServerException
+
+    path = generator(tmp_path / "gan.onnx", conditional=True, image_shape=(3, 4, 4))
+    server = Server(str(path), "--port", "0", "--device", "cpu")
+    client = httpclient.InferenceServerClient(url=server.url)
+    try:
+        meta = client.get_model_metadata(GEN)
+        assert [(i["name"], i["datatype"]) for i in meta["inputs"]] == [("z", "FP32"), ("label", "INT64")]
+        assert "image_png" in [o["name"] for o in meta["outputs"]]
+        assert all(i["optional"] for i in client.get_model_config(GEN)["input"])
+        latent = meta["parameters"]["generator"]["latent_dim"]
+
+        outputs = [httpclient.InferRequestedOutput("image"), httpclient.InferRequestedOutput("image_png")]
+        by_seed = client.infer(GEN, [], outputs=outputs, parameters={"seed": 3, "n": 2, "label": 1})
+        z = np.random.default_rng(3).standard_normal((2, latent), dtype=np.float32)  # the documented rule
+        session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+        want = session.run(["image"], {"z": z, "label": np.array([1, 1])})[0]
+        assert np.array_equal(by_seed.as_numpy("image"), want)
+        pngs = by_seed.as_numpy("image_png")
+        decoded = np.stack([np.transpose(np.asarray(Image.open(io.BytesIO(p))), (2, 0, 1)) for p in pngs])
+        assert np.array_equal(decoded, want)
+        again = client.infer(GEN, [], outputs=outputs, parameters={"seed": 3, "n": 2, "label": 1})
+        assert list(again.as_numpy("image_png")) == list(pngs)  # same seed, same bytes
+
+        z_in = httpclient.InferInput("z", [2, latent], "FP32")
+        z_in.set_data_from_numpy(z)
+        label_in = httpclient.InferInput("label", [2], "INT64")
+        label_in.set_data_from_numpy(np.array([1, 1], np.int64))
+        assert np.array_equal(client.infer(GEN, [z_in, label_in]).as_numpy("image"), want)
+
+        with pytest.raises(InferenceServerException, match="label 5 is out of range"):
+            client.infer(GEN, [], parameters={"seed": 3, "label": 5})
+    finally:
+        client.close()
+        assert server.stop() == 0
 
 
 def test_api_key_guards_all_but_health(image) -> None:
