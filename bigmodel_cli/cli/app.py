@@ -12,7 +12,7 @@ import sys
 import typer
 
 from bigmodel_cli import __version__
-from bigmodel_cli.cli import benchmark, export, info, prepare_data, recipes, serve, train
+from bigmodel_cli.cli import benchmark, export, info, predict, prepare_data, recipes, serve, train
 from bigmodel_cli.cli import eval as eval_cmd
 
 app = typer.Typer(
@@ -31,6 +31,7 @@ app.command("eval")(eval_cmd.eval_run)
 app.command("export")(export.export)
 app.command("benchmark")(benchmark.benchmark)
 app.command("serve")(serve.serve)
+app.command("predict")(predict.predict)
 
 
 def _version(value: bool) -> None:

@@ -17,7 +17,7 @@ from __future__ import annotations
 import os
 import re
 from collections import deque
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -268,3 +268,87 @@ def decode_files(files: Sequence[Path], size: int | tuple[int, int], channels: i
         raise UsageError(f"{files[0].parent.parent}: none of the {len(files)} images could be read "
                          f"(first: {bad[0]['file']}: {bad[0]['error']})")
     return out[:n_ok], ok, bad
+
+
+# ---------------------------------------------------------------- new images, a chunk at a time (predict, serve)
+
+LIST_SUFFIXES = (".txt", ".lst")  # a file listing images, one path per line (relative to the list's folder)
+
+
+def list_images(paths: Sequence[str | Path]) -> FileList:
+    """The image files named by `paths`, in order: a folder gives every image under it (sorted, sub-folders
+    included), an image file itself, a .txt/.lst file the images it lists one per line."""
+    files = FileList()
+    for given in paths:
+        path = Path(given)
+        if path.is_dir():
+            names = _image_names(path)
+            if not names:
+                raise UsageError(f"{path}: no images (files ending in {', '.join(IMAGE_SUFFIXES[:4])}...) in this "
+                                 f"folder or below")
+            files.add(path, names)
+        elif not path.exists():
+            raise UsageError(f"{path}: no such file or folder")
+        elif _suffix(path.name) in LIST_SUFFIXES:
+            files.add(path.parent, _listed(path))
+        elif _suffix(path.name) in IMAGE_SUFFIXES:
+            files.add(path.parent, [path.name])
+        else:
+            raise UsageError(f"{path}: not an image file ({', '.join(IMAGE_SUFFIXES[:4])}...), a folder of images, "
+                             f"or a .txt list of image paths")
+    return files
+
+
+def _listed(path: Path) -> list[str]:
+    try:
+        lines = path.read_text(encoding="utf-8-sig").splitlines()
+    except (OSError, UnicodeDecodeError) as e:
+        raise UsageError(f"{path}: not a readable list of image paths ({e})") from None
+    names = [line.strip() for line in lines if line.strip()]
+    if not names:
+        raise UsageError(f"{path}: lists no image paths (one per line)")
+    return names
+
+
+def decode_chunks(files: Sequence[Path], size: int | tuple[int, int], channels: int, rows: int = 256,
+                  workers: int | None = None) -> Iterator[tuple[int, np.ndarray, dict[int, str]]]:
+    """(first, uint8 [n, C, H, W], {index in the chunk: why that image is unreadable}) for `rows` files at a time.
+
+    Files are decoded by a pool of threads, at most a few chunks ahead of the one being
+    handed out, so memory stays bounded by a few chunks; an unreadable file is left as
+    zeros and reported, never raised.
+    """
+    import io
+
+    workers = workers or min(8, os.cpu_count() or 1)
+    width, height = (size, size) if isinstance(size, int) else size
+
+    def one(path: Path) -> np.ndarray | str:
+        try:
+            data = path.read_bytes()
+        except OSError as e:
+            return f"cannot read it ({e.strerror})"
+        try:
+            return to_array(io.BytesIO(data), size, channels)
+        except Exception as e:  # noqa: BLE001 - PIL raises many types for a bad file
+            message = (str(e).splitlines() or [type(e).__name__])[0]
+            return "unreadable image (" + re.sub(r"\s*<_io\.BytesIO object at 0x[0-9a-f]+>", "", message) + ")"
+
+    with ThreadPoolExecutor(max_workers=workers) as pool:
+        window = max(rows * 2, workers * 8)
+        pending: deque = deque(pool.submit(one, files[i]) for i in range(min(window, len(files))))
+        submitted = len(pending)
+        for first in range(0, len(files), rows):
+            n = min(rows, len(files) - first)
+            out = np.zeros((n, channels, height, width), dtype=np.uint8)
+            bad: dict[int, str] = {}
+            for i in range(n):
+                result = pending.popleft().result()
+                if submitted < len(files):
+                    pending.append(pool.submit(one, files[submitted]))
+                    submitted += 1
+                if isinstance(result, str):
+                    bad[i] = result
+                else:
+                    out[i] = result
+            yield first, out, bad

@@ -255,58 +255,111 @@ def onehot_mask(spec: dict[str, Any]) -> np.ndarray:
     return np.asarray(mask, dtype=bool)
 
 
-def apply_table(spec: dict[str, Any], table: pa.Table, row_numbers: np.ndarray | None = None) -> np.ndarray:
-    """Impute, bin and encode raw rows into float32 [N, F]; unseen categories become all-zero (one-hot) or -1."""
-    names = set(table.column_names)
-    missing = [c["name"] for c in spec["columns"] if c["name"] not in names]
+def check_columns(spec: dict[str, Any], names: list[str]) -> None:
+    """Exit 2 naming the first column the fitted table needs that `names` lacks, and the nearest one there."""
+    missing = [c["name"] for c in spec["columns"] if c["name"] not in set(names)]
     if missing:
-        near = difflib.get_close_matches(missing[0], table.column_names, n=1)
+        near = difflib.get_close_matches(missing[0], names, n=1)
         hint = f"; did you mean '{near[0]}'?" if near else ""
         raise UsageError(f"column '{missing[0]}' is missing from the input{hint} "
                          f"(expected: {', '.join(c['name'] for c in spec['columns'])})")
+
+
+def apply_table(spec: dict[str, Any], table: pa.Table, row_numbers: np.ndarray | None = None,
+                bad: dict[int, str] | None = None) -> np.ndarray:
+    """Impute, bin and encode raw rows into float32 [N, F]; unseen categories become all-zero (one-hot) or -1.
+
+    A row that cannot be encoded (a value that is not a number in a numeric column, a missing
+    value where the imputation is `drop`) is an exit-2 error naming it; with `bad` (a dict) it
+    is recorded there instead, {index in `table`: reason}, and its features are left at 0.
+    """
+    check_columns(spec, table.column_names)
     n = table.num_rows
-    out = np.zeros((n, len(spec["features"])), dtype=np.float32)
+    features = np.zeros((len(spec["features"]), n), dtype=np.float32)  # feature-major: each one written in place
     j = 0
     for c in spec["columns"]:
         column = table[c["name"]]
         if c["type"] == "numeric":
-            out[:, j] = _numeric_feature(c, column, row_numbers)
+            features[j] = _numeric_feature(c, column, row_numbers, bad)
             j += 1
             continue
-        index = _category_index(c, column, row_numbers)
+        index = _category_index(c, column, row_numbers, bad)
         if c["encoding"] == "ordinal":
-            out[:, j] = index
+            features[j] = index
             j += 1
         else:
             rows = np.flatnonzero(index >= 0)
-            out[rows, j + index[rows]] = 1.0
+            features[j + index[rows], rows] = 1.0
             j += len(c["categories"])
+    out = np.ascontiguousarray(features.T)
+    if bad:
+        out[np.fromiter(bad, dtype=np.int64, count=len(bad))] = 0.0
     return out
 
 
-def _numeric_feature(c: dict[str, Any], column, row_numbers: np.ndarray | None) -> np.ndarray:
-    values = numbers(column, c["name"])
+def parse_numbers(column: pa.ChunkedArray | pa.Array, name: str) -> tuple[np.ndarray, np.ndarray | None]:
+    """float64 values (NaN for missing) and the mask of values that are not numbers (None when every one is).
+
+    Columns read as numbers, or text whose every value Arrow parses as one, take `numbers`'
+    vectorised path; text with a value that is not a number is parsed value by value.
+    """
+    try:
+        return numbers(column, name), None
+    except UsageError:
+        pass
+    texts = strings(column).to_pylist()
+    values = np.full(len(texts), np.nan)
+    wrong = np.zeros(len(texts), dtype=bool)
+    for i, text in enumerate(texts):
+        if text is None or not text.strip():  # empty text is a missing value, as a CSV reader reads it
+            continue
+        try:
+            values[i] = float(text)
+        except ValueError:
+            wrong[i] = True
+    values[~np.isfinite(values)] = np.nan
+    return values, wrong
+
+
+def _numeric_feature(c: dict[str, Any], column, row_numbers: np.ndarray | None,
+                     bad: dict[int, str] | None = None) -> np.ndarray:
+    values, wrong = parse_numbers(column, c["name"])
+    for i in np.flatnonzero(wrong) if wrong is not None else ():
+        problem = f"column '{c['name']}' is {strings(column)[int(i)].as_py()!r}, not a number"
+        if bad is None:
+            raise UsageError(f"row {_row(int(i), row_numbers)}: {problem}")
+        bad.setdefault(int(i), problem)
     absent = np.isnan(values)
     if absent.any():
         if c["fill"] is None:
-            row = int(np.argmax(absent))
-            raise UsageError(f"row {_row(row, row_numbers)}: column '{c['name']}' is missing and its imputation is "
-                             f"'drop'; give a value")
-        values[absent] = c["fill"]
+            if bad is None:
+                row = int(np.argmax(absent))
+                raise UsageError(f"row {_row(row, row_numbers)}: column '{c['name']}' is missing and its imputation "
+                                 f"is 'drop'; give a value")
+            for i in np.flatnonzero(absent):
+                bad.setdefault(int(i), f"column '{c['name']}' is missing and its imputation is 'drop'")
+            values[absent] = 0.0
+        else:
+            values[absent] = c["fill"]
     if c["bins"] is not None:
         values = np.searchsorted(np.asarray(c["bins"]), values, side="right").astype(np.float64)
     return values
 
 
-def _category_index(c: dict[str, Any], column, row_numbers: np.ndarray | None) -> np.ndarray:
+def _category_index(c: dict[str, Any], column, row_numbers: np.ndarray | None,
+                    bad: dict[int, str] | None = None) -> np.ndarray:
     text = strings(column)
     if text.null_count:
         if c["fill"] is None:
             nulls = np.asarray(pc.is_null(text).to_numpy(zero_copy_only=False) if isinstance(text, pa.Array)
                                else pc.is_null(text).to_numpy())
-            raise UsageError(f"row {_row(int(np.argmax(nulls)), row_numbers)}: column '{c['name']}' is missing "
-                             f"and its imputation is 'drop'; give a value")
-        text = pc.fill_null(text, c["fill"])
+            if bad is None:
+                raise UsageError(f"row {_row(int(np.argmax(nulls)), row_numbers)}: column '{c['name']}' is missing "
+                                 f"and its imputation is 'drop'; give a value")
+            for i in np.flatnonzero(nulls):
+                bad.setdefault(int(i), f"column '{c['name']}' is missing and its imputation is 'drop'")
+        else:
+            text = pc.fill_null(text, c["fill"])
     index = pc.fill_null(pc.index_in(text, value_set=pa.array(c["categories"], pa.string())), -1)
     values = index.to_numpy() if isinstance(index, pa.ChunkedArray) else index.to_numpy(zero_copy_only=False)
     return np.asarray(values, dtype=np.int64)
@@ -368,8 +421,11 @@ def apply_images(spec: dict[str, Any], raw: Any) -> np.ndarray:
         try:
             out[i] = to_array(item, (width, height), spec["channels"])
         except (OSError, ValueError) as e:
+            import re
+
+            reason = re.sub(r"\s*<_io\.BytesIO object at 0x[0-9a-f]+>", "", (str(e).splitlines() or [""])[0])
             raise UsageError(f"image {i + 1} ({item if isinstance(item, str) else type(item).__name__}): "
-                             f"unreadable ({str(e).splitlines()[0] if str(e) else type(e).__name__})") from None
+                             f"unreadable ({reason or type(e).__name__})") from None
     return out
 
 

@@ -34,6 +34,7 @@ SNIFF_BYTES = 1 << 16
 BOMS = ((codecs.BOM_UTF8, "utf-8"), (codecs.BOM_UTF16_LE, "utf-16"), (codecs.BOM_UTF16_BE, "utf-16"))
 BLOCK_BYTES = 1 << 20  # CSV/JSON bytes parsed at a time (larger blocks made the threaded reader hold more)
 BATCH_ROWS = 65536  # rows per record batch of the mapped table: each pass over it works a batch at a time
+CHUNK_BYTES = 1 << 23  # RowSource: at most about this many bytes of columns per chunk of new rows
 CONVERSION_ERROR = re.compile(r"In CSV column #(\d+): CSV conversion error to ")
 
 
@@ -351,3 +352,299 @@ def _check_column_names(path: Path, names: list[str]) -> None:
         if name in seen:
             raise UsageError(f"{path}: column name '{name}' appears twice in the header")
         seen.add(name)
+
+
+# ---------------------------------------------------------------- new rows, a chunk at a time (predict, serve)
+
+ARROW_TRUE = ("1", "True", "TRUE", "true")  # what Arrow's CSV reader reads as booleans (and training did)
+ARROW_FALSE = ("0", "False", "FALSE", "false")
+
+
+class RowSource:
+    """An unlabeled table file read a chunk at a time, in order, with only the columns asked for.
+
+        source = RowSource("new.csv")              # delimiter and encoding sniffed as read_table does
+        source.names                              # every column of the file
+        for first, chunk in source.chunks({"age": pa.float64(), "city": pa.string(), "id": None}, rows=65536):
+            ...                      # chunk: a pyarrow Table of those columns; first: its first row (0-based)
+
+    The types are what the rows should be read as (CSV: None reads text as it stands, JSONL
+    and Parquet: None keeps the file's types). A value that does not convert (text in a
+    column asked for as numbers, `maybe` in a boolean one) is not an error here: that column
+    is then read as text, and `preprocess.apply_table` says which rows are bad. Boolean
+    columns read as text have Arrow's spellings of true/false normalised to "true"/"false",
+    as the training's reader would have typed them. Private memory is bounded by a chunk,
+    whatever the size of the file.
+    """
+
+    def __init__(self, path: str | Path, delimiter: str | None = None, encoding: str | None = None,
+                 newlines_in_values: bool = False):
+        self.path = Path(path)
+        suffix = _check_file(self.path)
+        self.delimiter, self.encoding, self.newlines = delimiter, encoding, newlines_in_values
+        self.total: int | None = None
+        if suffix in CSV_SUFFIXES:
+            self.format = "csv"
+            self.names = self._csv_names()
+        elif suffix in JSONL_SUFFIXES:
+            self.format = "jsonl"
+            self.names = self._jsonl_names()
+        elif suffix in PARQUET_SUFFIXES:
+            self.format = "parquet"
+            self.names = self._parquet_names()
+        else:
+            raise UsageError(f"{self.path}: unsupported file type '{suffix}'; use one of {', '.join(TABLE_SUFFIXES)}")
+        _check_column_names(self.path, self.names)
+
+    def chunks(self, types: dict[str, pa.DataType | None], rows: int = BATCH_ROWS,
+               max_bytes: int = CHUNK_BYTES) -> Iterator[tuple[int, pa.Table]]:
+        """(first row, Table of the columns of `types`, in that order) of `rows` rows each (the last: the rest),
+        in file order; fewer rows when that many would hold more than about `max_bytes` (wide rows, long texts),
+        the same number in every chunk, judged from the first rows read."""
+        missing = [name for name in types if name not in self.names]
+        if missing:
+            raise UsageError(f"{self.path}: no column '{missing[0]}'")
+        batches = {"csv": self._csv_batches, "jsonl": self._jsonl_batches, "parquet": self._parquet_batches}
+        first, pending, count = 0, [], 0
+        sized = False
+        for batch in batches[self.format](types, rows):
+            if not batch.num_rows:
+                continue
+            if not sized:
+                rows = max(1, min(rows, max_bytes * batch.num_rows // max(1, batch.nbytes)))
+                sized = True
+            pending.append(batch)
+            count += batch.num_rows
+            while count >= rows:
+                table = _join(pending, types)
+                yield first, table.slice(0, rows)
+                first, count = first + rows, count - rows
+                pending = [table.slice(rows)] if count else []
+        if pending:
+            yield first, _join(pending, types)
+
+    # -------- CSV: pyarrow's streaming reader; a column that fails to convert is read again as text
+
+    def _csv_setup(self):
+        import pyarrow.csv as pacsv
+
+        enc, sep, read_options = _csv_options(self.path, self.delimiter, self.encoding)
+        return pacsv, read_options, sep, enc
+
+    def _csv_names(self) -> list[str]:
+        pacsv, read_options, sep, enc = self._csv_setup()
+        try:
+            reader = pacsv.open_csv(self.path, read_options=read_options,
+                                    parse_options=pacsv.ParseOptions(delimiter=sep, newlines_in_values=self.newlines),
+                                    convert_options=pacsv.ConvertOptions(strings_can_be_null=True))
+        except (pa.ArrowInvalid, UnicodeDecodeError, ValueError) as e:
+            raise UsageError(_csv_problem(self.path, sep, enc) or f"{self.path}: not a readable CSV file "
+                                                                  f"({_first_line(e)})") from None
+        return reader.schema.names
+
+    def _csv_batches(self, types: dict[str, pa.DataType | None], rows: int) -> Iterator[pa.RecordBatch]:
+        pacsv, read_options, sep, enc = self._csv_setup()
+        wanted = {name: kind or pa.string() for name, kind in types.items()}
+        newlines, done = self.newlines, 0
+        while True:  # a restart skips the rows already given, reading them again with the looser types
+            parse_options = pacsv.ParseOptions(delimiter=sep, newlines_in_values=newlines)
+            convert_options = pacsv.ConvertOptions(strings_can_be_null=True, column_types=wanted,
+                                                   include_columns=list(types))
+            seen = 0
+            try:
+                for batch in pacsv.open_csv(self.path, read_options=read_options, parse_options=parse_options,
+                                            convert_options=convert_options):
+                    skip = min(batch.num_rows, max(0, done - seen))
+                    seen += batch.num_rows
+                    if skip < batch.num_rows:
+                        batch = _booleans_as_text(batch.slice(skip), types)
+                        done += batch.num_rows
+                        yield batch
+                return
+            except pa.ArrowInvalid as e:
+                conversion = CONVERSION_ERROR.search(str(e))
+                name = self.names[int(conversion.group(1))] if conversion else None
+                if name in wanted and wanted[name] != pa.string():
+                    wanted[name] = pa.string()
+                    continue
+                if not newlines and not conversion:  # perhaps quoted values with line breaks
+                    newlines = True
+                    continue
+                raise UsageError(_csv_problem(self.path, sep, enc) or f"{self.path}: not a readable CSV file "
+                                                                      f"({_first_line(e)})") from None
+            except (UnicodeDecodeError, ValueError) as e:
+                raise UsageError(_csv_problem(self.path, sep, enc) or f"{self.path}: not a readable CSV file "
+                                                                      f"({_first_line(e)})") from None
+
+    # -------- JSON lines: blocks of whole lines, each parsed by pyarrow (or line by line when its types mix)
+
+    def _lines(self) -> Iterator[bytes]:
+        """Blocks of about BLOCK_BYTES of whole lines, as UTF-8."""
+        enc = sniff_encoding(_head(self.path), self.encoding)
+        if enc == "utf-8":
+            with open(self.path, "rb") as f:
+                if f.read(3) != codecs.BOM_UTF8:
+                    f.seek(0)
+                rest = b""
+                while block := f.read(BLOCK_BYTES):
+                    block = rest + block
+                    cut = block.rfind(b"\n") + 1
+                    rest = block[cut:]
+                    if cut:
+                        yield block[:cut]
+                if rest:
+                    yield rest
+            return
+        with open(self.path, encoding=enc, newline="") as f:
+            try:
+                while lines := f.readlines(BLOCK_BYTES):
+                    yield "".join(lines).encode("utf-8")
+            except UnicodeDecodeError:
+                raise UsageError(_jsonl_problem(self.path, enc) or f"{self.path}: not valid {enc} text") from None
+
+    def _jsonl_names(self) -> list[str]:
+        block = next(self._lines(), b"")
+        names: dict[str, None] = {}
+        for line in block.splitlines():
+            try:
+                value = json.loads(line) if line.strip() else {}
+            except ValueError:
+                continue
+            if isinstance(value, dict):
+                names.update(dict.fromkeys(value))
+        if not names and block.strip():
+            raise UsageError(_jsonl_problem(self.path, "utf-8") or f"{self.path}: not readable JSON lines")
+        return list(names)
+
+    def _jsonl_batches(self, types: dict[str, pa.DataType | None], rows: int) -> Iterator[pa.Table]:
+        import pyarrow.json as pajson
+
+        for block in self._lines():
+            try:
+                table = pajson.read_json(io.BytesIO(block))
+            except pa.ArrowInvalid:  # types that change within the block, or a line that is not JSON
+                yield _json_by_line(block, types)
+                continue
+            columns = []
+            for name, kind in types.items():
+                if name not in table.column_names:
+                    columns.append(pa.nulls(table.num_rows, kind or pa.string()))
+                    continue
+                column = table[name]
+                if pa.types.is_struct(column.type) or pa.types.is_list(column.type):
+                    yield _json_by_line(block, types)
+                    break
+                if kind is not None and column.type != kind:
+                    try:
+                        column = column.cast(kind)
+                    except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
+                        column = column.cast(pa.string())
+                columns.append(column)
+            else:
+                yield pa.Table.from_arrays(columns, names=list(types))
+
+    # -------- Parquet: row groups read a batch at a time
+
+    def _parquet_names(self) -> list[str]:
+        import pyarrow.parquet as pq
+
+        try:
+            file = pq.ParquetFile(self.path)
+        except (pa.ArrowInvalid, OSError) as e:
+            raise UsageError(f"{self.path}: not a readable Parquet file ({_first_line(e)})") from None
+        self.total = file.metadata.num_rows
+        return file.schema_arrow.names
+
+    def _parquet_batches(self, types: dict[str, pa.DataType | None], rows: int) -> Iterator[pa.RecordBatch]:
+        import pyarrow.parquet as pq
+
+        try:
+            yield from pq.ParquetFile(self.path).iter_batches(batch_size=rows, columns=list(types))
+        except (pa.ArrowInvalid, OSError) as e:
+            raise UsageError(f"{self.path}: not a readable Parquet file ({_first_line(e)})") from None
+
+
+def _join(batches: list, types: dict[str, pa.DataType | None]) -> pa.Table:
+    """One table of the batches; a column read with different types in different batches (text after numbers) is
+    made text throughout."""
+    tables = [b if isinstance(b, pa.Table) else pa.Table.from_batches([b]) for b in batches]
+    if any(ROW_ERROR in t.column_names for t in tables):
+        tables = [t if ROW_ERROR in t.column_names else t.append_column(ROW_ERROR, pa.nulls(t.num_rows, pa.string()))
+                  for t in tables]
+    if len(tables) == 1:
+        return tables[0]
+    for name in types:
+        kinds = {t.schema.field(name).type for t in tables}
+        if len(kinds) > 1:
+            kinds.discard(pa.null())
+            target = kinds.pop() if len(kinds) == 1 else pa.string()
+            tables = [t.set_column(t.schema.get_field_index(name), name, t[name].cast(target)) for t in tables]
+    return pa.concat_tables(tables)
+
+
+def _booleans_as_text(batch: pa.RecordBatch, types: dict[str, pa.DataType | None]) -> pa.RecordBatch:
+    """Columns asked for as booleans but read as text (a value was neither): Arrow's spellings made true/false."""
+    import pyarrow.compute as pc
+
+    for i, (name, kind) in enumerate(types.items()):
+        column = batch.column(i)
+        if kind == pa.bool_() and column.type == pa.string():
+            column = pc.if_else(pc.is_in(column, value_set=pa.array(ARROW_TRUE)), "true",
+                                pc.if_else(pc.is_in(column, value_set=pa.array(ARROW_FALSE)), "false", column))
+            batch = batch.set_column(i, name, column)
+    return batch
+
+
+def _json_by_line(block: bytes, types: dict[str, pa.DataType | None]) -> pa.Table:
+    """Lines parsed one by one: every column as text (numbers as written, booleans true/false), None for missing;
+    a line that is not a JSON object becomes a row whose `__error__` says so."""
+    columns: dict[str, list] = {name: [] for name in types}
+    errors: list[str | None] = []
+    for line in block.splitlines():
+        if not line.strip():
+            continue
+        try:
+            value = json.loads(line)
+            problem = None if isinstance(value, dict) else f"expected a JSON object, got {type(value).__name__}"
+        except ValueError as e:
+            value, problem = {}, f"not valid JSON ({e.msg})"
+        if problem:
+            value = {}
+        errors.append(problem)
+        for name in types:
+            item = value.get(name)
+            if item is None or isinstance(item, str):
+                columns[name].append(item)
+            elif isinstance(item, bool):
+                columns[name].append("true" if item else "false")
+            elif isinstance(item, (int, float)):
+                columns[name].append(repr(item))
+            else:
+                columns[name].append(json.dumps(item))
+    arrays = {name: pa.array(values, pa.string()) for name, values in columns.items()}
+    if any(errors):
+        arrays[ROW_ERROR] = pa.array(errors, pa.string())
+    return pa.Table.from_pydict(arrays)
+
+
+ROW_ERROR = "__error__"  # a column some chunks carry: why that row could not be read (None when it could)
+
+
+def text_lines(path: str | Path, rows: int = BATCH_ROWS,
+               encoding: str | None = None) -> Iterator[tuple[int, list[str]]]:
+    """(first row, texts) of a text file, one text per line (line breaks removed), `rows` lines at a time."""
+    path = Path(path)
+    _check_file(path)
+    enc = sniff_encoding(_head(path), encoding)
+    first, texts = 0, []
+    with open(path, encoding="utf-8-sig" if enc == "utf-8" else enc, newline="") as f:
+        try:
+            for line in f:
+                texts.append(line.rstrip("\r\n"))
+                if len(texts) >= rows:
+                    yield first, texts
+                    first, texts = first + len(texts), []
+        except UnicodeDecodeError as e:
+            raise UsageError(f"{path} line {first + len(texts) + 1}: not valid {enc} text ({e.reason})") from None
+    if texts:
+        yield first, texts

@@ -12,6 +12,8 @@ is not valid JSON is an exit-2 error naming the file and key.
 
 Keys (SPEC "Exported model"): bigmodel_version, task, class_names, input_shape, recipe, normalization,
 input_kind, exporter, quantize, text_preprocessing (text models: the fitted tokenizer serve uses),
+table_preprocessing (table models: the fitted columns, imputation, categories, bins and the encoded feature
+order, so that predict and serve encode raw rows without the run directory),
 model ({"name", "args", "parameters"}: what the benchmark names), checkpoint ({"which": best|last|path, "path":
 relative to the run directory when inside it, "sha256"}: what `eval --onnx` compares against).
 """
@@ -36,12 +38,14 @@ INPUT_KIND = "input_kind"
 EXPORTER = "exporter"
 QUANTIZE = "quantize"
 TEXT_PREPROCESSING = "text_preprocessing"
+TABLE_PREPROCESSING = "table_preprocessing"
 MODEL = "model"
 CHECKPOINT = "checkpoint"
 
 KEYS = (BIGMODEL_VERSION, TASK, CLASS_NAMES, INPUT_SHAPE, RECIPE, NORMALIZATION, INPUT_KIND, EXPORTER, QUANTIZE,
-        TEXT_PREPROCESSING, MODEL, CHECKPOINT)
-JSON_KEYS = frozenset({CLASS_NAMES, INPUT_SHAPE, NORMALIZATION, TEXT_PREPROCESSING, MODEL, CHECKPOINT})
+        TEXT_PREPROCESSING, TABLE_PREPROCESSING, MODEL, CHECKPOINT)
+JSON_KEYS = frozenset({CLASS_NAMES, INPUT_SHAPE, NORMALIZATION, TEXT_PREPROCESSING, TABLE_PREPROCESSING, MODEL,
+                       CHECKPOINT})
 
 
 @dataclass(frozen=True)
@@ -58,6 +62,7 @@ class ExportMetadata:
     exporter: str | None = None
     quantize: str | None = None
     text_preprocessing: dict[str, Any] | None = None
+    table_preprocessing: dict[str, Any] | None = None
     model: dict[str, Any] | None = None
     checkpoint: dict[str, Any] | None = None
     raw: dict[str, str] = field(default_factory=dict)  # every key as stored, ours and any others
@@ -107,6 +112,8 @@ def for_run(run, *, exporter: str, quantize: str = "none", model: dict[str, Any]
         values[MODEL] = model
     if manifest["kind"] == "text":
         values[TEXT_PREPROCESSING] = manifest["preprocessing"]["text"]
+    if manifest["kind"] == "tabular" and "table" in manifest["preprocessing"]:
+        values[TABLE_PREPROCESSING] = manifest["preprocessing"]["table"]
     if checkpoint is not None:
         values[CHECKPOINT] = checkpoint
     return {key: json.dumps(value) if key in JSON_KEYS else str(value) for key, value in values.items()}

@@ -6,7 +6,7 @@
 
 The exported graph applies the run's normalisation itself, so inputs are the prepared rows as stored.
 `expect` (class_names, input_shape) is compared with the model's metadata: a model exported from
-another run is an exit-2 error, not wrong metrics.
+another run is an exit-2 error, not wrong metrics. `task=None` takes the task from the metadata.
 """
 
 from __future__ import annotations
@@ -26,8 +26,8 @@ ONNX_TYPES = {"tensor(float)": np.float32, "tensor(int64)": np.int64, "tensor(in
 class OnnxModel:
     """`predict(x)` runs the `logits` (classification) or `prediction` (regression) output batch by batch."""
 
-    def __init__(self, path: str | Path, task: str, expect: dict[str, Any] | None = None, device: str = "auto",
-                 threads: int = 0, label: str | None = None):
+    def __init__(self, path: str | Path, task: str | None, expect: dict[str, Any] | None = None, device: str = "auto",
+                 threads: int = 0, label: str | None = None, spinning: bool | None = None):
         from bigmodel_cli.export import metadata
         from bigmodel_cli.inference.session import create_session
 
@@ -35,13 +35,18 @@ class OnnxModel:
         where = label or f"--onnx {self.path}"
         if not self.path.is_file():
             raise UsageError(f"{where}: file not found; create it with: bigmodel export RUN_DIR")
-        self.session = create_session(self.path, device, threads, label=where)
+        self.session = create_session(self.path, device, threads, spinning=spinning, label=where)
         self.metadata = metadata.from_session(self.session, where)
         for key, want in (expect or {}).items():
             got = getattr(self.metadata, key)
             if got is not None and got != want:
                 raise UsageError(f"{where}: the model's {key} {json.dumps(got)} differs from the run's "
                                  f"{json.dumps(want)}; was it exported from another run?")
+        if task is None:  # an ONNX file alone: its metadata says what it does
+            task = self.metadata.task
+            if task not in ("classification", "regression"):
+                raise UsageError(f"{where}: metadata task {task!r} is not classification or regression; was it "
+                                 f"exported by `bigmodel export`?")
         self.task = task
         self.output = "logits" if task == "classification" else "prediction"
         names = [o.name for o in self.session.get_outputs()]
