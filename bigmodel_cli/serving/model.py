@@ -38,6 +38,7 @@ from bigmodel_cli.serving.protocol import (
     TextInput,
     labels,
 )
+from bigmodel_cli.serving.raw import raw_input
 
 MODEL_VERSION = "1"
 PLATFORM = "onnxruntime_onnx"
@@ -69,13 +70,14 @@ class LoadedModel:
         self.text = _text_input(self.meta, self.inputs, path or name)
         self.generator = generators.generator_input(self.task, self.metadata, self.inputs, self.class_names,
                                                     max_batch_size, path or name)
+        self.raw = raw_input(self.meta, self.inputs, self.input_dtypes, path, max_batch_size)
         self.providers: list[str] = list(session.get_providers())
         self.batchable = False
         self.ready = False
         self.signature = ModelSignature(
             inputs=self.inputs, outputs=self.outputs, input_dtypes=self.input_dtypes,
             max_batch_size=max_batch_size, class_names=self.class_names, has_label=self._score_output() is not None,
-            text=self.text, generator=self.generator, has_png=generators.has_png_output(self.outputs),
+            text=self.text, generator=self.generator, has_png=generators.has_png_output(self.outputs), raw=self.raw,
         )
 
     @classmethod
@@ -155,6 +157,8 @@ class LoadedModel:
             parameters["text_input"] = self._text_metadata()
         if self.generator is not None:  # `inputs` stay z (and label); both may come from request parameters
             parameters["generator"] = self.generator.metadata()
+        if self.raw is not None:  # what the input tensor means, and the raw forms (rows, columns, image files)
+            parameters["raw_input"] = self.raw.metadata()
         return {
             "name": self.name,
             "versions": [self.version],
@@ -182,6 +186,8 @@ class LoadedModel:
             for entry in config["input"]:
                 entry["optional"] = True
             config["parameters"] = {"generator": {"string_value": json.dumps(self.generator.metadata())}}
+        if self.raw is not None:
+            config["parameters"] = {"raw_input": {"string_value": json.dumps(self.raw.metadata())}}
         return config
 
     def _text_metadata(self) -> dict[str, Any]:

@@ -133,7 +133,7 @@ def test_tritonclient_binary_and_json(kind: str, request: pytest.FixtureRequest)
     auth = {"Authorization": f"Bearer {KEY}"} if kind == "image" else {}
     name = CLS if kind == "tabular" else "digits-cnn"
     rows = np.random.default_rng(3)
-    x = rows.normal(size=(5, 4)) if kind == "tabular" else rows.integers(0, 17, size=(5, 1, 8, 8))
+    x = rows.normal(size=(5, 4)) if kind == "tabular" else rows.integers(0, 256, size=(5, 1, 8, 8))  # pixels 0-255, as trained
     x = x.astype(np.float32)
     want = _local(path, x)
     client = httpclient.InferenceServerClient(url=server.url)
@@ -264,6 +264,28 @@ def test_tritonclient_calls_a_generator_by_seed_or_z(tmp_path: Path) -> None:
     finally:
         client.close()
         assert server.stop() == 0
+
+
+def documented_example(name: str) -> tuple[dict, object]:
+    """The request body of the `curl ... -d '...'` example marked `<!-- tested: NAME -->` in docs/deploy.md, and the
+    answer documented under it (the JSON after `# `), or None when it documents none."""
+    text = (Path(__file__).resolve().parents[2] / "docs" / "deploy.md").read_text()
+    block = text.split(f"<!-- tested: {name} ", 1)[1].split("```bash\n", 1)[1].split("```", 1)[0]
+    body = json.loads(block.split(" -d '", 1)[1].split("'", 1)[0])
+    answer = [line[2:] for line in block.splitlines() if line.startswith("# ")]
+    return body, json.loads(answer[0]) if answer else None
+
+
+@pytest.mark.parametrize("example", ["digits-pixels", "digits-png"])
+def test_documented_digits_examples_give_the_documented_answer(image, example: str) -> None:
+    """docs/deploy.md's curl examples send real inputs (0-255 pixels, a PNG file) to the served digits run."""
+    _, server = image
+    body, answer = documented_example(example)
+    request = urllib.request.Request(f"http://{server.url}/v2/models/digits-cnn/infer", data=json.dumps(body).encode(),
+                                     headers={"Authorization": f"Bearer {KEY}"})
+    with urllib.request.urlopen(request, timeout=30) as r:
+        doc = json.loads(r.read())
+    assert doc["outputs"][0]["data"] == answer == ["0"]
 
 
 def test_api_key_guards_all_but_health(image) -> None:

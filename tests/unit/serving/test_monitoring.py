@@ -252,55 +252,32 @@ def test_sampled_payload_log_has_tensors_and_no_credentials(models: dict[str, Pa
         PayloadLog(0.5, tmp_path / "no" / "such" / "dir.jsonl", model="m", version="1")
 
 
-# ------------------------------------------------------------------------------------------ a trained tabular run
+# ------------------------------------------------------------------------------------------ a trained table run
 
 
-@pytest.fixture(scope="module")
-def tabular_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """breast-cancer-mlp trained for one epoch on 128 rows, then exported (model.onnx, profile.json)."""
-    from bigmodel_cli import console
-    from bigmodel_cli.config.recipe import resolve
-    from bigmodel_cli.data.prepare import prepare
-    from bigmodel_cli.export.onnx_export import export_run
-    from bigmodel_cli.training.loop import fit, load_data
-
-    root = tmp_path_factory.mktemp("monitor-tabular")
-    recipe = resolve("breast-cancer-mlp", {"data.prepared": str(root / "data"), "model.args": {"hidden": [16]}},
-                     ["train.epochs=1", "train.batch_size=32"])
-    was_quiet = console.is_quiet()
-    console.quiet(True)
-    try:
-        prepare(recipe)
-        fit(recipe, root / "run", data=load_data(recipe).subset(128, 64))
-        export_run(root / "run")
-    finally:
-        console.quiet(was_quiet)
-    return root / "run"
-
-
-@pytest.mark.slow  # its run trains and exports (about 20 s on 2 busy cores)
-def test_export_writes_the_profile_serve_compares_with(tabular_run: Path, capsys: pytest.CaptureFixture) -> None:
+@pytest.mark.slow  # the churn run trains and exports (about 20 s on 2 busy cores; shared with test_raw_inputs)
+def test_export_writes_the_profile_serve_compares_with(churn_run: Path, capsys: pytest.CaptureFixture) -> None:
     from bigmodel_cli.run import load_run, rows
 
-    run = load_run(tabular_run)
-    profile = reference.read(tabular_run / "profile.json")
+    run = load_run(churn_run)
+    profile = reference.read(churn_run / "profile.json")
     val, _ = rows(run, "val")
     features = run.manifest["features"]
     assert profile["task"] == "classification" and profile["rows"] == len(val) and profile["split"] == "val"
-    assert profile["model_sha256"] == reference.file_sha256(tabular_run / "model.onnx")
+    assert profile["model_sha256"] == reference.file_sha256(churn_run / "model.onnx")
     assert profile["predicted_class"]["names"] == run.manifest["classes"]
     assert sum(profile["predicted_class"]["shares"]) == pytest.approx(1.0)
     assert sum(profile["confidence"]["shares"]) == pytest.approx(1.0)
-    assert profile["features"]["names"] == features and len(features) == 30
+    assert profile["features"]["names"] == features and "plan=pro" in features
     first = np.asarray(val[:, 0], np.float64)
     assert profile["features"]["cuts"][0] == pytest.approx(np.unique(np.quantile(first, reference.DECILES)).tolist())
 
-    model = LoadedModel.load(tabular_run / "model.onnx", device="cpu", max_batch_size=64)
+    model = LoadedModel.load(churn_run / "model.onnx", device="cpu", max_batch_size=64)
     monitor = monitors.for_model(model, profile)
     assert monitor.features == features
     x = np.asarray(val, np.float32)
     shifted = x.copy()
-    shifted[:, 3] *= 10  # one raw feature in other units (e.g. mm for cm)
+    shifted[:, 1] *= 100  # monthly charges in cents
     with TestClient(create_app(model, profile=profile)) as client:
         for _ in range(600 // len(x) + 1):
             for i in range(0, len(x), 32):
@@ -312,5 +289,5 @@ def test_export_writes_the_profile_serve_compares_with(tabular_run: Path, capsys
                 _infer(client, shifted[i:i + 32], name=model.name)
         drifted = _series(_metrics(client), "bigmodel_feature_drift_psi")
     assert max(steady.values()) < 0.05  # the validation rows again: no drift
-    assert drifted[features[3]] > 1.0 and drifted[features[0]] < 0.05
-    assert f"drift: feature {features[3]} PSI" in capsys.readouterr().err
+    assert drifted["monthly_charges"] > 1.0 and drifted["tenure_months"] < 0.05
+    assert "drift: feature monthly_charges PSI" in capsys.readouterr().err

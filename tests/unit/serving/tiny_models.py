@@ -4,6 +4,7 @@
 - `regressor`: [2, 3] features -> 1 value (Flatten + MatMul + Add), output prediction.
 - `generator`: z [B, 8] (+ label) -> image UINT8 [B, 1, 4, 4] (the generative export contract).
 - `restorer`: image UINT8 -> image UINT8.
+- `image_classifier`: pixels [B, 1, 8, 8] -> 3 classes (input_kind image: PNG/JPEG bytes accepted).
 """
 
 from __future__ import annotations
@@ -172,4 +173,30 @@ def restorer(path: Path, image_shape: tuple[int, int, int] = (1, 4, 4)) -> Path:
     metadata.write(path, {"bigmodel_version": __version__, "task": "restoration", "recipe": RESTORE,
                           "input_shape": json.dumps(list(image_shape)), "image_shape": json.dumps(list(image_shape)),
                           "input_kind": "image", "output_dtype": "uint8"})
+    return path
+
+
+IMG = "tiny-img"
+
+
+def image_classifier(path: Path, image_shape: tuple[int, int, int] = (1, 8, 8)) -> Path:
+    """An image classifier as an image run exports it: pixels FP32 [B, C, H, W] (raw 0..255, scaled inside) ->
+    3 classes; metadata input_kind image and input_shape, so the server takes PNG/JPEG bytes too."""
+    pixels = int(np.prod(image_shape))
+    rng = np.random.default_rng(4)
+    inits = [numpy_helper.from_array(rng.normal(size=(pixels, 3)).astype(np.float32) / 255.0, "W"),
+             numpy_helper.from_array(np.array([-1, pixels], np.int64), "flat_shape")]
+    graph = helper.make_graph(
+        [helper.make_node("Reshape", ["input", "flat_shape"], ["flat"]),
+         helper.make_node("MatMul", ["flat", "W"], ["logits"]),
+         helper.make_node("Softmax", ["logits"], ["probabilities"], axis=1)],
+        "tiny_img", [helper.make_tensor_value_info("input", TensorProto.FLOAT, ["batch", *image_shape])],
+        [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["batch", 3]),
+         helper.make_tensor_value_info("probabilities", TensorProto.FLOAT, ["batch", 3])],
+        initializer=inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)], ir_version=10)
+    _metadata(model, bigmodel_version=__version__, task="classification", recipe=IMG, class_names=["x", "y", "z"],
+              input_shape=list(image_shape), input_kind="image", normalization={})
+    onnx.checker.check_model(model, full_check=True)
+    onnx.save(model, path)
     return path
