@@ -133,7 +133,7 @@ def test_tritonclient_binary_and_json(kind: str, request: pytest.FixtureRequest)
     auth = {"Authorization": f"Bearer {KEY}"} if kind == "image" else {}
     name = CLS if kind == "tabular" else "digits-cnn"
     rows = np.random.default_rng(3)
-    x = rows.normal(size=(5, 4)) if kind == "tabular" else rows.integers(0, 256, size=(5, 1, 8, 8))  # pixels 0-255, as trained
+    x = rows.normal(size=(5, 4)) if kind == "tabular" else rows.integers(0, 256, size=(5, 1, 8, 8))  # 0-255
     x = x.astype(np.float32)
     want = _local(path, x)
     client = httpclient.InferenceServerClient(url=server.url)
