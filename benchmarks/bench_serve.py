@@ -4,6 +4,7 @@
     .venv/bin/python benchmarks/bench_serve.py --hostile [WIDTH]     # 63 MB JSON bodies: memory, others' latency
     .venv/bin/python benchmarks/bench_serve.py --monitoring          # issue 18: monitoring on vs off, concurrency 32
     .venv/bin/python benchmarks/bench_serve.py --generator           # issue 15: a small generator at batch 1, PNG
+    .venv/bin/python benchmarks/bench_serve.py --raw                 # issue 19: raw rows / PNG bytes vs encoded
 
 Model: `cnn_small` on 3x32x32 images (random weights, normalisation and softmax inside, as `bigmodel
 export` writes it), built into a temporary folder, at the widths given (default both): width 8 (5.8 MFLOP
@@ -47,6 +48,7 @@ MODEL = "cnn-small-bench"
 REQUESTS = {32: 2100, 1: 450}  # per server and scenario, split over ROUNDS interleaved rounds
 ROUNDS = 3
 MONITOR_ROUNDS = 9  # --monitoring: rounds of 3 settings, each first in turn
+RAW_ROUNDS = 6  # --raw: rounds of every request form
 WARMUP = 100
 
 
@@ -76,7 +78,7 @@ def build_model(folder: Path, width: int = 8) -> Path:
                       dynamic_axes={"input": {0: "batch"}, "logits": {0: "batch"}, "probabilities": {0: "batch"}})
     model = onnx.load(str(path))
     for key, value in {"task": "classification", "recipe": MODEL, "input_shape": json.dumps(SHAPE),
-                       "class_names": json.dumps([f"class{i}" for i in range(10)])}.items():
+                       "input_kind": "image", "class_names": json.dumps([f"class{i}" for i in range(10)])}.items():
         entry = model.metadata_props.add()
         entry.key, entry.value = key, value
     onnx.save(model, str(path))
@@ -297,6 +299,9 @@ def main() -> None:
         return
     if sys.argv[1:2] == ["--generator"]:
         generator_latency()
+        return
+    if sys.argv[1:2] == ["--raw"]:
+        raw_inputs()
         return
     widths = [int(w) for w in sys.argv[1:]] or [8, 32]
     for width in widths:
@@ -780,6 +785,159 @@ def generator_latency() -> None:
         finally:
             for proc, _ in servers:
                 stop(proc)
+
+
+# ---------------------------------------------------------------------------------------------- raw inputs
+
+
+def churn_run(folder: Path) -> Path:
+    """tabular-csv trained (5 epochs) and exported on benchmarks/recipe_data.py's churn table (2,000 rows)."""
+    sys.path.insert(0, str(REPO / "benchmarks"))
+    from recipe_data import churn
+
+    from bigmodel_cli import console
+    from bigmodel_cli.config.recipe import resolve
+    from bigmodel_cli.data.prepare import prepare
+    from bigmodel_cli.export.onnx_export import export_run
+    from bigmodel_cli.training.loop import fit
+
+    source = churn(folder / "churn.csv", 2000)
+    recipe = resolve("tabular-csv", {"data.prepared": str(folder / "data"), "data.source": str(source),
+                                     "data.target": "churned", "data.drop": ["customer_id"]}, ["train.epochs=5"])
+    console.quiet(True)
+    prepare(recipe)
+    fit(recipe, folder / "run")
+    export_run(folder / "run")
+    console.quiet(False)
+    return folder / "run"
+
+
+def _tensor_body(tensors: list[dict], outputs: bool = True) -> tuple[bytes, dict[str, str]]:
+    doc: dict = {"inputs": tensors}
+    if outputs:
+        doc["outputs"] = [{"name": "probabilities"}]
+    return json.dumps(doc).encode(), {}
+
+
+def _binary_body(tensors: list[tuple[str, str, list[int], bytes]]) -> tuple[bytes, dict[str, str]]:
+    header = json.dumps({"inputs": [{"name": n, "shape": shape, "datatype": t, "parameters": {"binary_data_size":
+                                                                                          len(raw)}}
+                                    for n, t, shape, raw in tensors],
+                         "parameters": {"binary_data_output": True}}).encode()
+    return header + b"".join(raw for *_, raw in tensors), {"Inference-Header-Content-Length": str(len(header))}
+
+
+def _bytes_element(data: bytes) -> bytes:
+    return len(data).to_bytes(4, "little") + data
+
+
+def raw_inputs() -> None:
+    """Raw inputs against the pre-encoded request, each in the same encoding, at concurrency 1 (p50) and 32
+    (req/s): one 3x32x32 image as PNG bytes vs its pixels (cnn_small w=8), one churn row as a JSON object or a
+    tensor per column vs its 12 encoded features (tabular-csv trained on benchmarks/recipe_data.py's churn table).
+    Rounds interleaved; goal (issue 19): raw at most 1.5x the pre-encoded p50 at concurrency 1."""
+    import base64
+    import csv as csv_module
+    import io
+
+    from PIL import Image
+
+    from bigmodel_cli.data.raw_inputs import InputSpec
+
+    rng = np.random.default_rng(0)
+    with tempfile.TemporaryDirectory() as tmp:
+        folder = Path(tmp)
+        image_path = build_model(folder, 8)
+        run = churn_run(folder / "churn")
+        images = rng.integers(0, 256, [32, 32, 32, 3]).astype(np.uint8)
+        pngs = []
+        for im in images:
+            buffer = io.BytesIO()
+            Image.fromarray(im).save(buffer, format="PNG")
+            pngs.append(buffer.getvalue())
+        pixels = [np.transpose(im, (2, 0, 1))[None].astype(np.float32) for im in images]
+        with (folder / "churn" / "churn.csv").open() as f:
+            table = list(csv_module.DictReader(f))[:32]
+        spec = InputSpec.from_manifest(json.loads((run / "preprocessing.json").read_text()))
+        columns = spec.columns()
+        rows = [{c: _typed(r[c]) for c in columns} for r in table]
+        encoded = [spec.rows([row]) for row in rows]
+
+        def column_tensors(row: dict) -> list[dict]:
+            return [{"name": c, "shape": [1], "datatype": "BYTES" if isinstance(row[c], str) else
+                     "BOOL" if isinstance(row[c], bool) else "FP64", "data": [row[c]]} for c in columns]
+
+        scenarios = {
+            "image": (image_path, [
+                ("pixels, binary FP32", [_binary_body([("input", "FP32", [1, *SHAPE], x.tobytes())]) for x in pixels]),
+                ("PNG bytes, binary", [_binary_body([("input", "BYTES", [1], _bytes_element(p))]) for p in pngs]),
+                ("pixels, JSON", [json_request(x) for x in pixels]),
+                ("PNG, JSON base64", [_tensor_body([{"name": "input", "shape": [1], "datatype": "BYTES",
+                                                     "data": [base64.b64encode(p).decode()]}]) for p in pngs]),
+            ]),
+            "table": (run / "model.onnx", [
+                ("encoded, JSON FP32", [_tensor_body([{"name": "input", "shape": list(x.shape), "datatype": "FP32",
+                                                       "data": x.ravel().tolist()}]) for x in encoded]),
+                ("row object, JSON", [(json.dumps({"parameters": {"rows": [row]},
+                                                   "outputs": [{"name": "probabilities"}]}).encode(), {})
+                                      for row in rows]),
+                ("column tensors, JSON", [_tensor_body(column_tensors(row)) for row in rows]),
+            ]),
+        }
+        for kind, (path, entries) in scenarios.items():
+            import onnxruntime as ort
+
+            session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+            inputs = pixels if kind == "image" else encoded
+            expected = np.stack([session.run(["probabilities"], {"input": x.astype(np.float32)})[0] for x in inputs])
+            proc, url = start_bigmodel(path, folder / f"serve-{kind}.log", ("--model-name", MODEL, "--no-access-log"))
+            pooled: dict[tuple[str, int], list] = {}
+            cpu: dict[tuple[str, int], float] = {}
+            try:
+                for _name, bodies in entries:
+                    load(url, bodies, 1, expected, WARMUP)
+                for concurrency in (1, 32):
+                    count = {1: 300, 32: 1200}[concurrency]
+                    for _ in range(RAW_ROUNDS):
+                        for name, bodies in entries:
+                            before = sum(cpu_seconds(proc.pid).values())
+                            lat, elapsed, errors = load(url, bodies, concurrency, expected, count // RAW_ROUNDS)
+                            cpu[name, concurrency] = cpu.get((name, concurrency), 0.0) + \
+                                sum(cpu_seconds(proc.pid).values()) - before
+                            run_ = pooled.setdefault((name, concurrency), [[], 0.0, 0])
+                            run_[0] += lat
+                            run_[1] += elapsed
+                            run_[2] += errors
+            finally:
+                stop(proc)
+            title = "cnn_small w=8, one 3x32x32 image" if kind == "image" else "tabular-csv churn MLP, one row"
+            print(f"\n{title} per request (load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores)")
+            print(f"  {'request':<24} {'c=1 p50 ms':>10} {'vs encoded':>10} {'c=1 CPU us':>10} {'c=32 req/s':>10} "
+                  f"{'c=32 p99 ms':>11} {'errors':>6}")
+            base = {}
+            for name, _ in entries:
+                one, many = summary(*pooled[name, 1]), summary(*pooled[name, 32])
+                encoding = "JSON" if "JSON" in name else "binary"
+                base.setdefault(encoding, one["p50_ms"])
+                ratio = one["p50_ms"] / base[encoding]
+                sent = RAW_ROUNDS * (300 // RAW_ROUNDS)
+                print(f"  {name:<24} {one['p50_ms']:>10.2f} {ratio:>9.2f}x {cpu[name, 1] / sent * 1e6:>10.0f} "
+                      f"{many['req_s']:>10,.0f} {many['p99_ms']:>11.1f} {one['errors'] + many['errors']:>6.0f}")
+        print("\n  vs encoded: p50 over the pre-encoded request's in the same encoding (binary with binary, JSON with "
+              "JSON); goal (issue 19) at most 1.5x.\n  c=1 CPU us: the server's CPU per request (steadier than "
+              "latency when other jobs share the cores)")
+
+
+def _typed(text: str):
+    """A CSV cell as a JSON client would send it: a number, true/false, null for empty, else the text."""
+    if text == "":
+        return None
+    if text in ("true", "false"):
+        return text == "true"
+    try:
+        return float(text) if "." in text else int(text)
+    except ValueError:
+        return text
 
 
 if __name__ == "__main__":

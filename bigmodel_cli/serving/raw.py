@@ -59,6 +59,7 @@ class RawInput:
         self.max_batch_size = max_batch_size
         self.columns = spec.columns() if self.kind == "tabular" else []
         self._column_set = frozenset(self.columns)
+        self._types = spec.read_types() if self.kind == "tabular" else {}  # how each column is best read
 
     # ------------------------------------------------------------------ what a client reads
 
@@ -140,7 +141,7 @@ class RawInput:
         import pyarrow as pa
 
         try:
-            table = pa.table({name: _arrow(values) for name, values in columns.items()})
+            table = pa.table({name: _arrow(values, self._types.get(name)) for name, values in columns.items()})
             x = self.spec.table(table)
         except UsageError as e:
             raise RequestError(400, str(e)) from None
@@ -241,12 +242,19 @@ def _base64_items(tensor: dict[str, Any], rows: int, name: str) -> list[bytes]:
     return items
 
 
-def _arrow(values: Any) -> Any:
-    """A column's values as Arrow reads them; mixed JSON types (a number and a string) as text."""
+def _arrow(values: Any, kind: Any = None) -> Any:
+    """A column's values as an Arrow array of the type the preprocessing reads it as (`kind`, from
+    `InputSpec.read_types`: no type inference), else as Arrow infers it; values that fit neither (a word in a numeric
+    column, a number and a string mixed) as text, which the preprocessing then names."""
     import pyarrow as pa
 
     if isinstance(values, np.ndarray):
         return pa.array(values)
+    if kind is not None:
+        try:
+            return pa.array(values, kind)
+        except (pa.ArrowInvalid, pa.ArrowTypeError, TypeError, OverflowError):
+            pass
     try:
         return pa.array(values)
     except (pa.ArrowInvalid, pa.ArrowTypeError):
