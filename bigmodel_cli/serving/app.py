@@ -298,7 +298,7 @@ class InferEndpoint:
                 infer_request = decode_infer_request(body, model.signature, header_length, held.take)
         del body
         timing.decode_s = time.perf_counter() - decoding
-        outputs = await batcher.infer(infer_request.inputs, timing)
+        outputs = await batcher.infer(infer_request.inputs, timing, infer_request.table)
         encoding = time.perf_counter()
         if PNG_OUTPUT in infer_request.outputs and outputs[IMAGE_OUTPUT].size > _INLINE_OUTPUT_VALUES:
             results = await asyncio.get_running_loop().run_in_executor(
@@ -313,7 +313,9 @@ class InferEndpoint:
         timing.encode_s = time.perf_counter() - encoding
         payloads: PayloadLog | None = state.payloads
         if payloads is not None and payloads.sampled():
-            payloads.log(infer_request.id, infer_request.parameters, infer_request.inputs,
+            table = infer_request.table  # raw rows: logged as the columns the client sent
+            payloads.log(infer_request.id, infer_request.parameters,
+                         infer_request.inputs if table is None else table.columns,
                          {name: results[name] for name in infer_request.outputs})
         if json_length is None:
             return 200, content, [(b"content-type", b"application/json")]

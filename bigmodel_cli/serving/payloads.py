@@ -10,7 +10,8 @@ One line per sampled request that was answered 200:
      "inputs": [{"name": "input", "datatype": "FP32", "shape": [1, 1, 8, 8], "data": [...]}],
      "outputs": [{"name": "probabilities", "datatype": "FP32", "shape": [1, 10], "data": [...]}]}
 
-Inputs are what the model was given (raw inputs after the server's preprocessing), outputs what the request
+Inputs are what the model was given (images after decoding, texts as token ids; raw table rows as the columns
+the client sent, its JSON values), outputs what the request
 asked for (all the model's outputs when it named none); BYTES values are text, or base64 (`"encoding":
 "base64"` on the tensor) when they are not UTF-8. Nothing of the HTTP exchange is logged: no headers (so never
 the API key), no client address, no binary framing. Lines are written by a thread of their own; at most
@@ -117,6 +118,8 @@ def tensor(name: str, value: np.ndarray) -> dict[str, Any]:
     """A tensor as the V2 protocol writes it in JSON (BYTES as text, or base64 when not UTF-8)."""
     from bigmodel_cli.serving.protocol import NUMPY_V2
 
+    if isinstance(value, list):  # a raw table column as the client sent it (JSON values)
+        return {"name": name, "shape": [len(value)], "data": value}
     value = np.asarray(value)
     out: dict[str, Any] = {"name": name, "shape": list(value.shape)}
     if value.dtype == object or value.dtype.kind in "SU":

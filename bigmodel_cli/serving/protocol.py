@@ -124,10 +124,11 @@ class InferRequest:
     binary_outputs: set[str] = field(default_factory=set)  # names to send as binary tensor data
     id: str | None = None
     parameters: dict[str, Any] = field(default_factory=dict)
+    table: Any = None  # `raw.TableRows`: raw table rows, prepared in their batch (then `inputs` is empty)
 
     @property
     def batch_size(self) -> int:
-        return next(iter(self.inputs.values())).shape[0]
+        return self.table.rows if self.table is not None else next(iter(self.inputs.values())).shape[0]
 
 
 @dataclass(frozen=True)
@@ -258,18 +259,19 @@ def decode_infer_request(body: bytes, signature: ModelSignature, header_length: 
     if raw is not None and raw.kind == "tabular" and "rows" in parameters:  # JSON objects, column name -> value
         if doc.get("inputs") not in (None, []):
             raise RequestError(400, "send table rows either as the parameter 'rows' or as input tensors, not both")
-        inputs = {raw.name: raw.from_rows(parameters["rows"])}
+        inputs, table = {}, raw.from_rows(parameters["rows"])
     else:
-        inputs = _decode_inputs(doc.get("inputs"), signature, binary, reserve)
+        inputs, table = _decode_inputs(doc.get("inputs"), signature, binary, reserve)
     if signature.generator is not None:
         inputs = signature.generator.complete(inputs, parameters)
     outputs, binary_outputs = _requested_outputs(doc.get("outputs"), parameters, signature)
     return InferRequest(inputs=inputs, outputs=outputs, binary_outputs=binary_outputs, id=request_id,
-                        parameters=parameters)
+                        parameters=parameters, table=table)
 
 
 def _decode_inputs(tensors: Any, signature: ModelSignature, binary: memoryview,
-                   reserve: Callable[[int], None] | None) -> dict[str, np.ndarray]:
+                   reserve: Callable[[int], None] | None) -> tuple[dict[str, np.ndarray], Any]:
+    """The inputs in the model's dtypes, or (a table model's raw column tensors) its checked `raw.TableRows`."""
     generator = signature.generator is not None  # its inputs may all come from request parameters (a seed)
     if generator and tensors is None:
         tensors = []
@@ -303,14 +305,14 @@ def _decode_inputs(tensors: Any, signature: ModelSignature, binary: memoryview,
             raise RequestError(400, f"send either the model's input '{next(iter(inputs))}' or raw column tensors, "
                                     f"not both")
         assert table is not None
-        inputs[table.name] = table.from_columns(columns)
+        return {}, table.from_columns(columns)
     missing = [n for n in expected if n not in inputs]
     if missing and not generator:  # a generator's are checked once its parameters are read
         raise RequestError(400, f"missing input(s): {', '.join(missing)}")
     batches = {a.shape[0] for a in inputs.values()}
     if len(batches) > 1:
         raise RequestError(400, f"inputs disagree on the batch size: {sorted(batches)}")
-    return inputs
+    return inputs, None
 
 
 def _decode_tensor(tensor: dict[str, Any], spec: TensorSpec, signature: ModelSignature, binary: memoryview,

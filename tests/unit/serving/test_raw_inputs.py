@@ -146,6 +146,41 @@ def test_documented_table_examples_are_answered_alike(churn) -> None:
     assert by_rows.json()["outputs"][0]["data"] == by_columns.json()["outputs"][0]["data"]
 
 
+@pytest.mark.slow
+def test_raw_rows_of_concurrent_requests_share_a_batch_and_a_bad_row_fails_only_its_request(
+        churn_run: Path, tmp_path: Path) -> None:
+    import asyncio
+
+    import httpx
+
+    from bigmodel_cli.serving.payloads import PayloadLog
+
+    model = LoadedModel.load(churn_run / "model.onnx", device="cpu", max_batch_size=16)
+    log = PayloadLog(1.0, tmp_path / "payloads.jsonl", model=model.name, version=model.version)
+    url = f"/v2/models/{model.name}/infer"
+    bodies = [{"parameters": {"rows": [ROWS[i % 3]] * (1 + i % 2)}, "outputs": [{"name": "probabilities"}]}
+              for i in range(6)]
+    bodies.insert(3, {"parameters": {"rows": [ROWS[0], {**ROWS[1], "support_calls": "many"}]}})
+
+    async def concurrently(app) -> tuple[list, dict]:
+        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://t") as client:
+            answers = await asyncio.gather(*(client.post(url, json=b) for b in bodies))
+            stats = (await client.get(f"/v2/models/{model.name}/stats")).json()["model_stats"][0]
+        return answers, stats
+
+    answers, stats = asyncio.run(concurrently(create_app(model, max_queue_delay_ms=50, payloads=log)))
+    log.close()
+    bad = answers.pop(3)
+    assert bad.status_code == 400 and "row 2: column 'support_calls' is 'many', not a number" in bad.json()["error"]
+    spec = InputSpec.from_manifest(json.loads((churn_run / "preprocessing.json").read_text()))
+    for body, answer in zip([b for i, b in enumerate(bodies) if i != 3], answers, strict=True):
+        want = _onnx(churn_run / "model.onnx", spec.rows(body["parameters"]["rows"]))
+        assert np.allclose(_probabilities(answer), want, atol=1e-6)
+    assert stats["execution_count"] < 6 and stats["inference_count"] == 9  # shared batches; the bad request left out
+    lines = [json.loads(line) for line in (tmp_path / "payloads.jsonl").read_text().splitlines()]
+    assert len(lines) == 6 and lines[0]["inputs"][0]["name"] == "tenure_months"  # the columns as the client sent
+
+
 TABLE_ERRORS = {
     "missing column": ({"parameters": {"rows": [{k: v for k, v in ROWS[0].items() if k != "region"}]}},
                        "row 1: column 'region' is missing"),
