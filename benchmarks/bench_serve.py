@@ -2,6 +2,9 @@
 
     make bench            # or: .venv/bin/python benchmarks/bench_serve.py [WIDTH...]
     .venv/bin/python benchmarks/bench_serve.py --hostile [WIDTH]     # 63 MB JSON bodies: memory, others' latency
+    .venv/bin/python benchmarks/bench_serve.py --monitoring          # issue 18: monitoring on vs off, concurrency 32
+    .venv/bin/python benchmarks/bench_serve.py --generator           # issue 15: a small generator at batch 1, PNG
+    .venv/bin/python benchmarks/bench_serve.py --raw                 # issue 19: raw rows / PNG bytes vs encoded
 
 Model: `cnn_small` on 3x32x32 images (random weights, normalisation and softmax inside, as `bigmodel
 export` writes it), built into a temporary folder, at the widths given (default both): width 8 (5.8 MFLOP
@@ -44,6 +47,8 @@ SHAPE = [3, 32, 32]
 MODEL = "cnn-small-bench"
 REQUESTS = {32: 2100, 1: 450}  # per server and scenario, split over ROUNDS interleaved rounds
 ROUNDS = 3
+MONITOR_ROUNDS = 9  # --monitoring: rounds of 3 settings, each first in turn
+RAW_ROUNDS = 6  # --raw: rounds of every request form
 WARMUP = 100
 
 
@@ -58,7 +63,7 @@ def build_model(folder: Path, width: int = 8) -> Path:
     from torch.utils.flop_counter import FlopCounterMode
 
     from bigmodel_cli.data.transform import Normalize
-    from bigmodel_cli.export.onnx_export import Exportable
+    from bigmodel_cli.export.module import Exportable
     from bigmodel_cli.models import create_model
 
     torch.manual_seed(0)
@@ -73,7 +78,7 @@ def build_model(folder: Path, width: int = 8) -> Path:
                       dynamic_axes={"input": {0: "batch"}, "logits": {0: "batch"}, "probabilities": {0: "batch"}})
     model = onnx.load(str(path))
     for key, value in {"task": "classification", "recipe": MODEL, "input_shape": json.dumps(SHAPE),
-                       "class_names": json.dumps([f"class{i}" for i in range(10)])}.items():
+                       "input_kind": "image", "class_names": json.dumps([f"class{i}" for i in range(10)])}.items():
         entry = model.metadata_props.add()
         entry.key, entry.value = key, value
     onnx.save(model, str(path))
@@ -105,13 +110,13 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def start_bigmodel(path: Path, log: Path) -> tuple[subprocess.Popen, str]:
-    """`bigmodel serve` with its defaults (access log on, to a file); its URL from the banner line."""
+def start_bigmodel(path: Path, log: Path, args: tuple[str, ...] = ()) -> tuple[subprocess.Popen, str]:
+    """`bigmodel serve` with its defaults (access log on, to a file) and `args`; its URL from the banner line."""
     env = {**os.environ, "CI": "1"}
     with log.open("w") as err:
         extra = os.environ.get("BENCH_SERVE_ARGS", "").split()  # e.g. "--max-queue-delay-ms 5" to try settings
         proc = subprocess.Popen([sys.executable, "-m", "bigmodel_cli", "serve", str(path), "--port", "0",
-                                 "--device", "cpu", *extra], stdout=subprocess.DEVNULL, stderr=err, env=env)
+                                 "--device", "cpu", *extra, *args], stdout=subprocess.DEVNULL, stderr=err, env=env)
     deadline = time.monotonic() + 90
     while time.monotonic() < deadline:
         match = re.search(r"http://127\.0\.0\.1:(\d+)", log.read_text())
@@ -288,6 +293,15 @@ def codec_costs(path: Path, x: np.ndarray) -> dict[str, float]:
 def main() -> None:
     if sys.argv[1:2] == ["--hostile"]:
         hostile(int(sys.argv[2]) if len(sys.argv) > 2 else 8)
+        return
+    if sys.argv[1:2] == ["--monitoring"]:
+        monitoring()
+        return
+    if sys.argv[1:2] == ["--generator"]:
+        generator_latency()
+        return
+    if sys.argv[1:2] == ["--raw"]:
+        raw_inputs()
         return
     widths = [int(w) for w in sys.argv[1:]] or [8, 32]
     for width in widths:
@@ -526,6 +540,404 @@ least).
                     print(f"       first answer: {status} {text.decode(errors='replace')}")
         finally:
             stop(proc)
+
+
+# ---------------------------------------------------------------------------------------------- monitoring
+
+
+def build_tabular(folder: Path, features: int = 30) -> Path:
+    """A tabular classifier as `bigmodel export` writes one for breast-cancer-mlp: 30 features, a 64-unit hidden
+    layer, 2 classes (onnx.helper, random weights)."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.default_rng(0)
+    inits = [numpy_helper.from_array((rng.normal(size=shape) / np.sqrt(shape[0])).astype(np.float32), name)
+             for name, shape in (("W1", (features, 64)), ("W2", (64, 2)))]
+    graph = helper.make_graph(
+        [helper.make_node("MatMul", ["input", "W1"], ["h"]), helper.make_node("Relu", ["h"], ["r"]),
+         helper.make_node("MatMul", ["r", "W2"], ["logits"]),
+         helper.make_node("Softmax", ["logits"], ["probabilities"], axis=1)],
+        "tabular", [helper.make_tensor_value_info("input", TensorProto.FLOAT, ["batch", features])],
+        [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["batch", 2]),
+         helper.make_tensor_value_info("probabilities", TensorProto.FLOAT, ["batch", 2])],
+        initializer=inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)], ir_version=10)
+    for key, value in {"task": "classification", "recipe": MODEL, "input_shape": json.dumps([features]),
+                       "input_kind": "tabular", "class_names": json.dumps(["benign", "malignant"])}.items():
+        entry = model.metadata_props.add()
+        entry.key, entry.value = key, value
+    path = folder / "model.onnx"
+    onnx.save(model, str(path))
+    return path
+
+
+def monitor_cost(path: Path, x: np.ndarray, profile: dict, rows: int = 8) -> float:
+    """CPU microseconds `Monitor.observe` takes for one batch of `rows` rows (in this process)."""
+    from bigmodel_cli.serving import monitor as monitors
+    from bigmodel_cli.serving.model import LoadedModel
+
+    model = LoadedModel.load(path, device="cpu", max_batch_size=32)
+    monitor = monitors.for_model(model, profile, drift_threshold=float("inf"))  # no warnings: same rows again
+    feeds = {"input": np.ascontiguousarray(x[:rows])}
+    outputs = model.run_batch(feeds)
+    n = 2000
+    start = time.process_time()
+    for _ in range(n):
+        monitor.observe(feeds, outputs)
+    return (time.process_time() - start) / n * 1e6
+
+
+def payload_cost(path: Path, x: np.ndarray, share: float = 0.01, n: int = 20000) -> float:
+    """CPU microseconds per request of sampling `share` of the requests into a payload log (this process, the
+    writer thread included), for one-row requests of `x`."""
+    from bigmodel_cli.serving.model import LoadedModel
+    from bigmodel_cli.serving.payloads import PayloadLog
+
+    model = LoadedModel.load(path, device="cpu", max_batch_size=32)
+    feeds = {"input": np.ascontiguousarray(x[:1])}
+    outputs = model.run_batch(feeds)
+    with tempfile.TemporaryDirectory() as tmp:
+        log = PayloadLog(share, Path(tmp) / "p.jsonl", model=model.name, version="1", seed=0)
+        start = time.process_time()
+        for _ in range(n):
+            if log.sampled():
+                log.log(None, {}, feeds, outputs)
+        log.close()
+        return (time.process_time() - start) / n * 1e6
+
+
+def monitoring() -> None:
+    """`bigmodel serve` with monitoring on (prediction metrics, drift against a profile beside the model), on with
+    1 % of the payloads logged, and off (--no-monitoring), side by side at concurrency 32, binary tensors; rounds
+    interleaved so that all three see the same background load. Models: cnn_small w=8 (image classifier: class and
+    confidence drift) and a 30-feature tabular MLP (feature summaries and 30 feature PSIs besides)."""
+    from bigmodel_cli.export import profile as reference
+
+    rng = np.random.default_rng(0)
+    for kind in ("image", "tabular"):
+        with tempfile.TemporaryDirectory() as tmp:
+            folder = Path(tmp)
+            if kind == "image":
+                path = build_model(folder, 8)
+                inputs = rng.integers(0, 256, [600, *SHAPE]).astype(np.float32)
+                title = "cnn_small w=8, 3x32x32"
+            else:
+                path = build_tabular(folder)
+                inputs = rng.normal(size=(600, 30)).astype(np.float32)
+                title = "tabular MLP 30-64-2"
+            profile = reference.build(path, inputs[:500], "classification",
+                                      feature_names=[f"x{i}" for i in range(30)] if kind == "tabular" else None)
+            (folder / "profile.json").write_text(json.dumps(profile))
+            import onnxruntime as ort
+
+            session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+            requests_x = inputs[500:564]
+            expected = np.stack([session.run(["probabilities"], {"input": x[None]})[0] for x in requests_x])
+            bodies = [binary_request(x[None]) for x in requests_x]
+            configs = {"off": ("--no-monitoring",), "on": (),
+                       "on + payloads 1%": ("--log-payloads", "0.01", "--payload-log", str(folder / "p.jsonl"))}
+            servers = {name: start_bigmodel(path, folder / f"serve-{i}.log", args)
+                       for i, (name, args) in enumerate(configs.items())}
+            pooled: dict[str, list] = {name: [[], 0.0, 0] for name in configs}
+            cpu: dict[str, dict[str, float]] = {name: {} for name in configs}
+            try:
+                for _name, (_, url) in servers.items():
+                    load(url, bodies, 32, expected, WARMUP)
+                for turn in range(MONITOR_ROUNDS):
+                    order = list(servers.items())
+                    for name, (proc, url) in order[turn % 3:] + order[:turn % 3]:  # each setting first in turn
+                        before = cpu_seconds(proc.pid)
+                        lat, elapsed, errors = load(url, bodies, 32, expected, REQUESTS[32] // MONITOR_ROUNDS)
+                        after = cpu_seconds(proc.pid)
+                        run = pooled[name]
+                        run[0] += lat
+                        run[1] += elapsed
+                        run[2] += errors
+                        for k in after:
+                            cpu[name][k] = cpu[name].get(k, 0.0) + after[k] - before.get(k, 0.0)
+                metrics_text = urllib.request.urlopen(f"{servers['on'][1]}/metrics", timeout=10).read().decode()
+            finally:
+                for proc, _ in servers.values():
+                    stop(proc)
+            observe_us = monitor_cost(path, inputs, profile)
+            payload_us = payload_cost(path, inputs)
+        sent = MONITOR_ROUNDS * (REQUESTS[32] // MONITOR_ROUNDS)
+        print(f"\n{title}: bigmodel serve, binary tensors, concurrency 32, {sent} requests per setting in "
+              f"{MONITOR_ROUNDS} "
+              f"interleaved rounds (load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores)")
+        print(f"  {'monitoring':<18} {'req/s':>8} {'vs off':>7} {'p50 ms':>8} {'p99 ms':>8} {'errors':>6} "
+              f"{'CPU us/request: loop':>21} {'threads':>8} {'sum':>6} {'vs off':>7}")
+        off = summary(*pooled["off"])
+        off_cpu = sum(cpu["off"].values()) / sent * 1e6
+        for name in configs:
+            r = summary(*pooled[name])
+            total = sum(cpu[name].values()) / sent * 1e6
+            print(f"  {name:<18} {r['req_s']:>8,.0f} {r['req_s'] / off['req_s']:>6.1%} {r['p50_ms']:>8.2f} "
+                  f"{r['p99_ms']:>8.2f} {r['errors']:>6.0f} {cpu[name].get('loop', 0) / sent * 1e6:>21.0f} "
+                  f"{cpu[name].get('threads', 0) / sent * 1e6:>8.0f} {total:>6.0f} {total / off_cpu:>6.1%}")
+        drift = [line for line in metrics_text.splitlines() if line.startswith("bigmodel_prediction_drift_psi")]
+        print(f"  in-process: Monitor.observe {observe_us:.1f} us CPU per batch of 8 rows; payload log at 1 % "
+              f"{payload_us:.1f} us per request; the 'on' server's "
+              f"/metrics: {len(drift)} prediction PSI gauges, "
+              f"{metrics_text.count('bigmodel_feature_drift_psi{')} feature PSI gauges")
+        extra = sum(cpu["on"].values()) / max(sum(cpu["off"].values()), 1e-9) - 1
+        ratio = summary(*pooled["on"])["req_s"] / off["req_s"]
+        print(f"  goal (issue 18): monitoring costs at most 3 % of throughput at concurrency 32 -> by server CPU per "
+              f"request (steady under load) {'met' if extra <= 0.03 else 'NOT met'} ({extra:+.1%}); by req/s "
+              f"{'met' if ratio >= 0.97 else 'NOT met'} ({ratio:.1%} of off; req/s swings by tens of % when other "
+              f"jobs share the cores)")
+
+
+# ---------------------------------------------------------------------------------------------- generator
+
+GEN_LATENT = 64
+
+
+def build_generator(folder: Path, latent_dim: int = GEN_LATENT, width: int = 64) -> Path:
+    """A DCGAN-style generator the size of digits-dcgan's (z 64 -> 4x4x2w -> transposed conv -> 8x8x1, uint8 out)
+    with random weights, exported with the generative contract's inputs, output and metadata."""
+    import torch
+    from torch import nn
+
+    from bigmodel_cli.export import metadata
+
+    class Generator(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.project = nn.Sequential(nn.Linear(latent_dim, 2 * width * 16), nn.BatchNorm1d(2 * width * 16),
+                                         nn.ReLU())
+            self.up = nn.Sequential(nn.ConvTranspose2d(2 * width, width, 4, 2, 1), nn.BatchNorm2d(width), nn.ReLU(),
+                                    nn.Conv2d(width, 1, 3, padding=1), nn.Tanh())
+
+        def forward(self, z: torch.Tensor) -> torch.Tensor:
+            x = self.up(self.project(z).reshape(-1, 2 * width, 4, 4))
+            return torch.round((x + 1) * 127.5).to(torch.uint8)
+
+    torch.manual_seed(0)
+    net = Generator().eval()
+    path = folder / "gan.onnx"
+    torch.onnx.export(net, (torch.zeros(2, latent_dim),), str(path), dynamo=False, input_names=["z"],
+                      output_names=["image"], opset_version=18, dynamic_axes={"z": {0: "batch"}, "image": {0: "batch"}})
+    metadata.write(path, {"task": "generation", "recipe": MODEL, "latent_dim": str(latent_dim),
+                          "conditional": "false", "class_names": json.dumps([str(i) for i in range(10)]),
+                          "input_shape": json.dumps([latent_dim]), "image_shape": json.dumps([1, 8, 8]),
+                          "input_kind": "latent", "output_dtype": "uint8"})
+    return path
+
+
+def generator_latency() -> None:
+    """Batch-1 latency of a small generator through `bigmodel serve` at concurrency 1: a seed asking for PNG (JSON,
+    base64), a seed asking for binary PNG bytes, z sent as binary asking for the UINT8 image; and whether a seed's
+    PNG bytes are the same on every call and on a second server process."""
+    import http.client
+
+    with tempfile.TemporaryDirectory() as tmp:
+        path = build_generator(Path(tmp))
+        servers = [start_bigmodel(path, Path(tmp) / f"serve-{i}.log") for i in range(2)]
+        z = np.random.default_rng(0).standard_normal((1, GEN_LATENT), dtype=np.float32)
+        header = json.dumps({"inputs": [{"name": "z", "shape": [1, GEN_LATENT], "datatype": "FP32",
+                                         "parameters": {"binary_data_size": z.nbytes}}],
+                             "parameters": {"binary_data_output": True}}).encode()
+        requests = {
+            "seed -> PNG (JSON base64)": (lambda i: json.dumps({"parameters": {"seed": i},
+                                                                "outputs": [{"name": "image_png"}]}).encode(), {}),
+            "seed -> PNG (binary)": (lambda i: json.dumps({"parameters": {"seed": i, "binary_data_output": True},
+                                                           "outputs": [{"name": "image_png"}]}).encode(), {}),
+            "z (binary) -> UINT8 image": (lambda i: header + z.tobytes(),
+                                          {"Inference-Header-Content-Length": str(len(header))}),
+        }
+        try:
+            host, port = servers[0][1].removeprefix("http://").split(":")
+            connection = http.client.HTTPConnection(host, int(port), timeout=30)
+            print(f"small generator (z {GEN_LATENT} -> 1x8x8 uint8, DCGAN-style, width 64), bigmodel serve, "
+                  f"concurrency 1, one image per request (load average {os.getloadavg()[0]:.1f} on "
+                  f"{os.cpu_count()} cores)")
+            print(f"  {'request':<28} {'p50 ms':>7} {'p90 ms':>7} {'p99 ms':>7}")
+            for name, (make, headers) in requests.items():
+                latencies = []
+                for i in range(WARMUP + 600):
+                    body = make(i % 50)
+                    start = time.perf_counter()
+                    connection.request("POST", f"/v2/models/{MODEL}/infer", body=body, headers=headers)
+                    response = connection.getresponse()
+                    response.read()
+                    if response.status != 200:
+                        raise SystemExit(f"{name}: {response.status}")
+                    if i >= WARMUP:
+                        latencies.append(time.perf_counter() - start)
+                lat = sorted(latencies)
+                print(f"  {name:<28} {1000 * statistics.median(lat):>7.2f} {1000 * lat[int(0.9 * len(lat))]:>7.2f} "
+                      f"{1000 * lat[int(0.99 * (len(lat) - 1))]:>7.2f}")
+            connection.close()
+
+            def pngs(url: str) -> list[str]:
+                out = []
+                for seed in range(10):
+                    body = json.dumps({"parameters": {"seed": seed, "n": 4}, "outputs": [{"name": "image_png"}]})
+                    request = urllib.request.Request(f"{url}/v2/models/{MODEL}/infer", data=body.encode())
+                    out += json.loads(urllib.request.urlopen(request, timeout=30).read())["outputs"][0]["data"]
+                return out
+
+            first, again, other = pngs(servers[0][1]), pngs(servers[0][1]), pngs(servers[1][1])
+            print(f"  same seed, byte-identical PNG: {'yes' if first == again else 'NO'} on a second call, "
+                  f"{'yes' if first == other else 'NO'} on a second server process (10 seeds x 4 images)")
+        finally:
+            for proc, _ in servers:
+                stop(proc)
+
+
+# ---------------------------------------------------------------------------------------------- raw inputs
+
+
+def churn_run(folder: Path) -> Path:
+    """tabular-csv trained (5 epochs) and exported on benchmarks/recipe_data.py's churn table (2,000 rows)."""
+    sys.path.insert(0, str(REPO / "benchmarks"))
+    from recipe_data import churn
+
+    from bigmodel_cli import console
+    from bigmodel_cli.config.recipe import resolve
+    from bigmodel_cli.data.prepare import prepare
+    from bigmodel_cli.export.onnx_export import export_run
+    from bigmodel_cli.training.loop import fit
+
+    source = churn(folder / "churn.csv", 2000)
+    recipe = resolve("tabular-csv", {"data.prepared": str(folder / "data"), "data.source": str(source),
+                                     "data.target": "churned", "data.drop": ["customer_id"]}, ["train.epochs=5"])
+    console.quiet(True)
+    prepare(recipe)
+    fit(recipe, folder / "run")
+    export_run(folder / "run")
+    console.quiet(False)
+    return folder / "run"
+
+
+def _tensor_body(tensors: list[dict], outputs: bool = True) -> tuple[bytes, dict[str, str]]:
+    doc: dict = {"inputs": tensors}
+    if outputs:
+        doc["outputs"] = [{"name": "probabilities"}]
+    return json.dumps(doc).encode(), {}
+
+
+def _binary_body(tensors: list[tuple[str, str, list[int], bytes]]) -> tuple[bytes, dict[str, str]]:
+    header = json.dumps({"inputs": [{"name": n, "shape": shape, "datatype": t, "parameters": {"binary_data_size":
+                                                                                          len(raw)}}
+                                    for n, t, shape, raw in tensors],
+                         "parameters": {"binary_data_output": True}}).encode()
+    return header + b"".join(raw for *_, raw in tensors), {"Inference-Header-Content-Length": str(len(header))}
+
+
+def _bytes_element(data: bytes) -> bytes:
+    return len(data).to_bytes(4, "little") + data
+
+
+def raw_inputs() -> None:
+    """Raw inputs against the pre-encoded request, each in the same encoding, at concurrency 1 (p50) and 32
+    (req/s): one 3x32x32 image as PNG bytes vs its pixels (cnn_small w=8), one churn row as a JSON object or a
+    tensor per column vs its 12 encoded features (tabular-csv trained on benchmarks/recipe_data.py's churn table).
+    Rounds interleaved; goal (issue 19): raw at most 1.5x the pre-encoded p50 at concurrency 1."""
+    import base64
+    import csv as csv_module
+    import io
+
+    from PIL import Image
+
+    from bigmodel_cli.data.raw_inputs import InputSpec
+
+    rng = np.random.default_rng(0)
+    with tempfile.TemporaryDirectory() as tmp:
+        folder = Path(tmp)
+        image_path = build_model(folder, 8)
+        run = churn_run(folder / "churn")
+        images = rng.integers(0, 256, [32, 32, 32, 3]).astype(np.uint8)
+        pngs = []
+        for im in images:
+            buffer = io.BytesIO()
+            Image.fromarray(im).save(buffer, format="PNG")
+            pngs.append(buffer.getvalue())
+        pixels = [np.transpose(im, (2, 0, 1))[None].astype(np.float32) for im in images]
+        with (folder / "churn" / "churn.csv").open() as f:
+            table = list(csv_module.DictReader(f))[:32]
+        spec = InputSpec.from_manifest(json.loads((run / "preprocessing.json").read_text()))
+        columns = spec.columns()
+        rows = [{c: _typed(r[c]) for c in columns} for r in table]
+        encoded = [spec.rows([row]) for row in rows]
+
+        def column_tensors(row: dict) -> list[dict]:
+            return [{"name": c, "shape": [1], "datatype": "BYTES" if isinstance(row[c], str) else
+                     "BOOL" if isinstance(row[c], bool) else "FP64", "data": [row[c]]} for c in columns]
+
+        scenarios = {
+            "image": (image_path, [
+                ("pixels, binary FP32", [_binary_body([("input", "FP32", [1, *SHAPE], x.tobytes())]) for x in pixels]),
+                ("PNG bytes, binary", [_binary_body([("input", "BYTES", [1], _bytes_element(p))]) for p in pngs]),
+                ("pixels, JSON", [json_request(x) for x in pixels]),
+                ("PNG, JSON base64", [_tensor_body([{"name": "input", "shape": [1], "datatype": "BYTES",
+                                                     "data": [base64.b64encode(p).decode()]}]) for p in pngs]),
+            ]),
+            "table": (run / "model.onnx", [
+                ("encoded, JSON FP32", [_tensor_body([{"name": "input", "shape": list(x.shape), "datatype": "FP32",
+                                                       "data": x.ravel().tolist()}]) for x in encoded]),
+                ("row object, JSON", [(json.dumps({"parameters": {"rows": [row]},
+                                                   "outputs": [{"name": "probabilities"}]}).encode(), {})
+                                      for row in rows]),
+                ("column tensors, JSON", [_tensor_body(column_tensors(row)) for row in rows]),
+            ]),
+        }
+        for kind, (path, entries) in scenarios.items():
+            import onnxruntime as ort
+
+            session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+            inputs = pixels if kind == "image" else encoded
+            expected = np.stack([session.run(["probabilities"], {"input": x.astype(np.float32)})[0] for x in inputs])
+            proc, url = start_bigmodel(path, folder / f"serve-{kind}.log", ("--model-name", MODEL, "--no-access-log"))
+            pooled: dict[tuple[str, int], list] = {}
+            cpu: dict[tuple[str, int], float] = {}
+            try:
+                for _name, bodies in entries:
+                    load(url, bodies, 1, expected, WARMUP)
+                for concurrency in (1, 32):
+                    count = {1: 300, 32: 1200}[concurrency]
+                    for _ in range(RAW_ROUNDS):
+                        for name, bodies in entries:
+                            before = sum(cpu_seconds(proc.pid).values())
+                            lat, elapsed, errors = load(url, bodies, concurrency, expected, count // RAW_ROUNDS)
+                            cpu[name, concurrency] = cpu.get((name, concurrency), 0.0) + \
+                                sum(cpu_seconds(proc.pid).values()) - before
+                            run_ = pooled.setdefault((name, concurrency), [[], 0.0, 0])
+                            run_[0] += lat
+                            run_[1] += elapsed
+                            run_[2] += errors
+            finally:
+                stop(proc)
+            title = "cnn_small w=8, one 3x32x32 image" if kind == "image" else "tabular-csv churn MLP, one row"
+            print(f"\n{title} per request (load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores)")
+            print(f"  {'request':<24} {'c=1 p50 ms':>10} {'vs encoded':>10} {'c=1 CPU us':>10} {'c=32 req/s':>10} "
+                  f"{'c=32 p99 ms':>11} {'errors':>6}")
+            base = {}
+            for name, _ in entries:
+                one, many = summary(*pooled[name, 1]), summary(*pooled[name, 32])
+                encoding = "JSON" if "JSON" in name else "binary"
+                base.setdefault(encoding, one["p50_ms"])
+                ratio = one["p50_ms"] / base[encoding]
+                sent = RAW_ROUNDS * (300 // RAW_ROUNDS)
+                print(f"  {name:<24} {one['p50_ms']:>10.2f} {ratio:>9.2f}x {cpu[name, 1] / sent * 1e6:>10.0f} "
+                      f"{many['req_s']:>10,.0f} {many['p99_ms']:>11.1f} {one['errors'] + many['errors']:>6.0f}")
+        print("\n  vs encoded: p50 over the pre-encoded request's in the same encoding (binary with binary, JSON with "
+              "JSON); goal (issue 19) at most 1.5x.\n  c=1 CPU us: the server's CPU per request (steadier than "
+              "latency when other jobs share the cores)")
+
+
+def _typed(text: str):
+    """A CSV cell as a JSON client would send it: a number, true/false, null for empty, else the text."""
+    if text == "":
+        return None
+    if text in ("true", "false"):
+        return text == "true"
+    try:
+        return float(text) if "." in text else int(text)
+    except ValueError:
+        return text
 
 
 if __name__ == "__main__":

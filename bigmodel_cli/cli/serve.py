@@ -5,8 +5,8 @@
     curl localhost:8000/v2/health/ready
 
 Given a run directory, its recipe's `serve` section supplies the defaults (host, port, max_batch_size,
-max_queue_delay_ms, max_queue, grace_seconds, max_body_mb, max_inflight_mb, request_timeout_s, threads, access_log);
-explicit flags win.
+max_queue_delay_ms, max_queue, grace_seconds, max_body_mb, max_inflight_mb, request_timeout_s, threads, access_log,
+drift_threshold, log_payloads); explicit flags win.
 """
 
 from __future__ import annotations
@@ -56,6 +56,15 @@ def serve(
     max_inflight_mb: float | None = typer.Option(None, "--max-inflight-mb", help="Memory all requests in flight "
                                                  "may hold to receive and decode their bodies; past it, 503 "
                                                  "(default 256)."),
+    drift_threshold: float | None = typer.Option(None, "--drift-threshold", help="Warn when the population "
+                                                 "stability index of predictions or a feature against the "
+                                                 "export's reference profile passes this (default 0.2)."),
+    log_payloads: float | None = typer.Option(None, "--log-payloads", help="Share of infer requests logged with "
+                                              "their answers as JSON lines, e.g. 0.01 (default 0: none)."),
+    payload_log: str = typer.Option("-", "--payload-log", help="Where --log-payloads writes: a file (appended), "
+                                    "or - for stdout."),
+    monitoring: bool = typer.Option(True, "--monitoring/--no-monitoring", help="Prediction and drift metrics on "
+                                    "/metrics (default on)."),
     device: str = typer.Option("auto", "--device", help="auto | cpu | cuda."),
     api_key_env: str | None = typer.Option(None, "--api-key-env", help="Require 'Authorization: Bearer $VAR'."),
 ) -> None:
@@ -64,7 +73,9 @@ def serve(
                                  "max_queue_delay_ms": max_queue_delay_ms, "max_queue": max_queue,
                                  "grace_seconds": grace_seconds, "max_body_mb": max_body_mb, "threads": threads,
                                  "access_log": access_log, "request_timeout_s": request_timeout_s,
-                                 "max_inflight_mb": max_inflight_mb})
+                                 "max_inflight_mb": max_inflight_mb, "drift_threshold": drift_threshold,
+                                 "log_payloads": log_payloads})
     from bigmodel_cli.serving.server import ServeOptions, run_server
 
-    run_server(model, ServeOptions(**settings, model_name=model_name, device=device, api_key_env=api_key_env))
+    run_server(model, ServeOptions(**settings, model_name=model_name, device=device, api_key_env=api_key_env,
+                                   payload_log=payload_log, monitoring=monitoring))

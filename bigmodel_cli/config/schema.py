@@ -346,6 +346,8 @@ class ServeSection(Section):
     request_timeout_s: float = Field(default=30.0, gt=0.0)  # a request head or body not in by then gets 408
     threads: int = Field(default=0, ge=0)  # onnxruntime intra-op threads (0: one per core)
     access_log: bool = True  # one JSON line per request on stderr
+    drift_threshold: float = Field(default=0.2, gt=0.0)  # PSI vs the export's reference profile that logs a warning
+    log_payloads: float = Field(default=0.0, ge=0.0, le=1.0)  # share of infer requests logged to JSONL (--payload-log)
 
 
 class Recipe(Section):

@@ -33,6 +33,7 @@ from bigmodel_cli import atomic, console
 from bigmodel_cli.data import manifest as manifests
 from bigmodel_cli.errors import JobFailed, UsageError
 from bigmodel_cli.export import metadata
+from bigmodel_cli.export import profile as reference_profile
 from bigmodel_cli.export import verify as V
 from bigmodel_cli.export.module import Exportable, exportable, input_dtype, output_names, sample_input
 from bigmodel_cli.run import load_run
@@ -140,6 +141,8 @@ def export_run(run_dir: str | Path, checkpoint: str = "best", out: Path | None =
                 f"export verification failed: the exported model differs from PyTorch (max abs error "
                 f"{check['max_abs_error']:.3g}, agreement {check.get('agreement', 1.0):.4f}); no model written"
             )
+        if fmt == "onnx":  # what serve compares live traffic with (drift): the model's answers on these rows
+            reference_profile.write_for_run(run, tmp, rows, reference_profile.profile_path(out))
         report = _report(job, out, tmp.stat().st_size, exporter, fmt, check, extra, started)
         atomic.write_json(report_tmp, report)
     _summarise(report, report_path(out))

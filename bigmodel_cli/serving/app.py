@@ -5,7 +5,8 @@
 
 Routes (each model route also under `/versions/{version}`):
 `GET /v2/health/live`, `GET /v2/health/ready`, `GET /v2`, `GET /v2/models/{m}`, `GET /v2/models/{m}/ready`,
-`GET /v2/models/{m}/config`, `POST /v2/models/{m}/infer`, `GET /metrics`.
+`GET /v2/models/{m}/config`, `POST /v2/models/{m}/infer`, `GET /v2/models/{m}/stats` (and `GET /v2/models/stats`:
+Triton's statistics extension, `stats.py`), `GET /metrics` (with the prediction and drift metrics of `monitor.py`).
 Inference goes through the `DynamicBatcher` (onnxruntime in a worker thread, never on the event loop);
 anything a client sends that is wrong is a 4xx `{"error": ...}`. A 500 is a server bug (or a failing
 device): logged once with its traceback, counted in `bigmodel_server_errors_total`.
@@ -47,10 +48,13 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from bigmodel_cli import __version__
 from bigmodel_cli.console import console, warn
 from bigmodel_cli.serving.batcher import DynamicBatcher
+from bigmodel_cli.serving.generator import IMAGE_OUTPUT
 from bigmodel_cli.serving.metrics import ServerMetrics
 from bigmodel_cli.serving.model import LoadedModel
+from bigmodel_cli.serving.payloads import PayloadLog
 from bigmodel_cli.serving.protocol import (
     COUNTED_JSON_BYTES,
+    PNG_OUTPUT,
     InferRequest,
     ModelSignature,
     RequestError,
@@ -60,9 +64,10 @@ from bigmodel_cli.serving.protocol import (
     header_size,
     json_marks,
 )
+from bigmodel_cli.serving.stats import ModelStats, RequestTiming
 
 SERVER_NAME = "bigmodel"
-EXTENSIONS = ["binary_tensor_data", "model_configuration"]  # only what is implemented
+EXTENSIONS = ["binary_tensor_data", "model_configuration", "statistics"]  # only what is implemented
 DEFAULT_MAX_BODY_BYTES = 64 * 1024 * 1024
 DEFAULT_MAX_INFLIGHT_BYTES = 256 * 1024 * 1024
 DEFAULT_REQUEST_TIMEOUT_S = 30.0
@@ -161,6 +166,15 @@ async def _model_config(request: Request) -> Response:
 
 
 @_endpoint
+async def _model_stats(request: Request) -> Response:
+    """Triton's statistics extension: this model's counts and cumulative durations (`stats.ModelStats`)."""
+    stats: ModelStats = request.app.state.stats
+    if "model" in request.path_params:
+        _model(request)  # 404 for another model or version
+    return JSONResponse({"model_stats": [stats.json()]})
+
+
+@_endpoint
 async def _metrics(request: Request) -> Response:
     metrics: ServerMetrics = request.app.state.metrics
     return Response(metrics.render(), media_type=metrics.content_type)
@@ -225,10 +239,16 @@ class InferEndpoint:
         started = time.perf_counter()
         metrics.inflight.inc()
         held = _Held(state.inflight)
+        timing = RequestTiming()
         try:
-            status, content, headers = await self._answer(scope, receive, held)
+            status, content, headers = await self._answer(scope, receive, held, timing)
             metrics.count(status)
-            metrics.request_duration.observe(time.perf_counter() - started)
+            elapsed = time.perf_counter() - started
+            metrics.request_duration.observe(elapsed)
+            if status == 200:
+                state.stats.request(elapsed, timing)
+            elif status != 404:  # a request for another model is not this one's failure
+                state.stats.failed(elapsed)
             headers.append((b"content-length", str(len(content)).encode()))
             await send({"type": "http.response.start", "status": status, "headers": headers})
             await send({"type": "http.response.body", "body": content})
@@ -237,10 +257,10 @@ class InferEndpoint:
             if held.bytes:
                 state.inflight.give(held.bytes)
 
-    async def _answer(self, scope: Scope, receive: Receive,
-                      held: _Held) -> tuple[int, bytes, list[tuple[bytes, bytes]]]:
+    async def _answer(self, scope: Scope, receive: Receive, held: _Held,
+                      timing: RequestTiming) -> tuple[int, bytes, list[tuple[bytes, bytes]]]:
         try:
-            return await self._infer(scope, receive, held)
+            return await self._infer(scope, receive, held, timing)
         except asyncio.CancelledError:  # the server stopped waiting for this request (grace period over)
             return _error_body(503, "server is shutting down", close=True)
         except Exception as e:
@@ -249,8 +269,8 @@ class InferEndpoint:
             # closes; too many JSON values, it stays open and the server discards the rest (the client gets the 400)
             return _error_body(status, message, close=held.receiving and status != 400)
 
-    async def _infer(self, scope: Scope, receive: Receive,
-                     held: _Held) -> tuple[int, bytes, list[tuple[bytes, bytes]]]:
+    async def _infer(self, scope: Scope, receive: Receive, held: _Held,
+                     timing: RequestTiming) -> tuple[int, bytes, list[tuple[bytes, bytes]]]:
         state = self.state
         model: LoadedModel = state.model
         name, version = infer_target(scope["path"]) or (None, None)
@@ -269,6 +289,7 @@ class InferEndpoint:
         held.receiving = False
         json_size = len(body) if json_size is None else json_size
         batcher: DynamicBatcher = state.batcher
+        decoding = time.perf_counter()
         with batcher.expecting():  # from here on it may join the next batch (a stalled upload never delays one)
             if json_size > _INLINE_JSON_BYTES:
                 infer_request = await asyncio.get_running_loop().run_in_executor(
@@ -276,12 +297,26 @@ class InferEndpoint:
             else:
                 infer_request = decode_infer_request(body, model.signature, header_length, held.take)
         del body
-        results = model.with_label(await batcher.infer(infer_request.inputs), infer_request.outputs)
+        timing.decode_s = time.perf_counter() - decoding
+        outputs = await batcher.infer(infer_request.inputs, timing, infer_request.table)
+        encoding = time.perf_counter()
+        if PNG_OUTPUT in infer_request.outputs and outputs[IMAGE_OUTPUT].size > _INLINE_OUTPUT_VALUES:
+            results = await asyncio.get_running_loop().run_in_executor(
+                state.codec, model.with_extras, outputs, infer_request.outputs)
+        else:
+            results = model.with_extras(outputs, infer_request.outputs)
         if _json_values(infer_request, results) > _INLINE_OUTPUT_VALUES:
             content, json_length = await asyncio.get_running_loop().run_in_executor(
                 state.codec, encode_infer_response, model.name, model.version, infer_request, results)
         else:
             content, json_length = encode_infer_response(model.name, model.version, infer_request, results)
+        timing.encode_s = time.perf_counter() - encoding
+        payloads: PayloadLog | None = state.payloads
+        if payloads is not None and payloads.sampled():
+            table = infer_request.table  # raw rows: logged as the columns the client sent
+            payloads.log(infer_request.id, infer_request.parameters,
+                         infer_request.inputs if table is None else table.columns,
+                         {name: results[name] for name in infer_request.outputs})
         if json_length is None:
             return 200, content, [(b"content-type", b"application/json")]
         return 200, content, [(b"content-type", b"application/octet-stream"),
@@ -564,15 +599,24 @@ def create_app(model: LoadedModel, api_key: str | None = None, max_body_bytes: i
                max_queue_delay_ms: float = 2.0, max_queue: int = 1024, access_log: bool = False,
                log_stream: TextIO | None = None, request_timeout_s: float = DEFAULT_REQUEST_TIMEOUT_S,
                max_inflight_bytes: int = DEFAULT_MAX_INFLIGHT_BYTES,
-               stopping: threading.Event | None = None) -> ASGIApp:
+               stopping: threading.Event | None = None, monitoring: bool = True, profile: dict[str, Any] | None = None,
+               drift_threshold: float = 0.2, payloads: PayloadLog | None = None) -> ASGIApp:
     """The V2 HTTP app serving `model`; `api_key` guards all but the health endpoints.
 
     `stopping` is set by the server when it begins to shut down: readiness fails, and a body still awaited
-    is answered 503 instead of 408 when its time is up.
+    is answered 503 instead of 408 when its time is up. `monitoring`: prediction metrics, and drift against
+    `profile` (the export's reference profile) with warnings past `drift_threshold`; `payloads` logs a sample
+    of the requests (closed when the app shuts down).
     """
+    from bigmodel_cli.serving import monitor as monitors
+
     metrics = ServerMetrics(model.name, model.max_batch_size)
+    stats = ModelStats(model.name, model.version)
+    monitor = monitors.for_model(model, profile, drift_threshold) if monitoring else None
+    if monitor is not None:
+        metrics.registry.register(monitor)
     batcher = DynamicBatcher(model, metrics, max_batch_size=model.max_batch_size,
-                             max_queue_delay_ms=max_queue_delay_ms, max_queue=max_queue)
+                             max_queue_delay_ms=max_queue_delay_ms, max_queue=max_queue, stats=stats, monitor=monitor)
 
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
@@ -581,6 +625,8 @@ def create_app(model: LoadedModel, api_key: str | None = None, max_body_bytes: i
         app.state.accepting = False  # readiness probes fail from here on: the load balancer stops sending
         await batcher.stop()
         codec.shutdown(wait=False)
+        if payloads is not None:
+            payloads.close()
 
     routes = Starlette(exception_handlers={HTTPException: _http_error}, lifespan=lifespan)
     infer = InferEndpoint(routes.state)
@@ -588,6 +634,9 @@ def create_app(model: LoadedModel, api_key: str | None = None, max_body_bytes: i
         routes.router.routes.append(route)
     routes.state.model = model
     routes.state.metrics = metrics
+    routes.state.stats = stats
+    routes.state.monitor = monitor
+    routes.state.payloads = payloads
     routes.state.batcher = batcher
     routes.state.max_body_bytes = max_body_bytes
     routes.state.request_timeout_s = request_timeout_s
@@ -614,12 +663,14 @@ def _routes(infer: ASGIApp) -> list[Route]:
         Route("/v2/health/ready", _server_ready, methods=["GET"]),
         Route("/v2", _server_metadata, methods=["GET"]),
         Route("/metrics", _metrics, methods=["GET"]),
+        Route("/v2/models/stats", _model_stats, methods=["GET"]),  # before /v2/models/{model}: all models' stats
     ]
     for prefix in ("/v2/models/{model}", "/v2/models/{model}/versions/{version}"):
         routes += [
             Route(prefix, _model_metadata, methods=["GET"]),
             Route(f"{prefix}/ready", _model_ready, methods=["GET"]),
             Route(f"{prefix}/config", _model_config, methods=["GET"]),
+            Route(f"{prefix}/stats", _model_stats, methods=["GET"]),
         ]
     return routes
 

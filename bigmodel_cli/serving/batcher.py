@@ -22,6 +22,7 @@ from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
@@ -29,28 +30,30 @@ from bigmodel_cli.console import console
 from bigmodel_cli.serving.metrics import ServerMetrics
 from bigmodel_cli.serving.model import LoadedModel
 from bigmodel_cli.serving.protocol import RequestError
+from bigmodel_cli.serving.stats import ModelStats, RequestTiming
 
 
 @dataclass
 class _Job:
-    inputs: dict[str, np.ndarray]
+    inputs: dict[str, np.ndarray]  # empty for raw table rows (`table`), prepared with their batch
     rows: int
     future: asyncio.Future
     enqueued: float  # loop.time()
-
-    @property
-    def row_shapes(self) -> tuple:
-        """Jobs stack into one batch only when every input's shape past the batch dimension agrees."""
-        return tuple((name, a.shape[1:]) for name, a in self.inputs.items())
+    timing: RequestTiming | None = None
+    table: Any = None  # raw.TableRows
+    row_shapes: tuple = ()  # jobs stack into one batch only when every input's shape past the batch dimension agrees
 
 
 class DynamicBatcher:
     """Queue requests, run them in merged batches, hand each caller its rows of every output."""
 
     def __init__(self, model: LoadedModel, metrics: ServerMetrics, *, max_batch_size: int = 32,
-                 max_queue_delay_ms: float = 2.0, max_queue: int = 1024) -> None:
+                 max_queue_delay_ms: float = 2.0, max_queue: int = 1024, stats: ModelStats | None = None,
+                 monitor: Any = None) -> None:
         self.model = model
         self.metrics = metrics
+        self.stats = stats
+        self.monitor = monitor  # `monitor.Monitor`: sees every batch's inputs and outputs in the worker thread
         self.max_rows = max_batch_size
         self.delay = max_queue_delay_ms / 1000
         self.max_queue = max_queue
@@ -73,14 +76,23 @@ class DynamicBatcher:
             if not self._arriving:  # the only change of `_arriving` that a waiting batch acts on
                 self._wakeup.set()
 
-    async def infer(self, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        """This request's rows of every model output, computed in a batch with whatever else is queued."""
+    async def infer(self, inputs: dict[str, np.ndarray], timing: RequestTiming | None = None,
+                    table: Any = None) -> dict[str, np.ndarray]:
+        """This request's rows of every model output, computed in a batch with whatever else is queued; `timing`
+        is given the request's queue wait and its batch's durations. `table` (raw.TableRows, with `inputs` empty):
+        raw table rows, prepared together with the other raw rows of the batch in the worker thread."""
         loop = asyncio.get_running_loop()
         self._ensure_running(loop)
         if len(self._queue) >= self.max_queue:
             raise RequestError(503, f"server overloaded: {len(self._queue)} requests already queued "
                                     f"(--max-queue {self.max_queue}); retry later")
-        job = _Job(inputs, next(iter(inputs.values())).shape[0], loop.create_future(), loop.time())
+        if table is not None:
+            raw = self.model.raw
+            job = _Job(inputs, table.rows, loop.create_future(), loop.time(), timing, table,
+                       ((raw.name, (raw.width,)),))
+        else:
+            job = _Job(inputs, next(iter(inputs.values())).shape[0], loop.create_future(), loop.time(), timing,
+                       row_shapes=tuple((name, a.shape[1:]) for name, a in inputs.items()))
         self._queue.append(job)
         self._queued_rows += job.rows
         self.metrics.queued.set(len(self._queue))
@@ -168,7 +180,7 @@ class DynamicBatcher:
         for job in batch:
             self.metrics.queue_duration.observe(start - job.enqueued)
         try:
-            outputs = await loop.run_in_executor(self._executor, self._compute, [job.inputs for job in batch])
+            outputs, stack_s, infer_s, faults = await loop.run_in_executor(self._executor, self._compute, batch)
         except asyncio.CancelledError:  # stop() while a batch computes: its callers must not wait forever
             self._fail(batch, RequestError(503, "server is shutting down"))
             raise
@@ -180,11 +192,20 @@ class DynamicBatcher:
                 e = RequestError(500, f"inference failed: {type(e).__name__}")
             self._fail(batch, e)
             return
+        split = time.perf_counter()
         offset = 0
-        for job in batch:
+        for job, fault in zip(batch, faults, strict=True):
+            if fault is not None:  # its raw rows could not be prepared: not part of the batch that ran
+                if not job.future.done():
+                    job.future.set_exception(RequestError(400, fault))
+                continue
             if not job.future.done():
                 job.future.set_result({name: value[offset:offset + job.rows] for name, value in outputs.items()})
+                if job.timing is not None:
+                    job.timing.queue_s, job.timing.stack_s, job.timing.infer_s = start - job.enqueued, stack_s, infer_s
             offset += job.rows
+        if self.stats is not None and offset:  # (none when every request's raw rows were refused: nothing ran)
+            self.stats.batch(offset, stack_s, infer_s, time.perf_counter() - split)
 
     @staticmethod
     def _fail(batch: list[_Job], error: RequestError) -> None:
@@ -192,15 +213,37 @@ class DynamicBatcher:
             if not job.future.done():
                 job.future.set_exception(error)
 
-    def _compute(self, inputs: list[dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
-        """Stack, run, time (in the worker thread)."""
+    def _compute(self, jobs: list[_Job]) -> tuple[dict[str, np.ndarray], float, float, list[str | None]]:
+        """Prepare raw rows, stack, run, time (in the worker thread): the outputs, the seconds preparing and stacking
+        took and running took, and each job's fault (raw rows that could not be prepared: that job is left out).
+        The monitor (predictions, drift) then sees the batch, in this thread, off the event loop."""
+        stacking = time.perf_counter()
+        faults: list[str | None] = [None] * len(jobs)
+        inputs = [job.inputs for job in jobs]
+        tables = [i for i, job in enumerate(jobs) if job.table is not None]
+        if tables:
+            raw = self.model.raw
+            x, errors = raw.encode([jobs[i].table for i in tables])
+            offset = 0
+            for i, error in zip(tables, errors, strict=True):
+                rows = jobs[i].table.rows
+                faults[i] = error
+                if error is None:
+                    inputs[i] = {raw.name: x[offset:offset + rows]}
+                offset += rows
+            inputs = [one for one, fault in zip(inputs, faults, strict=True) if fault is None]
+            if not inputs:
+                return {}, time.perf_counter() - stacking, 0.0, faults
         if len(inputs) == 1:
             feeds = inputs[0]
         else:
             feeds = {name: np.concatenate([one[name] for one in inputs]) for name in inputs[0]}
         started = time.perf_counter()
         outputs = self.model.run_batch(feeds)
-        self.metrics.compute_duration.observe(time.perf_counter() - started)
+        infer_s = time.perf_counter() - started
+        self.metrics.compute_duration.observe(infer_s)
         self.metrics.batch_size.observe(next(iter(feeds.values())).shape[0])
         self.metrics.batch_requests.observe(len(inputs))
-        return outputs
+        if self.monitor is not None:
+            self.monitor.observe(feeds, outputs)
+        return outputs, started - stacking, infer_s, faults

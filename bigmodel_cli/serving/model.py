@@ -7,7 +7,12 @@
 checked at load (a batch-2 warm-up) to really be row-wise, otherwise requests are never merged.
 
 A text model (an export with the `text_preprocessing` metadata: the tokenizer fitted by prepare-data)
-takes token ids or raw strings for its input; `signature.text` tokenises with that tokenizer.
+takes token ids or raw strings for its input; `signature.text` tokenises with that tokenizer. A generator
+(task generation, input `z`) takes z or a `seed` request parameter, and a `label` (`generator.py`); a model
+with an `image` UINT8 output also answers PNG bytes (`image_png`).
+
+The session comes from `inference.session.create_session` (no spinning: the pool's idle threads would take
+the CPU the event loop needs) and the metadata is read with `export.metadata`, the owners of those contracts.
 """
 
 from __future__ import annotations
@@ -20,9 +25,12 @@ from typing import Any
 import numpy as np
 
 from bigmodel_cli.errors import UsageError
+from bigmodel_cli.export import metadata as export_metadata
+from bigmodel_cli.serving import generator as generators
 from bigmodel_cli.serving.protocol import (
     LABEL_OUTPUT,
     ORT_V2,
+    PNG_OUTPUT,
     V2_NUMPY,
     ModelSignature,
     RequestError,
@@ -30,10 +38,10 @@ from bigmodel_cli.serving.protocol import (
     TextInput,
     labels,
 )
+from bigmodel_cli.serving.raw import raw_input
 
 MODEL_VERSION = "1"
 PLATFORM = "onnxruntime_onnx"
-TEXT_METADATA = "text_preprocessing"  # the manifest's text spec (tokenizer JSON, max_length, pad_id...)
 
 
 def _spec(node: Any) -> TensorSpec:
@@ -54,18 +62,22 @@ class LoadedModel:
         self.version = MODEL_VERSION
         self.path = path
         self.max_batch_size = max_batch_size
-        self.metadata: dict[str, str] = dict(session.get_modelmeta().custom_metadata_map)
+        self.meta = export_metadata.from_session(session, str(path or name))
+        self.metadata: dict[str, str] = self.meta.raw
         self.inputs = [_spec(node) for node in session.get_inputs()]
         self.outputs = [_spec(node) for node in session.get_outputs()]
         self.input_dtypes = {s.name: V2_NUMPY[s.datatype] for s in self.inputs if s.datatype in V2_NUMPY}
-        self.text = _text_input(self.metadata, self.inputs, path or name)
+        self.text = _text_input(self.meta, self.inputs, path or name)
+        self.generator = generators.generator_input(self.task, self.metadata, self.inputs, self.class_names,
+                                                    max_batch_size, path or name)
+        self.raw = raw_input(self.meta, self.inputs, self.input_dtypes, path, max_batch_size)
         self.providers: list[str] = list(session.get_providers())
         self.batchable = False
         self.ready = False
         self.signature = ModelSignature(
             inputs=self.inputs, outputs=self.outputs, input_dtypes=self.input_dtypes,
             max_batch_size=max_batch_size, class_names=self.class_names, has_label=self._score_output() is not None,
-            text=self.text,
+            text=self.text, generator=self.generator, has_png=generators.has_png_output(self.outputs), raw=self.raw,
         )
 
     @classmethod
@@ -74,10 +86,11 @@ class LoadedModel:
         """Open `path` with onnxruntime and warm it up; UsageError when it cannot be loaded or run."""
         if max_batch_size < 1:
             raise UsageError(f"--max-batch-size {max_batch_size}: must be at least 1")
-        session = _session(Path(path), device, threads)
-        meta = session.get_modelmeta().custom_metadata_map
-        model = cls(session, name=name or meta.get("recipe") or Path(path).stem, path=Path(path),
-                    max_batch_size=max_batch_size)
+        from bigmodel_cli.inference.session import create_session
+
+        session = create_session(Path(path), device, threads, spinning=False)
+        recipe = session.get_modelmeta().custom_metadata_map.get(export_metadata.RECIPE)
+        model = cls(session, name=name or recipe or Path(path).stem, path=Path(path), max_batch_size=max_batch_size)
         check_name(model.name)
         unsupported = [f"{s.name} ({s.datatype})" for s in model.inputs if s.name not in model.input_dtypes]
         if unsupported or not model.inputs:
@@ -117,14 +130,14 @@ class LoadedModel:
 
     @property
     def task(self) -> str:
-        if self.metadata.get("task"):
-            return self.metadata["task"]
+        if self.meta.task:
+            return self.meta.task
         names = {s.name for s in self.outputs}
         return "classification" if "probabilities" in names else "regression" if "prediction" in names else "unknown"
 
     @property
     def class_names(self) -> list[str] | None:
-        value = _json_or_none(self.metadata.get("class_names"))
+        value = self.meta.class_names
         return [str(c) for c in value] if isinstance(value, list) else None
 
     def _score_output(self) -> str | None:
@@ -137,11 +150,15 @@ class LoadedModel:
     def metadata_json(self) -> dict[str, Any]:
         """The V2 model metadata document (the `label` output listed for classifiers)."""
         parameters: dict[str, Any] = {"task": self.task, "class_names": self.class_names}
-        for key in ("recipe", "bigmodel_version"):
+        for key in (export_metadata.RECIPE, export_metadata.BIGMODEL_VERSION):
             if key in self.metadata:
                 parameters[key] = self.metadata[key]
         if self.text is not None:  # `inputs` stays the real tensor (ids); strings are accepted too
             parameters["text_input"] = self._text_metadata()
+        if self.generator is not None:  # `inputs` stay z (and label); both may come from request parameters
+            parameters["generator"] = self.generator.metadata()
+        if self.raw is not None:  # what the input tensor means, and the raw forms (rows, columns, image files)
+            parameters["raw_input"] = self.raw.metadata()
         return {
             "name": self.name,
             "versions": [self.version],
@@ -165,6 +182,12 @@ class LoadedModel:
             config["dynamic_batching"] = {}
         if self.text is not None:
             config["parameters"] = {"text_input": {"string_value": json.dumps(self._text_metadata())}}
+        if self.generator is not None:  # Triton's `optional`: z may be drawn from a seed, label given as a parameter
+            for entry in config["input"]:
+                entry["optional"] = True
+            config["parameters"] = {"generator": {"string_value": json.dumps(self.generator.metadata())}}
+        if self.raw is not None:
+            config["parameters"] = {"raw_input": {"string_value": json.dumps(self.raw.metadata())}}
         return config
 
     def _text_metadata(self) -> dict[str, Any]:
@@ -174,7 +197,8 @@ class LoadedModel:
 
     def _all_outputs(self) -> list[TensorSpec]:
         label = [TensorSpec(LABEL_OUTPUT, "BYTES", (-1,))] if self.signature.has_label else []
-        return self.outputs + label
+        png = [TensorSpec(PNG_OUTPUT, "BYTES", (-1,))] if self.signature.has_png else []
+        return self.outputs + label + png
 
     def run_batch(self, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         """One `session.run` returning every output (blocking: call it from a worker thread)."""
@@ -184,46 +208,28 @@ class LoadedModel:
             raise RequestError(500, f"inference failed: {_one_line(e)}") from e
         return {spec.name: value for spec, value in zip(self.outputs, values, strict=True)}
 
-    def with_label(self, results: dict[str, np.ndarray], wanted: list[str]) -> dict[str, np.ndarray]:
-        """`results` plus the `label` output when `wanted` asks for it."""
+    def with_extras(self, results: dict[str, np.ndarray], wanted: list[str]) -> dict[str, np.ndarray]:
+        """`results` plus the `label` (class names) and `image_png` (PNG bytes) outputs when `wanted` asks for them."""
         score = self._score_output()
         if LABEL_OUTPUT in wanted and score is not None:
-            return {**results, LABEL_OUTPUT: labels(results[score], self.class_names)}
+            results = {**results, LABEL_OUTPUT: labels(results[score], self.class_names)}
+        if PNG_OUTPUT in wanted and self.signature.has_png:
+            results = {**results, PNG_OUTPUT: generators.png_tensor(results[generators.IMAGE_OUTPUT])}
         return results
 
 
-def _session(path: Path, device: str, threads: int) -> Any:
-    import onnxruntime as ort
-
-    from bigmodel_cli.devices import ort_providers
-
-    if threads < 0:
-        raise UsageError(f"--threads {threads}: must be 0 (onnxruntime's choice) or more")
-    options = ort.SessionOptions()
-    options.log_severity_level = 3  # errors only: no provider chatter on stderr
-    options.intra_op_num_threads = threads
-    options.inter_op_num_threads = 1  # one graph at a time: the batcher runs batches one after the other
-    # no busy-waiting between inferences: the threads would take the CPU the HTTP event loop needs
-    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
-    try:
-        return ort.InferenceSession(str(path), sess_options=options, providers=ort_providers(device))
-    except UsageError:
-        raise
-    except Exception as e:
-        raise UsageError(f"{path}: onnxruntime cannot load this model: {_one_line(e)}") from e
-
-
-def _text_input(metadata: dict[str, str], inputs: list[TensorSpec], where: object) -> TextInput | None:
+def _text_input(meta: export_metadata.ExportMetadata, inputs: list[TensorSpec], where: object) -> TextInput | None:
     """The tokenizer of a text export (None for other models); UsageError when the metadata is unusable."""
-    if TEXT_METADATA not in metadata:
+    key = export_metadata.TEXT_PREPROCESSING
+    if key not in meta.raw:
         return None
-    spec = _json_or_none(metadata[TEXT_METADATA])
+    spec = meta.text_preprocessing
     keys = ("tokenizer", "max_length", "vocab_size", "pad_id")
     if not isinstance(spec, dict) or any(k not in spec for k in keys):
-        raise UsageError(f"{where}: metadata '{TEXT_METADATA}' is not a text spec with {', '.join(keys)}; "
+        raise UsageError(f"{where}: metadata '{key}' is not a text spec with {', '.join(keys)}; "
                          f"export the run again")
     if len(inputs) != 1 or len(inputs[0].shape) != 2 or V2_NUMPY.get(inputs[0].datatype, np.dtype("f4")).kind != "i":
-        raise UsageError(f"{where}: metadata '{TEXT_METADATA}' needs one integer input [batch, sequence], the model "
+        raise UsageError(f"{where}: metadata '{key}' needs one integer input [batch, sequence], the model "
                          f"has {[f'{s.name} {s.datatype} {list(s.shape)}' for s in inputs]}")
     from bigmodel_cli.data.preprocess import apply_text
 
@@ -235,15 +241,6 @@ def _text_input(metadata: dict[str, str], inputs: list[TensorSpec], where: objec
 def check_name(name: str) -> None:
     if not name or "/" in name or name.strip() != name:
         raise UsageError(f"model name {name!r}: must be non-empty, without '/' or surrounding spaces")
-
-
-def _json_or_none(text: str | None) -> Any:
-    if not text:
-        return None
-    try:
-        return json.loads(text)
-    except ValueError:
-        return None
 
 
 def _one_line(e: BaseException) -> str:

@@ -33,6 +33,7 @@ not by the body: a 63 MB body of `1,1,1,...` is refused before it becomes 31 mil
 
 from __future__ import annotations
 
+import base64
 import json
 import math
 import struct
@@ -44,6 +45,7 @@ from typing import Any
 import numpy as np
 
 LABEL_OUTPUT = "label"  # extra BYTES output of classifiers: the class name of each row's top probability
+PNG_OUTPUT = "image_png"  # extra BYTES output of image-making models: one PNG per image (serving/generator.py)
 
 # V2 datatype <-> numpy; a request may send any numeric one, it is converted to the model's input dtype
 V2_NUMPY: dict[str, np.dtype] = {
@@ -122,10 +124,11 @@ class InferRequest:
     binary_outputs: set[str] = field(default_factory=set)  # names to send as binary tensor data
     id: str | None = None
     parameters: dict[str, Any] = field(default_factory=dict)
+    table: Any = None  # `raw.TableRows`: raw table rows, prepared in their batch (then `inputs` is empty)
 
     @property
     def batch_size(self) -> int:
-        return next(iter(self.inputs.values())).shape[0]
+        return self.table.rows if self.table is not None else next(iter(self.inputs.values())).shape[0]
 
 
 @dataclass(frozen=True)
@@ -139,10 +142,14 @@ class ModelSignature:
     class_names: list[str] | None = None
     has_label: bool = False  # a classifier: LABEL_OUTPUT may be asked for
     text: TextInput | None = None  # a text model: its id input also takes strings
+    generator: Any = None  # a generator's `generator.GeneratorInput`: z may come from a seed, label from a parameter
+    raw: Any = None  # `raw.RawInput` of a table or image model: rows, column tensors or image files accepted too
+    has_png: bool = False  # PNG_OUTPUT may be asked for
 
     @property
     def output_names(self) -> list[str]:
-        return [s.name for s in self.outputs] + ([LABEL_OUTPUT] if self.has_label else [])
+        return ([s.name for s in self.outputs] + ([LABEL_OUTPUT] if self.has_label else [])
+                + ([PNG_OUTPUT] if self.has_png else []))
 
     @cached_property
     def max_values(self) -> int | None:
@@ -248,39 +255,64 @@ def decode_infer_request(body: bytes, signature: ModelSignature, header_length: 
     if not isinstance(parameters, dict):
         raise RequestError(400, "'parameters' must be an object")
 
-    inputs = _decode_inputs(doc.get("inputs"), signature, binary, reserve)
+    raw = signature.raw
+    if raw is not None and raw.kind == "tabular" and "rows" in parameters:  # JSON objects, column name -> value
+        if doc.get("inputs") not in (None, []):
+            raise RequestError(400, "send table rows either as the parameter 'rows' or as input tensors, not both")
+        inputs, table = {}, raw.from_rows(parameters["rows"])
+    else:
+        inputs, table = _decode_inputs(doc.get("inputs"), signature, binary, reserve)
+    if signature.generator is not None:
+        inputs = signature.generator.complete(inputs, parameters)
     outputs, binary_outputs = _requested_outputs(doc.get("outputs"), parameters, signature)
     return InferRequest(inputs=inputs, outputs=outputs, binary_outputs=binary_outputs, id=request_id,
-                        parameters=parameters)
+                        parameters=parameters, table=table)
 
 
 def _decode_inputs(tensors: Any, signature: ModelSignature, binary: memoryview,
-                   reserve: Callable[[int], None] | None) -> dict[str, np.ndarray]:
-    if not isinstance(tensors, list) or not tensors:
+                   reserve: Callable[[int], None] | None) -> tuple[dict[str, np.ndarray], Any]:
+    """The inputs in the model's dtypes, or (a table model's raw column tensors) its checked `raw.TableRows`."""
+    generator = signature.generator is not None  # its inputs may all come from request parameters (a seed)
+    if generator and tensors is None:
+        tensors = []
+    if not isinstance(tensors, list) or not (tensors or generator):
         raise RequestError(400, "request needs 'inputs': a non-empty list of tensors")
     expected = {s.name: s for s in signature.inputs}
+    table = signature.raw if signature.raw is not None and signature.raw.kind == "tabular" else None
     inputs: dict[str, np.ndarray] = {}
+    columns: dict[str, Any] = {}  # a table model's raw columns, one tensor each
     offset = 0
     for tensor in tensors:
         if not isinstance(tensor, dict) or not isinstance(tensor.get("name"), str):
             raise RequestError(400, "each input must be an object with a string 'name'")
         name = tensor["name"]
-        if name not in expected:
-            raise RequestError(400, f"unknown input '{name}' (model inputs: {', '.join(expected)})")
-        if name in inputs:
+        if name in inputs or name in columns:
             raise RequestError(400, f"input '{name}' given twice")
-        inputs[name], used = _decode_tensor(tensor, expected[name], signature, binary[offset:], reserve)
+        if name not in expected:
+            if table is None:
+                raise RequestError(400, f"unknown input '{name}' (model inputs: {', '.join(expected)})")
+            if not table.is_column(name):
+                raise table.unknown_input(name, list(expected))
+            columns[name], used = table.column(tensor, _binary_size(tensor, name), binary[offset:])
+        else:
+            inputs[name], used = _decode_tensor(tensor, expected[name], signature, binary[offset:], reserve)
         offset += used
     if offset != len(binary):
         raise RequestError(400, f"{len(binary) - offset} bytes of binary tensor data after the inputs' "
                                 f"binary_data_size (sum {offset})")
+    if columns:
+        if inputs:
+            raise RequestError(400, f"send either the model's input '{next(iter(inputs))}' or raw column tensors, "
+                                    f"not both")
+        assert table is not None
+        return {}, table.from_columns(columns)
     missing = [n for n in expected if n not in inputs]
-    if missing:
+    if missing and not generator:  # a generator's are checked once its parameters are read
         raise RequestError(400, f"missing input(s): {', '.join(missing)}")
     batches = {a.shape[0] for a in inputs.values()}
     if len(batches) > 1:
         raise RequestError(400, f"inputs disagree on the batch size: {sorted(batches)}")
-    return inputs
+    return inputs, None
 
 
 def _decode_tensor(tensor: dict[str, Any], spec: TensorSpec, signature: ModelSignature, binary: memoryview,
@@ -289,14 +321,12 @@ def _decode_tensor(tensor: dict[str, Any], spec: TensorSpec, signature: ModelSig
     name = spec.name
     model_dtype = signature.input_dtypes[name]
     text = signature.text if signature.text is not None and signature.text.name == name else None
-    datatype = _datatype(tensor, spec, model_dtype, text)
-    params = tensor.get("parameters")
-    if params is not None and not isinstance(params, dict):
-        raise RequestError(400, f"input '{name}': 'parameters' must be an object")
-    binary_size = params.get("binary_data_size") if params and "binary_data_size" in params else None
-    if binary_size is not None and "data" in tensor:
-        raise RequestError(400, f"input '{name}': has both 'data' and binary_data_size")
+    images = signature.raw if signature.raw is not None and signature.raw.kind == "image" else None
+    datatype = _datatype(tensor, spec, model_dtype, text, images is not None)
+    binary_size = _binary_size(tensor, name)
     if datatype == "BYTES":
+        if images is not None:  # image files (PNG, JPEG...)
+            return images.image_tensor(tensor, binary_size, binary, reserve)
         assert text is not None  # _datatype refuses BYTES elsewhere
         return _string_tensor(tensor, text, signature, binary_size, binary, model_dtype)
     shape = _shape(tensor, spec, signature.max_batch_size)
@@ -304,7 +334,7 @@ def _decode_tensor(tensor: dict[str, Any], spec: TensorSpec, signature: ModelSig
         raise RequestError(400, f"input '{name}': {shape[1]} token ids per row, the model takes 1 to "
                                 f"{text.max_length} (send strings to have longer texts truncated)")
     if binary_size is not None:
-        array, used = _binary_tensor(binary_size, binary, datatype, shape, name)
+        array, used = binary_tensor(binary_size, binary, datatype, shape, name)
         if reserve is not None and array.dtype != model_dtype:  # its copy in the model's dtype, and the checks'
             reserve(array.size * (model_dtype.itemsize + 1))
     else:
@@ -321,19 +351,31 @@ def _decode_tensor(tensor: dict[str, Any], spec: TensorSpec, signature: ModelSig
     return array, used
 
 
-def _datatype(tensor: dict[str, Any], spec: TensorSpec, model_dtype: np.dtype, text: TextInput | None) -> str:
+def _binary_size(tensor: dict[str, Any], name: str) -> Any:
+    """The tensor's `binary_data_size` parameter (None without one); RequestError when it also has 'data'."""
+    params = tensor.get("parameters")
+    if params is not None and not isinstance(params, dict):
+        raise RequestError(400, f"input '{name}': 'parameters' must be an object")
+    binary_size = params.get("binary_data_size") if params and "binary_data_size" in params else None
+    if binary_size is not None and "data" in tensor:
+        raise RequestError(400, f"input '{name}': has both 'data' and binary_data_size")
+    return binary_size
+
+
+def _datatype(tensor: dict[str, Any], spec: TensorSpec, model_dtype: np.dtype, text: TextInput | None,
+              images: bool = False) -> str:
     name = spec.name
     datatype = tensor.get("datatype")
     if not isinstance(datatype, str):
         raise RequestError(400, f"input '{name}': 'datatype' must be a string such as \"{spec.datatype}\"")
-    if datatype == "BYTES" and text is not None:
+    if datatype == "BYTES" and (text is not None or images):
         return datatype
     if datatype in _UNSUPPORTED_INPUT_TYPES:
         what = "numbers, e.g. FP32" if model_dtype.kind == "f" else f"integer ids, e.g. {spec.datatype}"
         raise RequestError(400, f"input '{name}': datatype {datatype} is not supported (send {what})")
     if datatype not in V2_NUMPY:
         raise RequestError(400, f"input '{name}': unknown datatype {datatype!r} (expected one of "
-                                f"{', '.join(V2_NUMPY)}{', BYTES' if text else ''})")
+                                f"{', '.join(V2_NUMPY)}{', BYTES' if text or images else ''})")
     if model_dtype.kind in "iu" and V2_NUMPY[datatype].kind == "f":
         strings = " or BYTES strings" if text else ""
         raise RequestError(400, f"input '{name}': the model takes {spec.datatype} ids; datatype {datatype} is not "
@@ -349,13 +391,13 @@ def _shape(tensor: dict[str, Any], spec: TensorSpec, max_batch_size: int) -> lis
     if not shape or len(shape) != len(spec.shape) or any(want not in (-1, got)
                                                          for want, got in zip(spec.shape, shape, strict=True)):
         raise RequestError(400, f"input '{name}': shape {shape} does not match the model's {list(spec.shape)}")
-    _check_batch(shape[0], max_batch_size, name)
+    check_batch(shape[0], max_batch_size, name)
     if math.prod(shape) > 1 << 31:
         raise RequestError(400, f"input '{name}': shape {shape} is too large")
     return shape
 
 
-def _check_batch(rows: int, max_batch_size: int, name: str) -> None:
+def check_batch(rows: int, max_batch_size: int, name: str) -> None:
     if rows < 1:
         raise RequestError(400, f"input '{name}': the batch dimension must be at least 1")
     if rows > max_batch_size:
@@ -371,7 +413,7 @@ def _check_binary_size(size: Any, binary: memoryview, name: str) -> None:
                                 f"binary data are left in the body (is Inference-Header-Content-Length set?)")
 
 
-def _binary_tensor(size: Any, binary: memoryview, datatype: str, shape: list[int],
+def binary_tensor(size: Any, binary: memoryview, datatype: str, shape: list[int],
                    name: str) -> tuple[np.ndarray, int]:
     _check_binary_size(size, binary, name)
     dtype = V2_NUMPY[datatype]
@@ -448,9 +490,9 @@ def _string_tensor(tensor: dict[str, Any], text: TextInput, signature: ModelSign
             or len(shape) not in (1, 2) or (len(shape) == 2 and shape[1] != 1):
         raise RequestError(400, f"input '{name}': BYTES strings need shape [N] or [N, 1], got {shape!r}")
     rows = shape[0]
-    _check_batch(rows, signature.max_batch_size, name)
+    check_batch(rows, signature.max_batch_size, name)
     if binary_size is not None:
-        texts, used = _binary_strings(binary_size, binary, rows, name)
+        texts, used = binary_strings(binary_size, binary, rows, name)
     else:
         texts, used = _json_strings(tensor, rows, name), 0
     ids = np.asarray(text.tokenize(texts))
@@ -474,8 +516,9 @@ def _json_strings(tensor: dict[str, Any], rows: int, name: str) -> list[str]:
     return texts
 
 
-def _binary_strings(size: Any, binary: memoryview, rows: int, name: str) -> tuple[list[str], int]:
-    """Triton's BYTES encoding: per element a 4-byte little-endian length, then that many UTF-8 bytes."""
+def binary_strings(size: Any, binary: memoryview, rows: int, name: str, decode: bool = True) -> tuple[list, int]:
+    """Triton's BYTES encoding: per element a 4-byte little-endian length, then that many bytes (UTF-8 text, decoded
+    unless `decode` is false: image files)."""
     _check_binary_size(size, binary, name)
     raw, texts, offset = binary[:size], [], 0
     while offset < size:
@@ -489,7 +532,8 @@ def _binary_strings(size: Any, binary: memoryview, rows: int, name: str) -> tupl
             raise RequestError(400, f"input '{name}': string {len(texts) + 1} of {length} bytes runs past "
                                     f"binary_data_size {size}")
         try:
-            texts.append(str(raw[offset + 4:offset + 4 + length], "utf-8"))
+            item = raw[offset + 4:offset + 4 + length]
+            texts.append(str(item, "utf-8") if decode else bytes(item))
         except UnicodeDecodeError:
             raise RequestError(400, f"input '{name}': string {len(texts) + 1} is not valid UTF-8") from None
         offset += 4 + length
@@ -568,6 +612,9 @@ def encode_infer_response(model_name: str, model_version: str, request: InferReq
                                                                                  copy=False).tobytes()
             tensor["parameters"] = {"binary_data_size": len(raw)}
             chunks.append(raw)
+        elif datatype == "BYTES" and value.size and isinstance(value.flat[0], bytes):  # PNG: base64 text in JSON
+            tensor["parameters"] = {"content_type": "base64"}
+            tensor["data"] = [base64.b64encode(v).decode("ascii") for v in value.ravel()]
         else:
             tensor["data"] = [str(v) for v in value.ravel()] if datatype == "BYTES" else value.ravel().tolist()
         outputs.append(tensor)

@@ -11,6 +11,10 @@ The pieces, each in its module of `bigmodel_cli.serving`:
 - `protocol`: request body <-> numpy, JSON tensors and Triton's binary tensor data extension.
 - `batcher.DynamicBatcher`: concurrent requests merged into one session.run, each caller given its rows.
 - `metrics.ServerMetrics`: Prometheus counters and histograms for `GET /metrics`.
+- `stats.ModelStats`: Triton's statistics extension (`GET /v2/models/{m}/stats`).
+- `monitor.Monitor`: predicted classes, confidence, feature summaries and drift against the export's reference
+  profile (`profile.json` beside the model), on `/metrics`.
+- `payloads.PayloadLog`: a sample of the requests and answers as JSON lines (`--log-payloads 0.01`).
 - `app.create_app`: the Starlette routes, errors as `{"error": ...}`, API key, body limit, access log.
 
 This module opens the model, binds the socket and runs uvicorn; SIGTERM/SIGINT stop accepting, let
@@ -60,6 +64,10 @@ class ServeOptions:
     api_key_env: str | None = None
     request_timeout_s: float = 30.0
     max_inflight_mb: float = 256.0
+    monitoring: bool = True
+    drift_threshold: float = 0.2
+    log_payloads: float = 0.0
+    payload_log: str = "-"
 
     def check(self) -> None:
         """UsageError naming the flag of the first value out of range."""
@@ -71,7 +79,9 @@ class ServeOptions:
                   ("--max-body-mb", self.max_body_mb, self.max_body_mb > 0, "more than 0"),
                   ("--request-timeout-s", self.request_timeout_s, self.request_timeout_s > 0, "more than 0"),
                   ("--max-inflight-mb", self.max_inflight_mb, self.max_inflight_mb > 0, "more than 0"),
-                  ("--threads", self.threads, self.threads >= 0, "0 (one per core) or more")]
+                  ("--threads", self.threads, self.threads >= 0, "0 (one per core) or more"),
+                  ("--drift-threshold", self.drift_threshold, self.drift_threshold > 0, "more than 0"),
+                  ("--log-payloads", self.log_payloads, 0 <= self.log_payloads <= 1, "a share between 0 and 1")]
         for flag, value, ok, rule in limits:
             if not ok:
                 raise UsageError(f"{flag} {value}: must be {rule}")
@@ -166,6 +176,13 @@ def run_server(model: Path, options: ServeOptions) -> None:
     try:
         loaded = LoadedModel.load(path, name=options.model_name, device=options.device,
                                   max_batch_size=options.max_batch_size, threads=options.threads)
+        profile = _profile(path) if options.monitoring else None
+        payloads = None
+        if options.log_payloads > 0:
+            from bigmodel_cli.serving.payloads import PayloadLog
+
+            payloads = PayloadLog(options.log_payloads, options.payload_log, model=loaded.name,
+                                  version=loaded.version)
     except BaseException:
         sock.close()
         raise
@@ -173,7 +190,9 @@ def run_server(model: Path, options: ServeOptions) -> None:
     app = create_app(loaded, api_key=api_key, max_body_bytes=int(options.max_body_mb * 1024 * 1024),
                      max_queue_delay_ms=options.max_queue_delay_ms, max_queue=options.max_queue,
                      access_log=options.access_log, request_timeout_s=options.request_timeout_s,
-                     max_inflight_bytes=int(options.max_inflight_mb * 1024 * 1024), stopping=stopping)
+                     max_inflight_bytes=int(options.max_inflight_mb * 1024 * 1024), stopping=stopping,
+                     monitoring=options.monitoring, profile=profile, drift_threshold=options.drift_threshold,
+                     payloads=payloads)
     bound_port = sock.getsockname()[1]
     # uvicorn's httptools protocol, each response written in one send(), with the connection guards
     config = uvicorn.Config(app, host=options.host, port=bound_port, log_level="warning", lifespan="on",
@@ -188,6 +207,17 @@ def run_server(model: Path, options: ServeOptions) -> None:
         finally:
             sock.close()
     _say("server stopped")
+
+
+def _profile(path: Path) -> dict[str, Any] | None:
+    """The reference profile beside the model (None, and a note, when there is none)."""
+    from bigmodel_cli.export import profile as reference
+
+    found = reference.read(reference.profile_path(path))
+    if found is None:
+        _say(f"no reference profile {reference.profile_path(path).name} beside {path}: drift is not monitored "
+             f"(bigmodel export writes one)")
+    return found
 
 
 def _banner(loaded: LoadedModel, options: ServeOptions, port: int, *, guarded: bool) -> str:

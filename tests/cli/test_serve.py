@@ -32,7 +32,7 @@ import onnxruntime as ort
 import pytest
 import yaml
 
-from tests.unit.serving.tiny_models import CLS, classifier, slow_classifier
+from tests.unit.serving.tiny_models import CLS, GEN, classifier, generator, slow_classifier
 
 KEY = "s3cret-key"
 
@@ -133,7 +133,7 @@ def test_tritonclient_binary_and_json(kind: str, request: pytest.FixtureRequest)
     auth = {"Authorization": f"Bearer {KEY}"} if kind == "image" else {}
     name = CLS if kind == "tabular" else "digits-cnn"
     rows = np.random.default_rng(3)
-    x = rows.normal(size=(5, 4)) if kind == "tabular" else rows.integers(0, 17, size=(5, 1, 8, 8))
+    x = rows.normal(size=(5, 4)) if kind == "tabular" else rows.integers(0, 256, size=(5, 1, 8, 8))  # 0-255
     x = x.astype(np.float32)
     want = _local(path, x)
     client = httpclient.InferenceServerClient(url=server.url)
@@ -167,6 +167,125 @@ def test_tritonclient_binary_and_json(kind: str, request: pytest.FixtureRequest)
         assert [v.decode() for v in result.as_numpy("label")] == expected_labels  # BYTES as binary data
     finally:
         client.close()
+
+
+def test_tritonclient_statistics_and_drift_of_the_exported_digits_model(image) -> None:
+    """get_inference_statistics() reads the counts; the export's profile.json makes /metrics compare traffic with
+    the validation rows: those rows again are no drift, sklearn's 0-16 pixels sent to this 0-255 model are."""
+    import tritonclient.http as httpclient
+
+    path, server = image
+    auth = {"Authorization": f"Bearer {KEY}"}
+    assert (path.parent / "profile.json").is_file()  # written by `export` beside model.onnx
+    val = np.load(path.parent / "reference" / "val_x.npy").astype(np.float32)
+    client = httpclient.InferenceServerClient(url=server.url)
+    try:
+        before = client.get_inference_statistics("digits-cnn", headers=dict(auth))["model_stats"][0]
+
+        def send(x: np.ndarray) -> None:
+            for part in (x[i:i + 32] for i in range(0, len(x), 32)):
+                tensor = httpclient.InferInput("input", list(part.shape), "FP32")
+                tensor.set_data_from_numpy(part)
+                client.infer("digits-cnn", [tensor], headers=dict(auth))
+
+        reps = int(np.ceil(600 / len(val)))
+        send(np.concatenate([val] * reps))
+        with pytest.raises(Exception, match="shape"):  # a refused request is a failure of this model
+            wrong = httpclient.InferInput("input", [1, 4], "FP32")
+            wrong.set_data_from_numpy(np.zeros((1, 4), np.float32))
+            client.infer("digits-cnn", [wrong], headers=dict(auth))
+        after = client.get_inference_statistics("digits-cnn", "1", headers=dict(auth))["model_stats"][0]
+        steady = server.get("/metrics", headers=auth)[1].decode()
+        send(np.round(np.concatenate([val] * reps) / 16))  # the README's old mistake: 0-16 pixels
+        drifted = server.get("/metrics", headers=auth)[1].decode()
+    finally:
+        client.close()
+    rows = reps * len(val)
+    assert after["inference_count"] - before["inference_count"] == rows
+    stats, was = after["inference_stats"], before["inference_stats"]
+    requests = stats["success"]["count"] - was["success"]["count"]
+    assert requests == -(-rows // 32) and stats["fail"]["count"] - was["fail"]["count"] == 1
+    assert stats["compute_infer"]["count"] - was["compute_infer"]["count"] == requests
+    assert stats["compute_infer"]["ns"] > was["compute_infer"]["ns"]
+
+    def psi(text: str, signal: str) -> float:
+        match = re.search(rf'^bigmodel_prediction_drift_psi{{model="digits-cnn",signal="{signal}"}} (\S+)$', text,
+                          re.MULTILINE)
+        assert match, text
+        return float(match.group(1))
+
+    assert psi(steady, "predicted_class") < 0.05
+    assert psi(drifted, "predicted_class") > 0.5
+    deadline = time.monotonic() + 10  # the warning is on the server's stderr, read by another thread
+    while not any("drift: predicted_class PSI" in line for line in server.lines):
+        assert time.monotonic() < deadline, "no drift warning on the server's stderr"
+        time.sleep(0.1)
+
+
+def test_tritonclient_calls_a_generator_by_seed_or_z(tmp_path: Path) -> None:
+    """What a tritonclient user reads from the metadata is enough to call a conditional generator: a seed (and a
+    label) as request parameters, or z and label tensors; PNG bytes or the UINT8 images back."""
+    import io
+
+    import tritonclient.http as httpclient
+    from PIL import Image
+    from tritonclient.utils import InferenceServerException
+
+    path = generator(tmp_path / "gan.onnx", conditional=True, image_shape=(3, 4, 4))
+    server = Server(str(path), "--port", "0", "--device", "cpu")
+    client = httpclient.InferenceServerClient(url=server.url)
+    try:
+        meta = client.get_model_metadata(GEN)
+        assert [(i["name"], i["datatype"]) for i in meta["inputs"]] == [("z", "FP32"), ("label", "INT64")]
+        assert "image_png" in [o["name"] for o in meta["outputs"]]
+        assert all(i["optional"] for i in client.get_model_config(GEN)["input"])
+        latent = meta["parameters"]["generator"]["latent_dim"]
+
+        outputs = [httpclient.InferRequestedOutput("image"), httpclient.InferRequestedOutput("image_png")]
+        by_seed = client.infer(GEN, [], outputs=outputs, parameters={"seed": 3, "n": 2, "label": 1})
+        z = np.random.default_rng(3).standard_normal((2, latent), dtype=np.float32)  # the documented rule
+        session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+        want = session.run(["image"], {"z": z, "label": np.array([1, 1])})[0]
+        assert np.array_equal(by_seed.as_numpy("image"), want)
+        pngs = by_seed.as_numpy("image_png")
+        decoded = np.stack([np.transpose(np.asarray(Image.open(io.BytesIO(p))), (2, 0, 1)) for p in pngs])
+        assert np.array_equal(decoded, want)
+        again = client.infer(GEN, [], outputs=outputs, parameters={"seed": 3, "n": 2, "label": 1})
+        assert list(again.as_numpy("image_png")) == list(pngs)  # same seed, same bytes
+
+        z_in = httpclient.InferInput("z", [2, latent], "FP32")
+        z_in.set_data_from_numpy(z)
+        label_in = httpclient.InferInput("label", [2], "INT64")
+        label_in.set_data_from_numpy(np.array([1, 1], np.int64))
+        assert np.array_equal(client.infer(GEN, [z_in, label_in]).as_numpy("image"), want)
+
+        with pytest.raises(InferenceServerException, match="label 5 is out of range"):
+            client.infer(GEN, [], parameters={"seed": 3, "label": 5})
+    finally:
+        client.close()
+        assert server.stop() == 0
+
+
+def documented_example(name: str) -> tuple[dict, object]:
+    """The request body of the `curl ... -d '...'` example marked `<!-- tested: NAME -->` in docs/deploy.md, and the
+    answer documented under it (the JSON after `# `), or None when it documents none."""
+    text = (Path(__file__).resolve().parents[2] / "docs" / "deploy.md").read_text()
+    block = text.split(f"<!-- tested: {name} ", 1)[1].split("```bash\n", 1)[1].split("```", 1)[0]
+    body = json.loads(block.split(" -d '", 1)[1].split("'", 1)[0])
+    answer = [line[2:] for line in block.splitlines() if line.startswith("# ")]
+    return body, json.loads(answer[0]) if answer else None
+
+
+@pytest.mark.parametrize("example", ["digits-pixels", "digits-png"])
+def test_documented_digits_examples_give_the_documented_answer(image, example: str) -> None:
+    """docs/deploy.md's curl examples send real inputs (0-255 pixels, a PNG file) to the served digits run."""
+    _, server = image
+    body, answer = documented_example(example)
+    request = urllib.request.Request(f"http://{server.url}/v2/models/digits-cnn/infer", data=json.dumps(body).encode(),
+                                     headers={"Authorization": f"Bearer {KEY}"})
+    with urllib.request.urlopen(request, timeout=30) as r:
+        doc = json.loads(r.read())
+    assert doc["outputs"][0]["data"] == answer == ["0"]
 
 
 def test_api_key_guards_all_but_health(image) -> None:
@@ -572,13 +691,20 @@ def test_recipe_serve_section_then_flags(image_run: Path, tmp_path: Path) -> Non
     run = tmp_path / "run"
     shutil.copytree(image_run, run)
     recipe = yaml.safe_load((run / "recipe.yaml").read_text())
-    recipe["serve"] = {**recipe.get("serve", {}), "port": 0, "max_batch_size": 4, "max_body_mb": 0.001}
+    recipe["serve"] = {**recipe.get("serve", {}), "port": 0, "max_batch_size": 4, "max_body_mb": 0.001,
+                       "log_payloads": 1.0}
     (run / "recipe.yaml").write_text(yaml.safe_dump(recipe))
+    payloads = tmp_path / "payloads.jsonl"
 
-    server = Server(str(run), "--device", "cpu", "--no-access-log")  # port 0 from the recipe
+    server = Server(str(run), "--device", "cpu", "--no-access-log", "--payload-log", str(payloads))  # port 0: recipe
     try:
         config = json.loads(server.get("/v2/models/digits-cnn/config")[1])
         assert config["max_batch_size"] == 4
+        small = json.dumps({"inputs": [{"name": "input", "shape": [1, 1, 8, 8], "datatype": "UINT8",
+                                        "data": [9] * 64}], "id": "logged"}).encode()
+        request = urllib.request.Request(f"http://{server.url}/v2/models/digits-cnn/infer", data=small)
+        with urllib.request.urlopen(request, timeout=30) as r:
+            assert r.status == 200
         big = json.dumps({"inputs": [{"name": "input", "shape": [1, 1, 8, 8], "datatype": "FP32",
                                       "data": [1.0] * 64}], "id": "x" * 2000}).encode()
         request = urllib.request.Request(f"http://{server.url}/v2/models/digits-cnn/infer", data=big)
@@ -588,6 +714,8 @@ def test_recipe_serve_section_then_flags(image_run: Path, tmp_path: Path) -> Non
     finally:
         assert server.stop() == 0
     assert not any(line.startswith("{") for line in server.lines)  # --no-access-log
+    logged = [json.loads(line) for line in payloads.read_text().splitlines()]  # serve.log_payloads: 1.0
+    assert [(p["id"], p["inputs"][0]["data"][:2]) for p in logged] == [("logged", [9, 9])]
 
     server = Server(str(run), "--device", "cpu", "--max-batch-size", "8", "--port", "0")
     try:
@@ -611,6 +739,7 @@ USAGE_ERRORS = {
     "port in use": (["{cls}", "--port", "{busy}"], "address already in use"),
     "unset key": (["{cls}", "--api-key-env", "TEST_SERVE_UNSET_KEY"], "TEST_SERVE_UNSET_KEY"),
     "max queue": (["{cls}", "--max-queue", "0"], "--max-queue 0"),
+    "payload share": (["{cls}", "--log-payloads", "1.5"], "--log-payloads 1.5"),
 }
 
 

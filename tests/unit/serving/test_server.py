@@ -85,7 +85,7 @@ def test_health_and_server_metadata(client: TestClient) -> None:
     assert client.get(f"/v2/models/{CLS}/versions/1/ready").status_code == 200
     meta = client.get("/v2").json()
     assert meta["name"] == "bigmodel" and meta["version"] == __version__
-    assert meta["extensions"] == ["binary_tensor_data", "model_configuration"]
+    assert meta["extensions"] == ["binary_tensor_data", "model_configuration", "statistics"]
 
 
 def test_model_metadata_and_config(client: TestClient, reg_client: TestClient) -> None:
@@ -334,6 +334,10 @@ def _binary_outputs(r) -> dict[str, np.ndarray]:
     doc, blob = json.loads(r.content[:size]), r.content[size:]
     out, offset = {}, 0
     for tensor in doc["outputs"]:
+        if "data" in tensor:  # an output the request did not ask for in binary
+            out[tensor["name"]] = np.array(tensor["data"], dtype=object if tensor["datatype"] == "BYTES"
+                                           else np.float32).reshape(tensor["shape"])
+            continue
         n = tensor["parameters"]["binary_data_size"]
         raw = blob[offset:offset + n]
         offset += n
@@ -549,7 +553,7 @@ def test_server_bug_is_a_500_logged_once_and_counted(models: dict[str, Path], ca
     def bug(*args: object, **kwargs: object) -> None:
         raise KeyError("no such thing")
 
-    monkeypatch.setattr(model, "with_label", bug)  # a bug after decoding and inference
+    monkeypatch.setattr(model, "with_extras", bug)  # a bug after decoding and inference
     monkeypatch.setattr(model, "config_json", bug)  # and one in a Starlette route
     with TestClient(create_app(model)) as c:
         r = c.post(INFER, json=_tensor())
