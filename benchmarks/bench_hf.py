@@ -59,8 +59,7 @@ def prepared(root: Path, model: Path, rows: int, length: int, name: str = "text-
              learnable: bool = False):
     """The recipe's data prepared from generated reviews (`learnable`: texts whose label is plain from their
     words, tests/unit/hf/conftest.py; else the text-transformer recipe's reviews, negations and 5 % noise)."""
-    from conftest import write_labelled
-    from test_recipe_text import write_reviews
+    from hf_tiny import write_labelled
 
     from bigmodel_cli import console
     from bigmodel_cli.config.recipe import resolve
@@ -69,7 +68,12 @@ def prepared(root: Path, model: Path, rows: int, length: int, name: str = "text-
     console.quiet(True)
     source = root / "reviews.csv"
     if not source.exists():
-        (write_labelled if learnable else write_reviews)(source, rows)
+        if learnable:
+            write_labelled(source, rows)
+        else:
+            from test_recipe_text import write_reviews  # (imports tritonclient: the dev extra)
+
+            write_reviews(source, rows)
     recipe = resolve(name, {"data.prepared": str(root / f"data-{name}"), "data.source": str(source),
                             "model.path": str(model)}, [f"data.text.max_length={length}", *sets])
     prepare(recipe, force=True)
@@ -217,7 +221,8 @@ def part_lora(args, root: Path) -> dict:
     for kind in ("full", "lora"):
         proc = subprocess.run([sys.executable, __file__, "--child", kind, "--root", str(root),
                                "--batch", str(args.batch)], capture_output=True, text=True,
-                              env={**os.environ, "PYTHONPATH": str(REPO)})
+                              env={**os.environ, "PYTHONPATH": os.pathsep.join(
+                                  [str(REPO), *filter(None, [os.environ.get("PYTHONPATH")])])})
         if proc.returncode:
             raise SystemExit(proc.stderr[-2000:])
         results[kind] = json.loads(proc.stdout.strip().splitlines()[-1])

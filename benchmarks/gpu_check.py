@@ -11,7 +11,10 @@ through the real `bigmodel` command:
 2. the GPU tests of the suite (`pytest -m gpu`), which are skipped on machines without one;
 3. `export --quantize fp16`, verified on onnxruntime's CUDA provider when it has one (else on
    the CPU provider, and it says so);
-4. `bigmodel benchmark RUN --device cuda`.
+4. `bigmodel benchmark RUN --device cuda` (skipped, and said so, where onnxruntime has no CUDA provider:
+   the plain `onnxruntime` wheel some GPU images ship instead of the project's `onnxruntime-gpu`);
+5. benchmarks/bench_train.py on the GPU at bf16-mixed: `bigmodel train` against a hand-written loop
+   and Lightning (cnn_small width 32 and resnet18), samples/s side by side.
 A step that fails is reported and the others still run; the exit code is 1 if any failed.
 """
 
@@ -67,8 +70,14 @@ class Utilisation:
 
     @property
     def mean(self) -> float | None:
-        busy = self.samples[len(self.samples) // 4:]  # skip start-up
-        return sum(busy) / len(busy) if busy else None
+        """Over the samples from the first busy one on (process and CUDA start-up excluded)."""
+        first = next((i for i, v in enumerate(self.samples) if v > 0), len(self.samples))
+        busy = self.samples[first:]
+        return round(sum(busy) / len(busy), 1) if busy else None
+
+    @property
+    def peak(self) -> float | None:
+        return max(self.samples) if self.samples else None
 
 
 def main() -> int:
@@ -76,6 +85,7 @@ def main() -> int:
     parser.add_argument("--images", type=int, default=10000, help="training images generated")
     parser.add_argument("--epochs", type=int, default=2)
     parser.add_argument("--batch-size", type=int, default=256)
+    parser.add_argument("--bench-rows", type=int, default=65536, help="bench_train.py's --rows (resnet18: 1/8)")
     parser.add_argument("--out", type=Path, default=None, help="also write the results as JSON here")
     parser.add_argument("--cpu-dry-run", action="store_true", help="run the same steps on the CPU (tiny sizes "
                         "advised) to check the script itself where there is no GPU; 16-mixed is skipped")
@@ -115,7 +125,7 @@ def main() -> int:
                                 "--set", f"train.batch_size={args.batch_size}", "--set", "train.loader_workers=4",
                                 "--set", "train.early_stopping.patience=null", cwd=work)
             step = {"exit": done.returncode, "wall_s": round(time.perf_counter() - started, 1),
-                    "gpu_utilisation_pct": util.mean}
+                    "gpu_utilisation_pct": util.mean, "gpu_utilisation_peak_pct": util.peak}
             if done.returncode == 0:
                 summary = json.loads(done.stdout)
                 step.update(samples_per_s=summary["samples_per_s"],
@@ -149,15 +159,30 @@ def main() -> int:
         results["steps"]["export_fp16"] = step
         print(f"export fp16: {json.dumps(step)[:600]}", flush=True)
 
-        bench = bigmodel("benchmark", run, "--device", device, "--batch-sizes", "1,64,256", "--json", cwd=work)
-        step = {"exit": bench.returncode}
-        if bench.returncode == 0:
-            step["report"] = json.loads(bench.stdout)
+        if device == "cuda" and "CUDAExecutionProvider" not in ort.get_available_providers():
+            step = {"skipped": f"onnxruntime {ort.__version__} here has no CUDA provider (providers: "
+                               f"{', '.join(ort.get_available_providers())}); the project installs onnxruntime-gpu"}
         else:
-            failed.append("benchmark cuda")
-            step["error"] = bench.stderr.strip().splitlines()[-1:]
+            bench = bigmodel("benchmark", run, "--device", device, "--batch-sizes", "1,64,256", "--json", cwd=work)
+            step = {"exit": bench.returncode}
+            if bench.returncode == 0:
+                step["report"] = json.loads(bench.stdout)
+            else:
+                failed.append("benchmark cuda")
+                step["error"] = bench.stderr.strip().splitlines()[-1:]
         results["steps"]["benchmark_cuda"] = step
         print(f"benchmark cuda: {json.dumps(step)[:1500]}", flush=True)
+
+    compare = subprocess.run([sys.executable, str(REPO / "benchmarks/bench_train.py"), "--device", device,
+                              "--precision", "bf16-mixed", "--rows", str(args.bench_rows), "--epochs", "3"],
+                             cwd=REPO, env={**os.environ, "PYTHONPATH": f"{REPO}{os.pathsep}"
+                                                                      f"{os.environ.get('PYTHONPATH', '')}"},
+                             capture_output=True, text=True, timeout=600)
+    results["steps"]["bench_train"] = {"exit": compare.returncode, "output": compare.stdout.strip().splitlines()}
+    print(f"bench_train ({device}, bf16-mixed):\n{compare.stdout.strip()}", flush=True)
+    if compare.returncode:
+        failed.append("bench_train")
+        print(compare.stderr[-3000:], file=sys.stderr)
 
     results["failed"] = failed
     if args.out:

@@ -63,6 +63,10 @@ def prune_run(run_dir: str | Path, ratio: float, method: str = "l2", steps: int 
     run = load_run(run_dir)
     if run.recipe.task not in ("classification", "regression"):
         raise UsageError(f"{run_dir}: bigmodel prune takes classification and regression runs, not {run.recipe.task}")
+    if run.recipe.model.name == "hf":
+        raise UsageError(f"{run_dir}: a pre-trained Hugging Face model; bigmodel prune takes the registered model "
+                         "families (shrink a transformer with LoRA, or distil it into a smaller student with "
+                         "--teacher)")
     out = Path(out) if out else run.path.with_name(f"{run.path.name}-pruned")
     if out.exists():
         raise UsageError(f"--out {out}: already exists; choose another --out or remove it")

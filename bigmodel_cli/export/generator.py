@@ -129,7 +129,8 @@ def _run_sampler(run_dir: Path, checkpoint: str):
 
     run = load_run(run_dir)
     if run.recipe.task not in ("generation", "restoration"):
-        raise UsageError(f"{run_dir}: a {run.recipe.task} run; bigmodel generate takes generation runs")
+        hint = "; give --prompt TEXT for text" if run.recipe.task == "language-modeling" else ""
+        raise UsageError(f"{run_dir}: a {run.recipe.task} run; bigmodel generate takes generation runs{hint}")
     kind, net, path = load_generative(run, checkpoint)
     spec = spec_of_run(run, None if kind == "restoration" else net)
 

@@ -64,6 +64,9 @@ class LoadedModel:
         self.max_batch_size = max_batch_size
         self.meta = export_metadata.from_session(session, str(path or name))
         self.metadata: dict[str, str] = self.meta.raw
+        if self.meta.task == "language-modeling":  # a decoder's logits over every position are no answer to send
+            raise UsageError(f"{path or name}: a language model; serving generated text is not supported yet: "
+                             f"generate with `bigmodel generate {path or name} --prompt TEXT`")
         self.inputs = [_spec(node) for node in session.get_inputs()]
         self.outputs = [_spec(node) for node in session.get_outputs()]
         self.input_dtypes = {s.name: V2_NUMPY[s.datatype] for s in self.inputs if s.datatype in V2_NUMPY}

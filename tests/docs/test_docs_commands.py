@@ -10,7 +10,9 @@ the command is expected to exit N (a gate that fails, a bad value).
 
 Shrunk to stay fast (`shrink`): `train` gets `--set train.epochs=3` appended (the last --set wins),
 `benchmark` `--iterations 2`, generated image data 20 rows. Never run (SKIP, each with its reason):
-multi-node and GPU lines, several processes, `make`, the benchmark scripts. `bigmodel serve` is
+multi-node and GPU lines, several processes, `make`, the benchmark scripts, and blocks right after a
+`<!-- tested: NAME (TEST FILE) -->` comment (that test sends the block's request and checks its answer)
+or a `<!-- not run here: REASON -->` one. `bigmodel serve` is
 started in the background on a free port (the block's `localhost:PORT` follows it), its block's
 `curl` lines must succeed (`-f`), and it must exit 0 on SIGTERM at the end of the block. Plain `bigmodel ...` lines run
 in-process through the real entry point (`cli.app.main`), piped into the rest of their line
@@ -66,6 +68,7 @@ class Command:
     block: int  # the fenced block it came from (servers stop at its end)
     expect: int = 0
     stop_server: bool = False  # the synthetic last step of a block that started `bigmodel serve`
+    elsewhere: str | None = None  # the block's `<!-- tested: ... -->` or `<!-- not run here: ... -->` comment
 
     @property
     def id(self) -> str:
@@ -88,15 +91,20 @@ def commands(path: Path) -> list[Command]:
     lines = path.read_text(encoding="utf-8").splitlines()
     found: list[Command] = []
     fence, block, i = None, 0, 0
+    pending = elsewhere = None  # a comment right before a block says where it is run instead
     while i < len(lines):
         line = lines[i]
         marker = re.match(r"^\s*```(\S*)", line)
+        note = re.match(r"^<!-- (tested: .*|not run here: .*) -->$", line.strip()) if fence is None else None
+        if note or (fence is None and not marker and line.strip()):
+            pending = note.group(1) if note else None
         if marker:
             if fence is None:
                 fence, block = marker.group(1) or "text", block + 1
+                elsewhere, pending = pending, None
             else:
                 if any(c.block == block and "bigmodel serve" in c.text for c in found):
-                    found.append(Command(page, i + 1, "", block, stop_server=True))
+                    found.append(Command(page, i + 1, "", block, stop_server=True, elsewhere=elsewhere))
                 fence = None
             i += 1
             continue
@@ -113,7 +121,8 @@ def commands(path: Path) -> list[Command]:
             i += 1
             text = text[:-1].rstrip() + " " + lines[i].strip() if text.endswith("\\") else text + "\n" + lines[i]
         expect = re.search(r"#[^'\"]*\bexit (\d+)\s*$", text)
-        found.append(Command(page, start + 1, text.strip(), block, int(expect.group(1)) if expect else 0))
+        found.append(Command(page, start + 1, text.strip(), block, int(expect.group(1)) if expect else 0,
+                             elsewhere=elsewhere))
         i += 1
     return found
 
@@ -122,6 +131,8 @@ CASES = [c for page in PAGES for c in commands(page)]
 
 
 def _skip_reason(command: Command) -> str | None:
+    if command.elsewhere:
+        return command.elsewhere
     for pattern, reason in SKIP:
         if re.search(pattern, command.text, re.M):
             return reason
@@ -272,12 +283,12 @@ def _params():
 
 @pytest.mark.parametrize("command", list(_params()))
 def test_documented_command(session, command):
-    if command.stop_server:
-        _stop_server(session, command)
-        return
     reason = _skip_reason(command)
     if reason:
         pytest.skip(reason)
+    if command.stop_server:
+        _stop_server(session, command)
+        return
     if command.text.startswith("bigmodel serve"):
         _start_server(session, command)
         return

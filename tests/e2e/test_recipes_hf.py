@@ -21,8 +21,7 @@ pytest.importorskip("transformers")
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "unit" / "hf"))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "cli"))
 
-from conftest import write_labelled  # noqa: E402  (tests/unit/hf)
-from hf_tiny import write_bert, write_corpus, write_gpt2  # noqa: E402
+from hf_tiny import write_bert, write_corpus, write_gpt2, write_labelled  # noqa: E402
 from recipe_pipeline import run_recipe  # noqa: E402
 from test_pipeline import http  # noqa: E402
 from test_serve import Server  # noqa: E402

@@ -2,33 +2,13 @@
 
 from __future__ import annotations
 
-import csv
 from pathlib import Path
 
-import numpy as np
 import pytest
 
 pytest.importorskip("transformers")
 
-from hf_tiny import WORDS, write_bert, write_corpus, write_gpt2, write_llama  # noqa: E402
-
-POSITIVE, NEGATIVE = WORDS[:9], WORDS[9:18]
-NEUTRAL = WORDS[19:43]
-
-
-def write_labelled(path: Path, rows: int = 160, seed: int = 0) -> Path:
-    """Texts whose label is whether they hold positive or negative words (learnable in a few steps)."""
-    rng = np.random.default_rng(seed)
-    with path.open("w", newline="", encoding="utf-8") as f:
-        out = csv.writer(f)
-        out.writerow(["text", "label"])
-        for _ in range(rows):
-            good = bool(rng.random() < 0.5)
-            words = list(rng.choice(NEUTRAL, size=int(rng.integers(2, 8))))
-            words += list(rng.choice(POSITIVE if good else NEGATIVE, size=2))
-            rng.shuffle(words)
-            out.writerow([" ".join(words), "positive" if good else "negative"])
-    return path
+from hf_tiny import write_bert, write_corpus, write_gpt2, write_labelled, write_llama  # noqa: E402
 
 
 @pytest.fixture(scope="session")

@@ -10,6 +10,7 @@ PreTrainedTokenizerFast, saved with `save_pretrained`. Nothing is downloaded.
 
 from __future__ import annotations
 
+import csv
 from pathlib import Path
 
 import numpy as np
@@ -120,4 +121,23 @@ def write_corpus(path: Path, paragraphs: int = 120, seed: int = 0) -> Path:
         lines.append(" ".join(rng.choice(WORDS, size=int(rng.integers(4, 10)))))
         lines.append("")
     path.write_text("\n".join(lines), encoding="utf-8")
+    return path
+
+
+POSITIVE, NEGATIVE = WORDS[:9], WORDS[9:18]
+NEUTRAL = WORDS[19:43]
+
+
+def write_labelled(path: Path, rows: int = 160, seed: int = 0) -> Path:
+    """Texts whose label is whether they hold positive or negative words (learnable in a few steps)."""
+    rng = np.random.default_rng(seed)
+    with path.open("w", newline="", encoding="utf-8") as f:
+        out = csv.writer(f)
+        out.writerow(["text", "label"])
+        for _ in range(rows):
+            good = bool(rng.random() < 0.5)
+            words = list(rng.choice(NEUTRAL, size=int(rng.integers(2, 8))))
+            words += list(rng.choice(POSITIVE if good else NEGATIVE, size=2))
+            rng.shuffle(words)
+            out.writerow([" ".join(words), "positive" if good else "negative"])
     return path

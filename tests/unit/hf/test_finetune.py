@@ -13,6 +13,7 @@ from safetensors.torch import load_file
 
 from bigmodel_cli.config.recipe import resolve
 from bigmodel_cli.data.prepare import prepare
+from bigmodel_cli.errors import UsageError
 from bigmodel_cli.training.loop import fit
 
 FAST = ["data.text.max_length=24", "train.batch_size=8", "train.epochs=3", "train.optimizer.lr=0.005",
@@ -136,3 +137,12 @@ def test_a_decoder_classifies_too(tmp_path, llama_dir, labelled_csv):
     meta = json.loads((tmp_path / "run/preprocessing.json").read_text())["preprocessing"]["hf"]
     assert meta["model_type"] == "llama"
     assert np.isfinite(summary["last_metrics"]["val_loss"])
+
+
+@pytest.mark.slow
+def test_prune_refuses_a_hugging_face_run(full, tmp_path):
+    from bigmodel_cli.compression.prune import prune_run
+
+    with pytest.raises(UsageError, match="a pre-trained Hugging Face model; bigmodel prune takes the registered"):
+        prune_run(full[0] / "run", 0.5, out=tmp_path / "pruned")
+    assert not (tmp_path / "pruned").exists()

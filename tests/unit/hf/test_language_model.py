@@ -3,6 +3,8 @@ perplexity, eval with gates, seeded generation from the checkpoint and from the 
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 
@@ -120,3 +122,43 @@ def test_a_llama_folder_fine_tunes_with_lora(tmp_path, llama_dir, corpus):
     prepare(r)
     summary = fit(r, tmp_path / "run")
     assert np.isfinite(summary["last_metrics"]["val_loss"])
+
+
+@pytest.mark.slow
+def test_bigmodel_generate_prompt_prints_the_continuation(lm_run, capsys):
+    from bigmodel_cli.cli.app import main
+    from bigmodel_cli.tasks.language_modeling import generate_text
+
+    run = lm_run[0] / "run"
+
+    def cli(*args: str) -> int:
+        try:
+            main(list(args))
+        except SystemExit as e:
+            return int(e.code or 0)
+        return 0
+
+    assert cli("generate", str(run), "--prompt", "one two", "--max-new-tokens", "8", "--temperature", "0",
+               "--json") == 0
+    document = json.loads(capsys.readouterr().out)
+    assert document["text"] == generate_text(run, "one two", max_new_tokens=8, temperature=0)
+    assert document["text"].startswith("one two")
+    assert cli("generate", str(run), "--prompt", "one two", "--max-new-tokens", "8", "--temperature", "0") == 0
+    assert capsys.readouterr().out == document["text"] + "\n"
+    assert cli("generate", str(run), "--out", "x.png") == 2
+    assert "give --prompt TEXT for text" in capsys.readouterr().err
+    assert cli("generate", str(run), "--prompt", "one", "--label", "1") == 2
+    assert "--prompt: text generation takes no --label or --z" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_serve_refuses_a_language_model_naming_generate(lm_run):
+    from bigmodel_cli.export.onnx_export import export_run
+    from bigmodel_cli.serving.model import LoadedModel
+
+    run = lm_run[0] / "run"
+    if not (run / "model.onnx").exists():
+        export_run(run)
+    with pytest.raises(UsageError, match="a language model; serving generated text is not supported yet: generate "
+                                         "with `bigmodel generate .*model.onnx --prompt TEXT`"):
+        LoadedModel.load(run / "model.onnx")
