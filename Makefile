@@ -23,8 +23,10 @@ demo: $(STAMP)
 	$(BIN)/bigmodel export runs/digits-cnn
 	@echo "demo done: runs/digits-cnn/model.onnx (serve it with: $(BIN)/bigmodel serve runs/digits-cnn)"
 
+# two workers (pytest-xdist), each test file whole on one of them so its module fixtures are built once
+TEST_WORKERS ?= 2
 test: $(STAMP)
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q -n $(TEST_WORKERS) --dist loadfile --durations=25
 
 lint: $(STAMP)
 	$(BIN)/ruff check .
