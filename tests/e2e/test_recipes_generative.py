@@ -52,9 +52,9 @@ def kill_after_steps(args, cwd, steps) -> bool:
 
 @pytest.fixture
 def cli(tmp_path):
-    from tests.conftest import run_cli
+    from tests.e2e.conftest import run_in_process
 
-    return lambda *args, **kw: run_cli(*args, cwd=kw.pop("cwd", tmp_path), env=ONE_THREAD, timeout=900, **kw)
+    return lambda *args, **kw: run_in_process(*args, cwd=kw.pop("cwd", tmp_path), env=ONE_THREAD, timeout=900, **kw)
 
 
 def ok(result, step: str) -> dict:
