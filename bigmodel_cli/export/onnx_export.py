@@ -54,13 +54,7 @@ def default_model_path(run_path: Path, fmt: str, quantize: str) -> Path:
 def report_path(model: Path) -> Path:
     """The report beside a model: model.onnx -> export.json, model.int8.onnx -> export.int8.json,
     digits.onnx -> digits.export.json."""
-    model = Path(model)
-    stem = model.name[: -len(model.suffix)] if model.suffix else model.name
-    if stem == "model":
-        return model.with_name("export.json")
-    if stem.startswith("model."):
-        return model.with_name(f"export.{stem[len('model.'):]}.json")
-    return model.with_name(f"{stem}.export.json")
+    return reference_profile.companion(model, "export")
 
 
 def _check_request(run, out, quantize: str, fmt: str, opset: int, verify_samples: int | None) -> Path:

@@ -42,16 +42,21 @@ EPSILON = 1e-4  # share floor in the PSI, so that an empty bin on one side is a 
 BATCH = 256
 
 
-def profile_path(model: Path) -> Path:
-    """The profile beside a model, named as its export report: model.onnx -> profile.json, model.int8.onnx ->
-    profile.int8.json, digits.onnx -> digits.profile.json."""
+def companion(model: Path, kind: str) -> Path:
+    """A file beside a model named after it: (model.onnx, "export") -> export.json, model.int8.onnx ->
+    export.int8.json, digits.onnx -> digits.export.json (the export report and the profile share the rule)."""
     model = Path(model)
     stem = model.name[: -len(model.suffix)] if model.suffix else model.name
     if stem == "model":
-        return model.with_name("profile.json")
+        return model.with_name(f"{kind}.json")
     if stem.startswith("model."):
-        return model.with_name(f"profile.{stem[len('model.'):]}.json")
-    return model.with_name(f"{stem}.profile.json")
+        return model.with_name(f"{kind}.{stem[len('model.'):]}.json")
+    return model.with_name(f"{stem}.{kind}.json")
+
+
+def profile_path(model: Path) -> Path:
+    """The profile beside a model: model.onnx -> profile.json, model.int8.onnx -> profile.int8.json."""
+    return companion(model, "profile")
 
 
 def bins(values: np.ndarray, cuts: np.ndarray) -> np.ndarray:

@@ -35,7 +35,7 @@ from bigmodel_cli.errors import UsageError
 from bigmodel_cli.export.generator_spec import class_labels, latents
 from bigmodel_cli.models import registry
 from bigmodel_cli.tasks.base import Batch, Context, Parts, Split, Step
-from bigmodel_cli.training.optim import create_optimizer, create_schedule
+from bigmodel_cli.training.optim import optimizer_and_schedule
 
 GRID = 64  # images in each epoch's sample grid (8 x 8)
 VAL_BATCH = 512
@@ -188,13 +188,9 @@ class Generation:
             gan = cfg.gan
             for name, lr, betas in (("generator", gan.g_lr, gan.g_betas), ("discriminator", gan.d_lr, gan.d_betas)):
                 section = cfg.optimizer.model_copy(update={"lr": lr or cfg.optimizer.lr, "betas": betas})
-                optimizer = create_optimizer(parts.networks[name], section)
-                out[name] = (optimizer, create_schedule(optimizer, cfg.scheduler, ctx.total_steps,
-                                                        ctx.steps_per_epoch, ctx.monitor_mode))
+                out[name] = optimizer_and_schedule(parts.networks[name], ctx, section)
             return out
-        optimizer = create_optimizer(parts.networks["vae"], cfg.optimizer)
-        return {"vae": (optimizer, create_schedule(optimizer, cfg.scheduler, ctx.total_steps, ctx.steps_per_epoch,
-                                                   ctx.monitor_mode))}
+        return {"vae": optimizer_and_schedule(parts.networks["vae"], ctx)}
 
     # ------------------------------------------------------------------ one step
 

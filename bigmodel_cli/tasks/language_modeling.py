@@ -23,7 +23,7 @@ import torch
 from bigmodel_cli.errors import UsageError
 from bigmodel_cli.evaluation.language_model import next_token_loss, perplexity, split_loss
 from bigmodel_cli.tasks.base import Batch, Context, Parts, Split, Step
-from bigmodel_cli.training.optim import create_optimizer, create_schedule
+from bigmodel_cli.training.optim import optimizer_and_schedule
 
 
 class LanguageModeling:
@@ -53,10 +53,7 @@ class LanguageModeling:
         return Parts(networks={"model": net}, inputs=torch.nn.Identity(), notes=notes)
 
     def optimizers(self, ctx: Context, parts: Parts) -> dict[str, tuple[torch.optim.Optimizer, Any]]:
-        cfg = ctx.recipe.train
-        optimizer = create_optimizer(parts.networks["model"], cfg.optimizer)
-        schedule = create_schedule(optimizer, cfg.scheduler, ctx.total_steps, ctx.steps_per_epoch, ctx.monitor_mode)
-        return {"model": (optimizer, schedule)}
+        return {"model": optimizer_and_schedule(parts.networks["model"], ctx)}
 
     def training_step(self, parts: Parts, batch: Batch, step: Step) -> None:
         with step.autocast():

@@ -24,7 +24,7 @@ import torch.nn.functional as F
 from bigmodel_cli.errors import UsageError
 from bigmodel_cli.tasks.base import Batch, Context, Parts, Split, Step
 from bigmodel_cli.tasks.generation import PixelScale, build_model, check_common, psnr
-from bigmodel_cli.training.optim import create_optimizer, create_schedule
+from bigmodel_cli.training.optim import optimizer_and_schedule
 
 VAL_BATCH = 512
 GRID_IMAGES = 16  # validation images shown in each epoch's grid
@@ -119,10 +119,7 @@ class Restoration:
                      notes=[f"corruption: {what}", f"loss {ctx.recipe.train.loss.replace('auto', 'mse')}"])
 
     def optimizers(self, ctx: Context, parts: Parts) -> dict[str, tuple[torch.optim.Optimizer, Any]]:
-        cfg = ctx.recipe.train
-        optimizer = create_optimizer(parts.networks["model"], cfg.optimizer)
-        return {"model": (optimizer, create_schedule(optimizer, cfg.scheduler, ctx.total_steps, ctx.steps_per_epoch,
-                                                     ctx.monitor_mode))}
+        return {"model": optimizer_and_schedule(parts.networks["model"], ctx)}
 
     def training_step(self, parts: Parts, batch: Batch, step: Step) -> None:
         clean = parts.inputs(batch.x)

@@ -24,7 +24,7 @@ from bigmodel_cli.evaluation import metrics as M
 from bigmodel_cli.models.build import build_network, freeze, frozen_norm_layers, load_pretrained, resolve_loss
 from bigmodel_cli.tasks.base import Batch, Context, Parts, Split, Step
 from bigmodel_cli.training.losses import TaskLoss, class_weights, l1_penalty
-from bigmodel_cli.training.optim import create_optimizer, create_schedule
+from bigmodel_cli.training.optim import optimizer_and_schedule
 
 VAL_METRICS = {"classification": ("accuracy", "f1", "roc_auc"), "regression": ("mse", "mae", "r2")}
 VAL_BATCH = 1024
@@ -77,10 +77,7 @@ class Supervised:
         return parts
 
     def optimizers(self, ctx: Context, parts: Parts) -> dict[str, tuple[torch.optim.Optimizer, Any]]:
-        cfg = ctx.recipe.train
-        optimizer = create_optimizer(parts.networks["model"], cfg.optimizer)
-        schedule = create_schedule(optimizer, cfg.scheduler, ctx.total_steps, ctx.steps_per_epoch, ctx.monitor_mode)
-        return {"model": (optimizer, schedule)}
+        return {"model": optimizer_and_schedule(parts.networks["model"], ctx)}
 
     def training_step(self, parts: Parts, batch: Batch, step: Step) -> None:
         teacher = parts.frozen.get("teacher")

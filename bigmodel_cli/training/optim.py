@@ -139,3 +139,12 @@ class Schedule:
 def create_schedule(optimizer: torch.optim.Optimizer, cfg, total_steps: int, steps_per_epoch: int,
                     mode: str = "min") -> Schedule:
     return Schedule(optimizer, cfg, total_steps, steps_per_epoch, mode)
+
+
+def optimizer_and_schedule(network: torch.nn.Module, ctx: Any, section: Any = None) -> tuple[Any, Any]:
+    """The recipe's optimiser (or `section`, an optimizer section of its own) over `network`, and its schedule
+    over the run's steps; `ctx` is the task's Context."""
+    cfg = ctx.recipe.train
+    optimizer = create_optimizer(network, section or cfg.optimizer)
+    return optimizer, create_schedule(optimizer, cfg.scheduler, ctx.total_steps, ctx.steps_per_epoch,
+                                      ctx.monitor_mode)
