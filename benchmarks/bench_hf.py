@@ -66,6 +66,7 @@ def prepared(root: Path, model: Path, rows: int, length: int, name: str = "text-
     from bigmodel_cli.data.prepare import prepare
 
     console.quiet(True)
+    root.mkdir(parents=True, exist_ok=True)
     source = root / "reviews.csv"
     if not source.exists():
         if learnable:
