@@ -241,6 +241,8 @@ class Peers:
         mine = json.dumps({"rank": self.d.rank, "node": self.d.node, "host": self.d.host, "code": code,
                            "message": message})
         with self._lock:
+            if self._store is None:  # stopped
+                return json.loads(mine)
             held = self._store.compare_set(self.KEY, "", mine)
         return json.loads(held)
 
@@ -248,6 +250,8 @@ class Peers:
         deadline = time.monotonic() + wait_s
         while True:
             with self._lock:
+                if self._store is None:  # stopped
+                    return None
                 if self._store.check([self.KEY]):
                     return json.loads(self._store.get(self.KEY))
             if time.monotonic() >= deadline:
@@ -259,7 +263,14 @@ class Peers:
         self._thread.start()
 
     def stop(self) -> None:
+        """End the watch thread and close the store connection now, while the interpreter is whole: a thread
+        left inside a store call, or a store destroyed at interpreter exit, can abort the process
+        ("terminate called without an active exception") after a run that succeeded."""
         self._stopped.set()
+        if self._thread is not None and self._thread is not threading.current_thread():
+            self._thread.join(timeout=15)  # one poll, or one store call's 10 s timeout
+        with self._lock:
+            self._store = None
 
     def _watch(self, launcher_pid: int | None) -> None:
         d, notice, seen, reachable = self.d, None, 0.0, time.monotonic()
