@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
 import tempfile
 import time
 from pathlib import Path
@@ -110,8 +111,10 @@ def to_int8(src: Path, dest: Path, calibration: np.ndarray | None, method: str) 
     logging.getLogger().setLevel(logging.ERROR)  # ORT's quantiser logs every skipped node at INFO/WARNING
     with tempfile.TemporaryDirectory(prefix="bigmodel-int8-") as work:
         pre = Path(work) / "pre.onnx"
+        here = os.getcwd()
         try:
-            quant_pre_process(str(src), str(pre), skip_symbolic_shape=method == "static")
+            os.chdir(work)  # its symbolic shape inference leaves sym_shape_infer_temp.onnx in the working directory
+            quant_pre_process(str(Path(src).resolve()), str(pre), skip_symbolic_shape=method == "static")
         except Exception as e:  # symbolic shape inference cannot take every graph; quantise the model as exported
             from bigmodel_cli import console
 
@@ -119,6 +122,8 @@ def to_int8(src: Path, dest: Path, calibration: np.ndarray | None, method: str) 
             console.warn(f"int8: onnxruntime's quantisation pre-processing failed ({reason[:200]}); "
                          f"quantising the graph as exported")
             pre = src
+        finally:
+            os.chdir(here)
         try:
             if method == "dynamic":
                 quantize_dynamic(str(pre), str(dest), weight_type=QuantType.QInt8, per_channel=False,

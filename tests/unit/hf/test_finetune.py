@@ -104,6 +104,19 @@ def test_lora_export_is_merged_and_verified(lora):
     assert not any("lora" in n for n in names)  # merged: plain weights only
 
 
+@pytest.mark.slow
+def test_int8_export_of_a_fine_tuned_bert_is_judged_and_leaves_nothing_behind(full, tmp_path, monkeypatch):
+    from bigmodel_cli.export.onnx_export import export_run
+
+    monkeypatch.chdir(tmp_path)  # onnxruntime's pre-processing writes temporary models into the working directory
+    root, _, _ = full
+    report = export_run(root / "run", quantize="int8")
+    assert (root / "run/model.int8.onnx").is_file()
+    assert report["int8"]["metric"]["drop_points"] <= 1.0, report["int8"]
+    assert report["verification"]["passed"], report["verification"]
+    assert list(tmp_path.iterdir()) == []
+
+
 def test_layer_decay_and_head_rate_make_parameter_groups(bert_dir, labelled_csv, tmp_path):
     from bigmodel_cli.models.build import build_network
     from bigmodel_cli.training.optim import create_optimizer
