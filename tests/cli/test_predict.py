@@ -356,4 +356,6 @@ def test_a_file_larger_than_the_memory_allowed_is_predicted_in_bounded_memory(ta
     control = subprocess.run(["prlimit", f"--data={CAP}", sys.executable, "-c",
                               f"import pyarrow.csv as c; print(c.read_csv({str(tmp_path / 'big.csv')!r}).num_rows)"],
                              capture_output=True, text=True, timeout=300, env=env)
-    assert control.returncode != 0 and "MemoryError" in control.stderr
+    # (Python's MemoryError, or Arrow's C++ allocator aborting: which one depends on where the cap is hit)
+    assert control.returncode != 0 and ("MemoryError" in control.stderr or "Out of memory" in control.stderr), \
+        control.stderr[-500:]
