@@ -36,3 +36,19 @@ class Interrupted(BigmodelError):
     """Stopped by SIGINT/SIGTERM after saving what can be resumed (exit 130)."""
 
     exit_code = 130
+
+
+def report_to_launcher(line: str) -> None:
+    """Inside a torch.distributed.run worker: leave the error where the launcher reads it (its error file), so
+    the launcher names this rank's failure; elsewhere nothing."""
+    import json
+    import os
+    import time
+
+    path = os.environ.get("TORCHELASTIC_ERROR_FILE")
+    if path and not os.path.exists(path):
+        try:
+            with open(path, "w") as f:
+                json.dump({"message": {"message": line, "extraInfo": {"timestamp": str(int(time.time()))}}}, f)
+        except OSError:
+            pass

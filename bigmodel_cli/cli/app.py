@@ -121,6 +121,7 @@ def _out_of_memory(error: BaseException) -> str | None:
 
 def _fail(message: str, code: int, error: BaseException | None = None) -> None:
     from bigmodel_cli.console import debug_enabled
+    from bigmodel_cli.errors import report_to_launcher
 
     if error is not None and debug_enabled():
         import traceback
@@ -131,19 +132,5 @@ def _fail(message: str, code: int, error: BaseException | None = None) -> None:
     first_line = message.strip().splitlines()[0] if message.strip() else "failed"
     sys.stderr.write(f"error: {first_line}\n")
     sys.stderr.flush()
-    _report_to_launcher(first_line)
+    report_to_launcher(first_line)
     sys.exit(code)
-
-
-def _report_to_launcher(line: str) -> None:
-    """Inside a torch.distributed.run worker: leave the error where the launcher reads it (its error file)."""
-    path = os.environ.get("TORCHELASTIC_ERROR_FILE")
-    if path and not os.path.exists(path):
-        import json
-        import time
-
-        try:
-            with open(path, "w") as f:
-                json.dump({"message": {"message": line, "extraInfo": {"timestamp": str(int(time.time()))}}}, f)
-        except OSError:
-            pass

@@ -45,7 +45,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from bigmodel_cli.errors import BigmodelError, Interrupted, JobFailed, UsageError
+from bigmodel_cli.errors import BigmodelError, Interrupted, JobFailed, UsageError, report_to_launcher
 
 IO_TIMEOUT_S = 1800.0  # how long the other ranks wait for one rank reading or writing files (the io group)
 NOTICE_WAIT_S = 8.0  # how long a rank whose connection broke waits for the failed rank's own error
@@ -302,16 +302,8 @@ def _die(code: int, line: str) -> None:
     with contextlib.suppress(Exception):
         sys.stderr.write(f"error: {line}\n")
         sys.stderr.flush()
-    _error_file(line)
+    report_to_launcher(line)
     os._exit(code)
-
-
-def _error_file(line: str) -> None:
-    """Inside a torch.distributed.run worker: leave the error where the launcher reads it (as cli/app.py does)."""
-    path = os.environ.get("TORCHELASTIC_ERROR_FILE")
-    if path and not os.path.exists(path):
-        with contextlib.suppress(OSError), open(path, "w") as f:
-            json.dump({"message": {"message": line, "extraInfo": {"timestamp": str(int(time.time()))}}}, f)
 
 
 def _slurm_env() -> dict[str, str] | None:
