@@ -25,6 +25,7 @@ from bigmodel_cli.errors import UsageError
 from bigmodel_cli.inference import predict as engine
 from bigmodel_cli.inference.predict import Options, predict
 from tests.conftest import tree
+from tests.unit.data.conftest import write_csv
 
 CITIES = ["Oslo", "Bergen", "Paris", "Rome"]
 
@@ -41,14 +42,6 @@ def people(n: int, seed: int = 0) -> list[dict]:
                      "member": bool(rng.integers(0, 2)), "fold": ("train", "train", "train", "val", "test")[i % 5],
                      "churned": "yes" if age > 55 or city == "Rome" else "no"})
     return rows
-
-
-def write_csv(path: Path, rows: list[dict]) -> Path:
-    with path.open("w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
-        writer.writeheader()
-        writer.writerows({k: "" if v is None else v for k, v in row.items()} for row in rows)
-    return path
 
 
 def train_run(root: Path, recipe_name: str, overrides: dict, sets: list[str]) -> Path:

@@ -22,7 +22,6 @@ in-process through the real entry point (`cli.app.main`), piped into the rest of
 from __future__ import annotations
 
 import contextlib
-import io
 import os
 import re
 import shlex
@@ -37,6 +36,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
+
+from tests.conftest import run_in_process
 
 REPO = Path(__file__).resolve().parents[2]
 PAGES = [REPO / "README.md", *sorted((REPO / "docs").glob("*.md"))]
@@ -215,27 +216,6 @@ def _with_ports(session: Session, command: Command) -> str:
     return text
 
 
-def _run_in_process(session: Session, argv: list[str]) -> tuple[int, str, str]:
-    from bigmodel_cli.cli.app import main
-
-    out, err = io.StringIO(), io.StringIO()
-    saved_env, saved_cwd = dict(os.environ), os.getcwd()
-    os.environ.clear()
-    os.environ.update(session.env)
-    os.chdir(session.root)
-    code = 0
-    try:
-        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-            main(argv)
-    except SystemExit as e:
-        code = e.code if isinstance(e.code, int) else (0 if e.code is None else 1)
-    finally:
-        os.chdir(saved_cwd)
-        os.environ.clear()
-        os.environ.update(saved_env)
-    return code, out.getvalue(), err.getvalue()
-
-
 def _start_server(session: Session, command: Command) -> None:
     words = shlex.split(command.text, comments=True)
     documented = words[words.index("--port") + 1] if "--port" in words else "8000"
@@ -298,7 +278,8 @@ def test_documented_command(session, command):
     head, pipe, tail = _split_pipe(text)
     if words[0] == "bigmodel" and not SHELL_CHARS.search(head.split("#")[0]):
         # the bigmodel part in-process (no interpreter start, no torch import), the rest of a pipe in bash
-        code, out, err = _run_in_process(session, shlex.split(head, comments=True)[1:])
+        done = run_in_process(*shlex.split(head, comments=True)[1:], cwd=session.root, env=session.env)
+        code, out, err = done.code, done.stdout, done.stderr
         if pipe:
             proc = subprocess.run(["bash", "-o", "pipefail", "-c", tail], input=out, cwd=session.root,
                                   env=session.env, capture_output=True, text=True, timeout=60)

@@ -52,7 +52,7 @@ def kill_after_steps(args, cwd, steps) -> bool:
 
 @pytest.fixture
 def cli(tmp_path):
-    from tests.e2e.conftest import run_in_process
+    from tests.conftest import run_in_process
 
     return lambda *args, **kw: run_in_process(*args, cwd=kw.pop("cwd", tmp_path), env=ONE_THREAD, timeout=900, **kw)
 

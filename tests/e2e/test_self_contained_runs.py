@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 
 from tests.cli.test_serve import Server
+from tests.conftest import run_in_process as run_cli  # the real entry point, in this process
 from tests.conftest import tree
-from tests.e2e.conftest import run_in_process as run_cli  # the real entry point, in this process
 
 pytestmark = pytest.mark.slow
 

@@ -3,12 +3,10 @@ arrays prepare-data wrote for the same rows, and bad rows named, not raised, whe
 
 from __future__ import annotations
 
-import csv
 import io
 import json
 import subprocess
 import sys
-from pathlib import Path
 from types import SimpleNamespace
 
 import numpy as np
@@ -22,6 +20,7 @@ from bigmodel_cli.data import images, preprocess
 from bigmodel_cli.data.raw_inputs import InputSpec
 from bigmodel_cli.data.tables import ROW_ERROR, RowSource, text_lines
 from bigmodel_cli.errors import UsageError
+from tests.unit.data.conftest import write_csv
 
 CITIES = ["Oslo", "Bergen", "Paris"]
 
@@ -36,14 +35,6 @@ def people(n: int, seed: int = 0) -> list[dict]:
                      "fold": ("train", "train", "train", "val", "test")[i % 5],
                      "label": "yes" if (age or 40) > 50 else "no"})
     return rows
-
-
-def write_csv(path: Path, rows: list[dict]) -> Path:
-    with path.open("w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
-        writer.writeheader()
-        writer.writerows({k: "" if v is None else v for k, v in row.items()} for row in rows)
-    return path
 
 
 @pytest.fixture(scope="module")
