@@ -80,7 +80,7 @@ def eval_run(
 
     for p, r in zip(plans, reports, strict=True):  # into the run's MLflow run, when it was trained with one
         files = [r["files"]["report"], *([r["files"]["predictions"]] if "predictions" in r["files"] else []),
-                 *r["files"].get("plots", [])]  # a language model's report has no plots
+                 *r["files"]["plots"]]
         run_path = p.run.path if hasattr(p, "run") else p.run_dir  # a generative plan holds its run directory
         log_artifacts(run_path, files, document=r, prefix=Path(r["files"]["report"]).stem.replace(".", "_"))
     if len(reports) > 1 and all("confusion_matrix" in r for r in reports):

@@ -91,7 +91,7 @@ class LanguageModelPlan:
         report = {"run": self.label, "split": self.split, "n": int(len(self.x)), **self.source,
                   "task": "language-modeling", "data": str(self.run.recipe.prepared_dir), "metrics": metrics,
                   "gates": G.check(self.gates, metrics), "warnings": [], "time_s": time.perf_counter() - started,
-                  "files": {"report": str(self.out)}}
+                  "files": {"report": str(self.out), "plots": []}}  # every eval report lists its plots
         atomic.write_json(self.out, report)
         console.info(f"{self.label} {self.split}: loss {loss:.4f}, perplexity {metrics['perplexity']:.3f} on "
                      f"{tokens} tokens ({len(self.x)} blocks) -> {self.out}" if loss is not None else
