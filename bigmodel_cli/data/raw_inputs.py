@@ -45,6 +45,7 @@ class InputSpec:
         self.kind, self.task, self.classes = kind, task, classes
         self.input_shape = [int(d) for d in input_shape]
         self.preprocessing, self.where = preprocessing, where
+        self._few: preprocess.FewRows | None = None
 
     # ------------------------------------------------------------ where the preprocessing comes from
 
@@ -131,6 +132,10 @@ class InputSpec:
         (`first_row` + its index + 1).
         """
         if isinstance(rows, Mapping):  # columns of JSON values (one tensor per column): mixed types read as text
+            self.check_columns(list(rows))
+            x = self.few(rows)
+            if x is not None:
+                return x
             rows = pa.Table.from_pydict({name: values if isinstance(values, (pa.Array, pa.ChunkedArray, np.ndarray))
                                          else _column(list(values)) for name, values in rows.items()})
         table = preprocess.as_table(rows)
@@ -159,8 +164,17 @@ class InputSpec:
                     near = difflib.get_close_matches(unknown[0], names, n=1)
                     hint = f"; did you mean '{near[0]}'?" if near else ""
                     raise UsageError(f"row {i + 1}: unknown column '{unknown[0]}'{hint}")
-        table = pa.Table.from_pydict({name: _column([row.get(name) for row in rows]) for name in names})
-        return self.table(table)
+        return self.table({name: [row.get(name) for row in rows] for name in names})
+
+    def few(self, columns: Mapping[str, Any]) -> np.ndarray | None:
+        """A few table rows' columns of JSON values -> model inputs without Arrow (`preprocess.FewRows`), or None
+        when `table` must read them through Arrow (many rows, a value to convert, a fault to name)."""
+        if self.kind != "tabular":
+            return None
+        if self._few is None:
+            self._few = preprocess.FewRows(self.spec)
+        lengths = {len(v) for v in columns.values()}
+        return self._few(columns, lengths.pop()) if len(lengths) == 1 else None
 
     # ------------------------------------------------------------ images and texts
 

@@ -16,9 +16,9 @@ normalisation is inside the model. The fitted table preprocessing comes from the
 
 The model's own tensor (`input`: encoded float features, or pixels) keeps working; a request uses one form.
 Table rows are checked when the request is decoded (every column there, no other) and prepared in the
-inference worker thread for the whole batch at once (`encode`): the preprocessing of 32 rows costs about what
-one row's does, so it is paid once per batch, off the event loop; a row that cannot be encoded fails its own
-request (400), not the batch.
+inference worker thread for the whole batch at once (`encode`), off the event loop: a few rows of plain values
+value by value (`preprocess.FewRows`), more through Arrow, whose cost per call is paid once per batch; a row
+that cannot be encoded fails its own request (400), not the batch.
 Table columns may be tensors of any numeric datatype, BOOL, or BYTES (text, as JSON strings or Triton's binary
 encoding), shape [N] or [N, 1]; a JSON `null` is a missing value (imputed). Image bytes are a BYTES tensor [N]
 (or [N, 1]) on the model's input: base64 text in JSON, raw bytes as binary tensor data. Every fault is a 400
@@ -153,9 +153,9 @@ class RawInput:
         return TableRows(columns, sizes.pop())
 
     def encode(self, parts: list[TableRows]) -> tuple[np.ndarray, list[str | None]]:
-        """The rows of several requests as the model's input [sum of rows, F], prepared in one call (the
-        preprocessing costs about as much for 32 rows as for 1), and each request's fault ('row 2: column ... is
-        'abc', not a number') or None; a faulty row is left at zeros, the other requests are not affected."""
+        """The rows of several requests as the model's input [sum of rows, F], prepared in one call, and each
+        request's fault ('row 2: column ... is 'abc', not a number') or None; a faulty row is left at zeros, the
+        other requests are not affected."""
         import pyarrow as pa
 
         merged: dict[str, Any] = {}
@@ -167,6 +167,9 @@ class RawInput:
                 merged[name] = np.concatenate(values)
             else:
                 merged[name] = [item for v in values for item in (v.tolist() if isinstance(v, np.ndarray) else v)]
+        few = self.spec.few(merged)  # a few rows of plain values: without Arrow's fixed cost per call
+        if few is not None:
+            return np.ascontiguousarray(few, dtype=self.dtype), [None] * len(parts)
         bad: dict[int, str] = {}
         table = pa.table({name: _arrow(values, self._types.get(name)) for name, values in merged.items()})
         try:

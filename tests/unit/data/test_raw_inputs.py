@@ -99,6 +99,48 @@ def test_bad_values_name_the_row_or_are_reported(prepared):
         spec.table(columns)  # a column per tensor, as a server may get them: mixed JSON types are no crash
 
 
+FEW_SPEC = {  # every kind of column: numeric (binned or not, imputed or drop), categorical one-hot and ordinal
+    "columns": [
+        {"name": "n", "type": "numeric", "impute": "median", "fill": 2.5, "bins": None},
+        {"name": "b", "type": "numeric", "impute": "mean", "fill": 0.4, "bins": [0.0, 1.0, 10.0]},
+        {"name": "d", "type": "numeric", "impute": "drop", "fill": None, "bins": None},
+        {"name": "o", "type": "categorical", "impute": "most_frequent", "fill": "b", "encoding": "onehot",
+         "categories": ["a", "b", "c"]},
+        {"name": "r", "type": "categorical", "impute": "constant", "fill": "lo", "encoding": "ordinal",
+         "categories": ["hi", "lo"]},
+        {"name": "t", "type": "categorical", "impute": "most_frequent", "fill": "true", "encoding": "onehot",
+         "categories": ["false", "true"]},
+    ],
+    "features": ["n", "b", "d", "o=a", "o=b", "o=c", "r", "t=false", "t=true"],
+}
+
+
+def test_a_few_json_rows_encode_without_arrow_exactly_as_through_it():
+    """`preprocess.FewRows` (a request's rows, value by value) gives apply_table's features to the bit, and hands
+    back to it (None) every value it does not read plainly, so faults are still named as before."""
+    few = preprocess.FewRows(FEW_SPEC)
+    columns = {"n": [1, 2.75, None, float("nan"), float("inf"), -3, 0.1],
+               "b": [0.5, None, 10.0, 1.0, -2, 99.5, 1e300],
+               "d": [1, 2, 3.5, 4, 5, 6, 7],
+               "o": ["a", None, "c", "zz", "b", "A", ""],
+               "r": ["hi", None, "lo", "??", "hi", "lo", "hi"],
+               "t": [True, False, None, "true", "false", True, "yes"]}
+    through_arrow = preprocess.apply_table(FEW_SPEC, pa.table({k: pa.array(v) if k != "t" else
+                                                               pa.array([None if x is None else str(x).lower()
+                                                                         for x in v]) for k, v in columns.items()}))
+    x = few(columns, 7)
+    np.testing.assert_array_equal(x, through_arrow)
+    assert x.dtype == np.float32 and x[1, FEW_SPEC["features"].index("o=b")] == 1.0  # imputed with the fill
+    arrays = {k: np.asarray(v) for k, v in columns.items() if k in ("n", "b", "d")}
+    np.testing.assert_array_equal(few({**columns, **arrays}, 7), through_arrow)  # binary tensors arrive as arrays
+    for column, value in [("n", "7"), ("n", True), ("o", 3), ("d", None), ("n", 2**60), ("t", 1.5)]:
+        assert few({**columns, column: [value] * 7}, 7) is None, (column, value)  # left for Arrow to read and name
+    assert few({k: v * 10 for k, v in columns.items()}, 70) is None  # many rows: Arrow is the faster
+    spec = InputSpec("tabular", "classification", None, [9], {"tabular": FEW_SPEC})
+    with pytest.raises(UsageError, match="row 2: column 'd' is missing and its imputation is 'drop'"):
+        spec.rows([{k: v[0] for k, v in columns.items()}, {**{k: v[0] for k, v in columns.items()}, "d": None}])
+
+
 def test_missing_column_names_the_nearest_and_json_keys_are_checked(prepared):
     spec = InputSpec.from_manifest(prepared[0])
     with pytest.raises(UsageError, match=r"column 'city' is missing from the input; did you mean 'City'\?"):
