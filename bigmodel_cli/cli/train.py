@@ -37,8 +37,7 @@ def train(
 ) -> None:
     """Train with validation every epoch; best/last checkpoints, metrics.jsonl, resolved recipe in RUN_DIR."""
     from bigmodel_cli.config.recipe import resolve
-    from bigmodel_cli.errors import UsageError
-    from bigmodel_cli.training import distributed
+    from bigmodel_cli.errors import Interrupted, UsageError
 
     start(as_json)
     if nnodes < 1 or not 0 <= node_rank < nnodes:
@@ -49,6 +48,15 @@ def train(
              "train.distill.teacher": teacher}
     resolved = resolve(recipe, flags, sets)
     run_dir = run_dir or Path("runs") / resolved.name
+    rank = os.environ.get("RANK")
+    if "mlflow" in resolved.train.report_to and folds is None and (
+            rank == "0" or (rank is None and resolved.train.processes <= 1 and nnodes == 1)):
+        from bigmodel_cli.tracking.mlflow_tracker import prestart
+        from bigmodel_cli.tracking.run_info import recipe_dict
+
+        prestart(run_dir, recipe_dict(resolved), resume)  # MLflow's start-up beside torch's, not the first epochs
+    from bigmodel_cli.training import distributed  # imports torch
+
     if resume and (run_dir / "recipe.yaml").is_file():  # continue with the run's own recipe
         from bigmodel_cli.training import resume as resuming
 
@@ -73,6 +81,12 @@ def train(
         return
     from bigmodel_cli.training.loop import fit
 
-    summary = fit(resolved, run_dir, resume=resume, recipe_ref=recipe)
+    try:
+        summary = fit(resolved, run_dir, resume=resume, recipe_ref=recipe)
+    except BaseException as e:
+        from bigmodel_cli.tracking.mlflow_tracker import abandon  # a run opened ahead that training never took
+
+        abandon("KILLED" if isinstance(e, (Interrupted, KeyboardInterrupt)) else "FAILED")
+        raise
     if os.environ.get("RANK", "0") == "0":
         finish(summary, as_json)

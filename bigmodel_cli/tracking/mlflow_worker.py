@@ -4,6 +4,7 @@ store happen beside the training loop instead of inside it.
     python -m bigmodel_cli.tracking.mlflow_worker      # started by MlflowTracker, fed JSON lines on stdin
 
 stdin, one JSON object a line:
+    {"op": "connect", "uri"}     (optional, first: import MLflow and open the store ahead of "open")
     {"op": "open", "uri", "experiment", "artifact_location", "run_id" (resume) or null, "run_name", "run_dir",
      "params": {dotted key: str}, "tags": {...}}
     {"op": "metrics", "step": 3, "values": {"val_loss": 0.12, ...}}
@@ -101,8 +102,11 @@ def write_tracking(run_dir: str | Path, uri: str, run_id: str, experiment_id: st
 
 
 def _say(event: dict[str, Any]) -> None:
-    sys.stdout.write(json.dumps(event) + "\n")
-    sys.stdout.flush()
+    try:
+        sys.stdout.write(json.dumps(event) + "\n")
+        sys.stdout.flush()
+    except OSError:  # the trainer is gone: nobody reads; let the exit's flush succeed quietly
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
 
 
 def _first_line(e: BaseException) -> str:
@@ -113,7 +117,7 @@ def _first_line(e: BaseException) -> str:
 def main() -> None:
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, signal.SIG_IGN)
-    client = run_id = None
+    client = run_id = connected = None
     status = "KILLED"  # unless told otherwise
     failed = False
     for line in sys.stdin:
@@ -125,8 +129,15 @@ def main() -> None:
         if failed:
             continue  # the error was reported once; keep reading so the trainer never blocks on a full pipe
         try:
+            if op == "connect":  # started ahead (mlflow_tracker.prestart): import MLflow, open the store, quietly
+                try:
+                    client, connected = connect(msg["uri"]), msg["uri"]
+                except Exception:  # noqa: BLE001  ("open" connects again and reports what fails)
+                    client = None
+                continue
             if op == "open":
-                client = connect(msg["uri"])
+                if client is None or connected != msg["uri"]:
+                    client = connect(msg["uri"])
                 run_id, experiment_id = open_run(client, msg)
                 write_tracking(msg["run_dir"], msg["uri"], run_id, experiment_id)
                 _say({"event": "open", "run_id": run_id, "experiment_id": experiment_id})
@@ -145,6 +156,8 @@ def main() -> None:
         except Exception as e:
             _say({"event": "error", "message": _first_line(e)})
     _say({"event": "closed"})
+    sys.stderr.flush()
+    os._exit(0)  # every call above has returned; MLflow's and SQLAlchemy's teardown took the trainer 0.8 s to wait
 
 
 if __name__ == "__main__":

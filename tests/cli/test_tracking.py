@@ -46,3 +46,15 @@ def test_an_mlflow_store_that_cannot_be_written_stops_train_with_exit_2(tmp_path
                      cwd=tmp_path, env={"MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path}/a-file/mlflow.db"})
     assert result.code == 2 and "MLflow store sqlite:///" in result.stderr and "Traceback" not in result.stderr
     assert not (tmp_path / "runs/breast-cancer-mlp/checkpoints").exists()  # stopped before training
+
+
+def test_a_train_that_fails_before_training_ends_its_mlflow_run_failed(tmp_path):
+    """The run is opened as the command starts (beside torch's import); data never prepared: exit 2, run FAILED."""
+    from mlflow.tracking import MlflowClient
+
+    result = run_cli("train", "-r", "breast-cancer-mlp", "--report-to", "mlflow", cwd=tmp_path,
+                     env={"MLFLOW_TRACKING_URI": ""})
+    assert result.code == 2 and "prepare-data" in result.stderr and "Traceback" not in result.stderr
+    client = MlflowClient(f"sqlite:///{tmp_path / 'runs/mlflow.db'}")
+    runs = client.search_runs([e.experiment_id for e in client.search_experiments()])
+    assert [r.info.status for r in runs] == ["FAILED"]

@@ -112,6 +112,36 @@ def test_resume_continues_the_same_run_and_a_killed_trainer_ends_it(store, rows,
     assert [m.step for m in client.get_metric_history(run_id, "val_loss")] == [r["epoch"] for r in rows]
 
 
+def test_a_worker_started_ahead_opens_the_run_the_tracker_then_fills(store, rows, recipe):
+    """`prestart` (bigmodel train, before torch's import) opens the run; the tracker takes the same worker over and
+    adds the data's tags and the epochs. A command that fails before training ends its run FAILED."""
+    from bigmodel_cli.tracking import mlflow_tracker
+
+    run_dir = store / "ahead"
+    mlflow_tracker.prestart(run_dir, recipe)
+    worker = mlflow_tracker._AHEAD[tracking_uri(run_dir)].proc
+    tracker = open_trackers("mlflow", run_dir, recipe, tags={"bigmodel.data_fingerprint": "a" * 64})
+    assert tracker.trackers[0].proc is worker and not mlflow_tracker._AHEAD
+    for row in rows:
+        tracker.log_epoch(row)
+    tracker.close("FINISHED")
+    client, run_id = client_for(run_dir)
+    run = client.get_run(run_id)
+    assert run.info.status == "FINISHED" and run.data.tags["bigmodel.data_fingerprint"] == "a" * 64
+    assert run.data.params["model.args.width"] == str(recipe["model"]["args"]["width"])
+    assert [m.step for m in client.get_metric_history(run_id, "val_loss")] == [r["epoch"] for r in rows]
+
+    mlflow_tracker.prestart(store / "broken", recipe)  # e.g. its data was never prepared: fit raises
+    mlflow_tracker.abandon("FAILED")
+    client, failed_id = client_for(store / "broken")
+    assert failed_id != run_id and client.get_run(failed_id).info.status == "FAILED"
+
+    mlflow_tracker.prestart(run_dir, recipe, resume=True)  # on --resume it only opens the store
+    again = open_trackers("mlflow", run_dir, recipe, resume=True)
+    again.close("FINISHED")
+    assert client_for(run_dir)[1] == run_id  # the same run continued, no other made
+
+
 def test_mlflow_tracking_uri_and_experiment_from_the_environment(tmp_path, monkeypatch, rows, recipe):
     uri = f"sqlite:///{tmp_path}/elsewhere/tracking.db"
     monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
