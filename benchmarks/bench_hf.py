@@ -11,11 +11,13 @@ Parts (each prints one block and a JSON line):
   lora        full fine-tuning against LoRA (r 8 on query/value): trainable parameters, and peak memory of a
               training process (on a GPU: torch.cuda.max_memory_allocated; on CPU: the peak resident size
               of a fresh process minus its size once the model is built, over 20 steps).
-  ort         the classifier of `trainer` exported: onnxruntime fp32 against PyTorch eager at batch 1,
-              sequence --length (goal >= 1.5x), dynamic int8 against fp32 (goal >= 1.5x) and its accuracy drop
-              on the validation split (goal <= 1 point), with and without export.optimize.
+  ort         a classifier of the same BERT fine-tuned (--ort-epochs) and exported: onnxruntime fp32 against
+              PyTorch eager at batch 1, sequence --length (goal >= 1.5x), dynamic int8 against fp32 (goal
+              >= 1.5x) and its accuracy drop on the validation split (goal <= 1 point), with and without
+              export.optimize.
   pretrained  no pre-trained weights can be downloaded here, so a tiny BERT is pre-trained by masked language
-              modelling on generated reviews (other rows, other seed, no labels), then fine-tuned with
+              modelling (--pretrain-epochs) on generated unlabelled reviews (--corpus leaning: each leans one
+              way, as real reviews do; recipe: the recipe's own generator, another seed), then fine-tuned with
               text-bert-finetune on the text-transformer recipe's data; against the same architecture fine-tuned
               from random weights and the text-transformer recipe from scratch, on the same split.
 """
@@ -257,10 +259,14 @@ def part_ort(args, root: Path) -> dict:
     from bigmodel_cli.export.onnx_export import export_run
     from bigmodel_cli.inference.session import create_session
     from bigmodel_cli.run import load_run
+    from bigmodel_cli.training.loop import fit
 
-    if not (root / "run").exists():
-        part_trainer(args, root)
-    run = root / "run"
+    model = write_model(root / "bert-ort", args.hidden, args.layers, args.length)
+    sets = [f"train.batch_size={args.batch}", f"train.epochs={args.ort_epochs}", "train.optimizer.lr=0.0005",
+            "train.head_lr=0.002", "train.early_stopping.patience=null", "eval.fail_under={}"]
+    recipe = prepared(root / "ort", model, args.rows, args.length, sets=sets, learnable=True)
+    run = root / "ort" / "run"
+    fit(recipe, run)  # a model that has learnt the task, so that int8's accuracy drop means something
     fp32 = export_run(run)
     int8 = export_run(run, quantize="int8")
     module, _ = exportable(load_run(run), "best")
@@ -327,6 +333,25 @@ def pretrain_mlm(folder: Path, texts: list[str], epochs: int, batch: int = 64, l
     return loss
 
 
+def leaning_review(rng: np.random.Generator) -> str:
+    """An unlabelled review as real ones are written: it leans one way, and its sentiment words mostly agree
+    (85 %; "not" before a word of the other side), among the same neutral words as the recipe's reviews."""
+    from test_recipe_text import NEGATIVE, NEUTRAL, POSITIVE
+
+    words = list(rng.choice(NEUTRAL, size=int(rng.integers(4, 20))))
+    lean = bool(rng.random() < 0.5)
+    for _ in range(int(rng.integers(2, 7))):
+        agree = bool(rng.random() < 0.85)
+        negated = bool(rng.random() < 0.2)
+        positive = lean == agree
+        phrase = [str(rng.choice(POSITIVE if positive != negated else NEGATIVE))]
+        if negated:
+            phrase.insert(0, "not")
+        at = int(rng.integers(0, len(words) + 1))
+        words[at:at] = phrase
+    return " ".join(words)
+
+
 def part_pretrained(args, root: Path) -> dict:
     from test_recipe_text import review
 
@@ -334,7 +359,8 @@ def part_pretrained(args, root: Path) -> dict:
     from bigmodel_cli.training.loop import fit
 
     rng = np.random.default_rng(99)
-    unlabelled = [review(rng)[0] for _ in range(args.pretrain_texts)]
+    unlabelled = [leaning_review(rng) if args.corpus == "leaning" else review(rng)[0]
+                  for _ in range(args.pretrain_texts)]
     scores = {}
     random_body = write_model(root / "bert-random", 64, 2, 48, seed=1)
     body = write_model(root / "bert-mlm", 64, 2, 48, seed=1)
@@ -343,7 +369,7 @@ def part_pretrained(args, root: Path) -> dict:
     print(f"MLM pre-training on {len(unlabelled)} unlabelled reviews: final loss {mlm_loss:.3f} "
           f"({time.perf_counter() - started:.0f} s)")
     (root / "reviews.csv").unlink(missing_ok=True)
-    fine = [f"train.epochs={args.finetune_epochs}", "train.batch_size=64", "train.optimizer.lr=0.0005",
+    fine = [f"train.epochs={args.finetune_epochs}", "train.batch_size=64", f"train.optimizer.lr={args.finetune_lr}",
             "train.head_lr=0.002", "eval.fail_under={}"]
     for label, model in (("pre-trained (MLM) BERT", body), ("same BERT, random weights", random_body)):
         tag = "mlm" if model == body else "random"
@@ -372,8 +398,12 @@ def main() -> None:
     parser.add_argument("--lora-hidden", type=int, default=256, help="lora: hidden size of its BERT")
     parser.add_argument("--reviews", type=int, default=4000, help="labelled reviews for `pretrained`")
     parser.add_argument("--pretrain-texts", type=int, default=20000)
-    parser.add_argument("--pretrain-epochs", type=int, default=3)
-    parser.add_argument("--finetune-epochs", type=int, default=4)
+    parser.add_argument("--pretrain-epochs", type=int, default=8)
+    parser.add_argument("--finetune-epochs", type=int, default=8)
+    parser.add_argument("--finetune-lr", type=float, default=2e-3)
+    parser.add_argument("--ort-epochs", type=int, default=3, help="ort: epochs of the model it exports")
+    parser.add_argument("--corpus", choices=("leaning", "recipe"), default="leaning",
+                        help="pretrained: unlabelled reviews that lean one way, or the recipe's own generator")
     parser.add_argument("--child", choices=("full", "lora"))
     parser.add_argument("--root")
     args = parser.parse_args()

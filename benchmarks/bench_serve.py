@@ -611,8 +611,9 @@ def payload_cost(path: Path, x: np.ndarray, share: float = 0.01, n: int = 20000)
 def monitoring() -> None:
     """`bigmodel serve` with monitoring on (prediction metrics, drift against a profile beside the model), on with
     1 % of the payloads logged, and off (--no-monitoring), side by side at concurrency 32, binary tensors; rounds
-    interleaved so that all three see the same background load, with three fresh servers each round. Models: cnn_small w=8 (image classifier: class and
-    confidence drift) and a 30-feature tabular MLP (feature summaries and 30 feature PSIs besides)."""
+    interleaved so that all three see the same background load, with three fresh servers each round. Models:
+    cnn_small w=8 (image classifier: class and confidence drift) and a 30-feature tabular MLP (feature summaries
+    and 30 feature PSIs besides)."""
     from bigmodel_cli.export import profile as reference
 
     rng = np.random.default_rng(0)
