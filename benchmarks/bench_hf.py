@@ -270,6 +270,9 @@ def part_ort(args, root: Path) -> dict:
     fp32 = export_run(run)
     int8 = export_run(run, quantize="int8")
     module, _ = exportable(load_run(run), "best")
+    from bigmodel_cli.export.hf import use_attention
+
+    use_attention(module, "sdpa")  # PyTorch eager as its users run it (the export writes attention out as "eager")
     x = np.load(Path(load_run(run).recipe.prepared_dir) / "val" / "x.npy")[:1].astype(np.int64)
     torch_x = torch.from_numpy(x)
     with torch.inference_mode():

@@ -170,6 +170,10 @@ def _run_subject(run_dir: str | Path, work: Path, device: str, checkpoint: str, 
     if only_main:
         subject.backends = [_ort_backend(MAIN, fp32, device)]
         return subject
+    if run.recipe.model.name == "hf":  # PyTorch as its users run it: torch's own attention kernel (SDPA)
+        from bigmodel_cli.export.hf import use_attention
+
+        use_attention(module, "sdpa")
     subject.backends = [_torch_backend(module, device, weights_size(module, work)), _ort_backend(MAIN, fp32, device)]
     if device == "cuda":
         q.to_fp16(fp32, work / "fp16.onnx")

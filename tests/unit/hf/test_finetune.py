@@ -103,6 +103,13 @@ def test_lora_export_is_merged_and_verified(lora):
     names = [i.name for i in onnx.load(str(root / "run/model.onnx")).graph.initializer]
     assert not any("lora" in n for n in names)  # merged: plain weights only
 
+    from bigmodel_cli.export.module import exportable
+    from bigmodel_cli.run import load_run
+
+    module, _ = exportable(load_run(root / "run"), "best")  # attention written out: onnxruntime runs it ~2x faster
+    model = next(m for m in module.modules() if hasattr(m, "set_attn_implementation"))
+    assert model.config._attn_implementation == "eager"
+
 
 @pytest.mark.slow
 def test_int8_export_of_a_fine_tuned_bert_is_judged_and_leaves_nothing_behind(full, tmp_path, monkeypatch):
