@@ -5,7 +5,7 @@
     curl -s localhost:8000/metrics | grep drift_psi
 
 Every batch the server runs is shown to `Monitor.observe` in the inference worker thread (off the event loop),
-right after its session.run; it counts with numpy, once per batch, never per row in Python:
+right after its session.run; it counts with numpy, 256 rows at a time, never per row in Python:
 
 | metric | type | labels |
 |---|---|---|
