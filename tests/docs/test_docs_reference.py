@@ -4,6 +4,8 @@ and docs/ points at a file of this repository."""
 
 from __future__ import annotations
 
+import functools
+import os
 import re
 from pathlib import Path
 
@@ -84,7 +86,21 @@ def test_links_point_inside_the_repository(page):
         resolved = (page.parent / target).resolve()
         assert resolved.is_relative_to(REPO), f"{page.name} links outside the repository: {target}"
         assert resolved.exists(), f"{page.name} links to a missing file: {target}"
-    assert "../shared" not in text and "SPEC.md" not in text, f"{page.name} refers to files outside the repository"
+    for path in re.findall(r"(?:\.\./)+[\w./-]+", text):  # relative paths written out, links or not
+        resolved = (page.parent / path).resolve()
+        assert resolved.is_relative_to(REPO) and resolved.exists(), f"{page.name} refers to {path}, outside the repo"
+    for name in set(re.findall(r"\b[\w-]+\.md\b", text)):  # a page named, linked or not: one a reader has
+        assert name in _repo_pages(), f"{page.name} names {name}, which is not in this repository"
+
+
+@functools.cache
+def _repo_pages() -> frozenset[str]:
+    """Names of the .md files of the repository (virtual environments, hidden and generated folders left out)."""
+    names = set()
+    for _root, dirs, files in os.walk(REPO):
+        dirs[:] = [d for d in dirs if not d.startswith(".") and d not in ("data", "runs", "build", "node_modules")]
+        names.update(f for f in files if f.endswith(".md"))
+    return frozenset(names)
 
 
 def test_readme_is_a_front_door():
