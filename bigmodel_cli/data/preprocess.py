@@ -339,13 +339,13 @@ class FewRows:
                 values = values.tolist()
             for i, v in enumerate(values):
                 if encoding is None:  # numeric
-                    if type(v) is float or (type(v) is int and -2**53 <= v <= 2**53):
-                        x = float(v)
-                        if x != x or x in (math.inf, -math.inf):
-                            v = None
-                    elif v is not None:
-                        return None
                     if v is None:
+                        x = math.nan
+                    elif type(v) is float or (type(v) is int and -2**53 <= v <= 2**53):
+                        x = float(v)
+                    else:
+                        return None
+                    if not math.isfinite(x):  # missing: the fill
                         if fill is None:
                             return None
                         x = fill

@@ -166,12 +166,20 @@ def abandon(status: str = "FAILED") -> None:
 def _end(proc: subprocess.Popen, status: str) -> None:
     with contextlib.suppress(OSError, ValueError):
         proc.stdin.write(json.dumps({"op": "close", "status": status}) + "\n")
+    _finish(proc)
+
+
+def _finish(proc: subprocess.Popen) -> bool:
+    """Close the worker's stdin and wait for it to end, killing it past CLOSE_TIMEOUT_S (then True)."""
+    with contextlib.suppress(OSError, ValueError):
         proc.stdin.close()
     try:
         proc.wait(timeout=CLOSE_TIMEOUT_S)
     except subprocess.TimeoutExpired:
         proc.kill()
         proc.wait()
+        return True
+    return False
 
 
 class MlflowTracker:
@@ -265,13 +273,7 @@ class MlflowTracker:
         self._warn_once()
 
     def _stop(self) -> None:
-        with contextlib.suppress(OSError):
-            self.proc.stdin.close()
-        try:
-            self.proc.wait(timeout=CLOSE_TIMEOUT_S)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait()
+        if _finish(self.proc):
             self.error = self.error or f"the MLflow worker did not finish in {CLOSE_TIMEOUT_S:.0f} s"
         self.reader.join(timeout=5)
 
