@@ -55,7 +55,9 @@ def test_bad_input_exits_2_before_any_trial(workdir):
 
 @pytest.mark.slow
 def test_an_objective_that_is_never_logged_stops_after_the_first_epoch(workdir):
-    result = run_cli(*tune_args("obj", 3, "--objective", "val_acc", "--set", "train.epochs=3"), cwd=workdir)
+    # 400 epochs of ~0.02 s: the trial is stopped at the first epoch row tune reads (it polls every 0.2 s), long
+    # before the last one, however loaded the machine
+    result = run_cli(*tune_args("obj", 3, "--objective", "val_acc", "--set", "train.epochs=400"), cwd=workdir)
     assert result.code == 2, result.stderr
     last = result.stderr.strip().splitlines()[-1]
     assert "--objective 'val_acc' is not a logged metric; did you mean 'val_accuracy'?" in last
@@ -63,7 +65,7 @@ def test_an_objective_that_is_never_logged_stops_after_the_first_epoch(workdir):
     rows = list(csv.DictReader((workdir / "runs/obj-tune/trials.csv").open()))
     assert [r["state"] for r in rows] == ["FAIL"]  # one trial, stopped: the other two never started
     metrics = (workdir / "runs/obj-tune/trial_000/metrics.jsonl").read_text().splitlines()
-    assert len(metrics) < 3
+    assert len(metrics) < 200
 
 
 @pytest.mark.slow
