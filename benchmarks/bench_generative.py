@@ -178,11 +178,12 @@ def bench_denoise_bound(root: Path, out: list) -> None:
 
 
 def hand_written_gan(data: Path, steps: int) -> float:
-    """samples/s of a plain GAN loop with digits-dcgan's networks, data, batch, optimizers and EMA."""
+    """samples/s of a plain GAN loop with digits-dcgan's networks, data, batch, optimizers, augmentation and EMA."""
     import torch.nn.functional as F
 
     from bigmodel_cli.config.recipe import resolve
     from bigmodel_cli.models import create_model
+    from bigmodel_cli.tasks.diffaugment import DiffAugment
     from bigmodel_cli.tasks.generation import ema
 
     recipe = resolve("digits-dcgan")
@@ -192,6 +193,7 @@ def hand_written_gan(data: Path, steps: int) -> float:
     gan = create_model("dcgan", num_classes=10, input_shape=list(x.shape[1:]), **recipe.model.args)
     g, d = gan.generator, gan.discriminator
     g_ema = ema(g, cfg.ema_decay)
+    augment = DiffAugment(cfg.augment)
     opt_g = torch.optim.Adam(g.parameters(), lr=cfg.g_lr, betas=cfg.g_betas)
     opt_d = torch.optim.Adam(d.parameters(), lr=cfg.d_lr, betas=cfg.d_betas)
     order = torch.randperm(len(x))
@@ -200,13 +202,13 @@ def hand_written_gan(data: Path, steps: int) -> float:
         rows = order[(step * batch) % len(x):(step * batch) % len(x) + batch]
         real = x.index_select(0, rows).float() / 127.5 - 1
         fake = g(torch.randn(len(real), g.latent_dim))
-        scores = d(torch.cat([real, fake.detach()]))
+        scores = d(augment(torch.cat([real, fake.detach()])))
         d_loss = F.softplus(-scores[:len(real)]).mean() + F.softplus(scores[len(real):]).mean()
         opt_d.zero_grad(set_to_none=True)
         d_loss.backward()
         opt_d.step()
         d.requires_grad_(False)
-        g_loss = F.softplus(-d(fake)).mean()
+        g_loss = F.softplus(-d(augment(fake))).mean()
         d.requires_grad_(True)
         opt_g.zero_grad(set_to_none=True)
         g_loss.backward()

@@ -205,6 +205,8 @@ class GanSection(Section):
     ema_decay: float | None = Field(default=0.999, ge=0.0, lt=1.0)  # EMA generator (evaluated, exported); None: off
     #   the decay warms up as min(ema_decay, (1 + n) / (10 + n)) over the n EMA updates so far
     spectral_norm: bool = False  # spectral normalisation of every conv/linear layer of D
+    augment: list[Literal["color", "translation", "cutout"]] = []  # DiffAugment policies on D's inputs, real and
+    #   fake alike, differentiable (Zhao et al. 2020): translation for small data sets
 
 
 class VaeSection(Section):

@@ -5,8 +5,9 @@
 
 A GAN trains `generator` and `discriminator`, each with its own optimizer (`train.gan.g_lr`,
 `d_lr`, betas), D every step and G every `d_steps`-th step, with the loss `bce`
-(non-saturating), `hinge` or `wgan-gp`, optional R1 and spectral norm on D, and an EMA copy of G
-(`ema_decay`) that is what validation, eval and export use. A VAE trains one network `vae` on
+(non-saturating), `hinge` or `wgan-gp`, optional R1 and spectral norm on D, optional differentiable
+augmentation of what D sees (`augment`, tasks/diffaugment.py), and an EMA copy of G (`ema_decay`) that
+is what validation, eval and export use. A VAE trains one network `vae` on
 the negative ELBO (`train.vae.reconstruction` bce|mse, `beta`).
 
 Every epoch, validation computes `val_fid`: the Frechet distance between the features of
@@ -35,6 +36,7 @@ from bigmodel_cli.errors import UsageError
 from bigmodel_cli.export.generator_spec import class_labels, latents
 from bigmodel_cli.models import registry
 from bigmodel_cli.tasks.base import Batch, Context, Parts, Split, Step
+from bigmodel_cli.tasks.diffaugment import DiffAugment
 from bigmodel_cli.training.optim import optimizer_and_schedule
 
 GRID = 64  # images in each epoch's sample grid (8 x 8)
@@ -120,6 +122,7 @@ class Generation:
     def __init__(self):
         self.kind: str | None = None
         self._fid = None  # val_fid: torchmetrics FID with the validation images' features kept
+        self.augment = DiffAugment([])  # what D sees: train.gan.augment
 
     # ------------------------------------------------------------------ checks and names
 
@@ -172,7 +175,9 @@ class Generation:
             averaged = {}
             if cfg.ema_decay is not None:
                 averaged["generator"] = ema(model.generator, cfg.ema_decay)
-            notes.insert(0, f"loss {cfg.loss}, d_steps {cfg.d_steps}" + (f", EMA {cfg.ema_decay}" if averaged else ""))
+            self.augment = DiffAugment(cfg.augment)
+            notes.insert(0, f"loss {cfg.loss}, d_steps {cfg.d_steps}" + (f", EMA {cfg.ema_decay}" if averaged else "")
+                         + (f", D sees {'+'.join(cfg.augment)} (DiffAugment)" if cfg.augment else ""))
             return Parts(networks={"generator": model.generator, "discriminator": model.discriminator},
                          inputs=PixelScale(signed=True), frozen={"features": extractor}, averaged=averaged,
                          notes=notes)
@@ -218,7 +223,7 @@ class Generation:
             parts_in.append((eps * real + (1 - eps) * fake.detach().to(real.dtype)).requires_grad_(True))
         labels = torch.cat([y] * len(parts_in)) if y is not None else None
         with step.autocast():
-            scores = discriminator(torch.cat(parts_in), labels).float()
+            scores = discriminator(self.augment(torch.cat(parts_in)), labels).float()
         d_real, d_fake = scores[:n], scores[n:2 * n]
         d_loss = discriminator_loss(cfg.loss, d_real, d_fake)
         total = d_loss
@@ -237,7 +242,7 @@ class Generation:
         raw_d.requires_grad_(False)
         try:
             with step.autocast():
-                g_loss = generator_loss(cfg.loss, raw_d(fake, y).float())
+                g_loss = generator_loss(cfg.loss, raw_d(self.augment(fake), y).float())
         finally:
             raw_d.requires_grad_(True)
         step.backward(g_loss, "generator")

@@ -52,7 +52,7 @@ def test_sample_grid_comes_from_fixed_latents(gan_run):
 
 
 def test_interrupt_then_resume_equals_uninterrupted_for_every_part(generation_data, tmp_path, monkeypatch):
-    sets = [*GAN, "train.gan.r1_gamma=1.0"]
+    sets = [*GAN, "train.gan.r1_gamma=1.0", "train.gan.augment=[color, translation, cutout]"]  # random D inputs too
     train("digits-dcgan", generation_data, tmp_path / "straight", sets)
     calls = {"n": 0}
     original = Generation.training_step
