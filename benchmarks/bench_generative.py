@@ -178,7 +178,8 @@ def bench_denoise_bound(root: Path, out: list) -> None:
 
 
 def hand_written_gan(data: Path, steps: int) -> float:
-    """samples/s of a plain GAN loop with digits-dcgan's networks, data, batch, optimizers, augmentation and EMA."""
+    """samples/s of a plain GAN loop with digits-dcgan's networks, data, batch, loss (bce or hinge), optimizers,
+    augmentation and EMA."""
     import torch.nn.functional as F
 
     from bigmodel_cli.config.recipe import resolve
@@ -203,12 +204,15 @@ def hand_written_gan(data: Path, steps: int) -> float:
         real = x.index_select(0, rows).float() / 127.5 - 1
         fake = g(torch.randn(len(real), g.latent_dim))
         scores = d(augment(torch.cat([real, fake.detach()])))
-        d_loss = F.softplus(-scores[:len(real)]).mean() + F.softplus(scores[len(real):]).mean()
+        if cfg.loss == "hinge":
+            d_loss = F.relu(1 - scores[:len(real)]).mean() + F.relu(1 + scores[len(real):]).mean()
+        else:
+            d_loss = F.softplus(-scores[:len(real)]).mean() + F.softplus(scores[len(real):]).mean()
         opt_d.zero_grad(set_to_none=True)
         d_loss.backward()
         opt_d.step()
         d.requires_grad_(False)
-        g_loss = F.softplus(-d(augment(fake))).mean()
+        g_loss = -d(augment(fake)).mean() if cfg.loss == "hinge" else F.softplus(-d(augment(fake))).mean()
         d.requires_grad_(True)
         opt_g.zero_grad(set_to_none=True)
         g_loss.backward()
