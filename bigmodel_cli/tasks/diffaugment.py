@@ -75,9 +75,6 @@ class DiffAugment:
             raise ValueError(f"unknown augmentation {unknown[0]!r} (known: {', '.join(POLICIES)})")
         self.steps = [_APPLY[p] for p in policies]
 
-    def __bool__(self) -> bool:
-        return bool(self.steps)
-
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         for step in self.steps:
             x = step(x)
