@@ -21,7 +21,6 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-POLICIES = ("color", "translation", "cutout")
 FILL = -1.0
 
 
@@ -72,7 +71,7 @@ class DiffAugment:
     def __init__(self, policies: list[str]):
         unknown = [p for p in policies if p not in _APPLY]
         if unknown:
-            raise ValueError(f"unknown augmentation {unknown[0]!r} (known: {', '.join(POLICIES)})")
+            raise ValueError(f"unknown augmentation {unknown[0]!r} (known: {', '.join(_APPLY)})")
         self.steps = [_APPLY[p] for p in policies]
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
