@@ -24,8 +24,9 @@ def setup_for(tmp_path, cancer_data, objective="val_loss", direction="minimize",
 
 
 def test_a_pruned_trial_is_stopped_after_the_epoch_that_decided_it(tmp_path, cancer_data):
-    setup = setup_for(tmp_path, cancer_data)
-    # any val_loss above 0 prunes from epoch 2 on: the subprocess must be stopped there, not run its 6 epochs
+    # 400 epochs of a few ms: tune polls every 0.2 s, so a short run could end before the SIGTERM reaches it
+    setup = setup_for(tmp_path, cancer_data, epochs=400)
+    # any val_loss above 0 prunes from epoch 2 on: the subprocess must be stopped there, not run its 400 epochs
     study = optuna.create_study(pruner=optuna.pruners.ThresholdPruner(upper=0.0, n_warmup_steps=2))
     trial = study.ask()
     values = setup.space.suggest(trial)
@@ -36,7 +37,7 @@ def test_a_pruned_trial_is_stopped_after_the_epoch_that_decided_it(tmp_path, can
     assert sorted(study.trials[0].intermediate_values)[:2] == [1, 2]
     assert T.has_checkpoint(run_dir)  # SIGTERM saved a resumable checkpoint
     assert "SIGTERM: saved" in (run_dir / "train.log").read_text()
-    assert len(T.read_rows(run_dir / "metrics.jsonl")) < 6
+    assert len(T.read_rows(run_dir / "metrics.jsonl")) < 200
 
 
 def test_a_trial_dir_of_another_study_is_not_overwritten(tmp_path, cancer_data):
