@@ -332,7 +332,7 @@ class ExportSection(Section):
     format: Literal["onnx", "torchscript"] = "onnx"  # torchscript: a traced .pt for libtorch
     max_metric_drop: float = Field(default=1.0, ge=0.0)  # int8: largest allowed drop of the main metric, points
     calibration_batches: int = Field(default=16, ge=1)  # int8: train batches (of 32 rows) used to calibrate
-    optimize: bool = False  # hf: onnxruntime's transformer optimiser (fused attention/LayerNorm), verified like fp32
+    optimize: bool = False  # hf: onnxruntime's transformer optimiser (fused attention/LayerNorm), verified (--optimize)
     verify: VerifySection = Field(default_factory=VerifySection)
 
 

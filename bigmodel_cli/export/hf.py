@@ -17,6 +17,7 @@ import contextlib
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 from torch import nn
 
 from bigmodel_cli.errors import JobFailed
@@ -40,6 +41,31 @@ def exportable_network(net: nn.Module) -> nn.Module:
     return net
 
 
+def fusable(net: nn.Module) -> int:
+    """Before an optimised export (`--optimize`): an encoder classifier hands its model the padding mask already
+    prepared ([N, 1, L, L], `models.hf.additive_mask`), the same numbers in the graph that onnxruntime's attention
+    fusion matches (transformers' own mask construction is not a pattern it knows). Returns how many changed. The
+    plain export keeps transformers' mask: onnxruntime runs that graph unfused 5-10 % faster."""
+    from bigmodel_cli.models.hf import SequenceClassifier
+
+    changed = 0
+    for module in net.modules():
+        if isinstance(module, SequenceClassifier) and _takes_additive_mask(module):
+            module.additive_mask = True
+            changed += 1
+    return changed
+
+
+# encoders whose transformers model takes a prepared [N, 1, L, L] mask as it is (masking_utils' early exit)
+ADDITIVE_MASK_TYPES = {"bert", "distilbert", "roberta", "xlm-roberta", "camembert", "electra", "albert", "mpnet"}
+
+
+def _takes_additive_mask(net: nn.Module) -> bool:
+    config = getattr(net.model, "config", None)
+    return (config is not None and config.model_type in ADDITIVE_MASK_TYPES
+            and not getattr(config, "is_decoder", False))
+
+
 def use_attention(net: nn.Module, implementation: str) -> None:
     """Run the transformers model inside `net` with this attention implementation ("eager", "sdpa"); a model
     that cannot switch keeps its own."""
@@ -59,15 +85,49 @@ def optimize(src: Path, dest: Path, config: dict[str, Any]) -> dict[str, Any]:
     model_type = ORT_MODEL_TYPES.get(config.get("model_type", ""), "bert")
     heads = int(config.get("num_attention_heads") or config.get("n_head") or 0)
     hidden = int(config.get("hidden_size") or config.get("n_embd") or 0)
+    from onnxruntime.transformers.fusion_options import AttentionMaskFormat, FusionOptions
+
+    options = FusionOptions(model_type)
+    options.attention_mask_format = AttentionMaskFormat.AttentionMask  # the mask as it is, any padding pattern
     try:
-        optimized = optimize_model(str(src), model_type=model_type, num_heads=heads, hidden_size=hidden,
-                                   opt_level=1, use_gpu=False)
+        split_unsqueezes(src, dest)
+        optimized = optimize_model(str(dest), model_type=model_type, num_heads=heads, hidden_size=hidden,
+                                   opt_level=1, use_gpu=False, optimization_options=options)
         optimized.save_model_to_file(str(dest))
     except Exception as e:  # noqa: BLE001 - the optimiser raises anything for a graph it cannot take
         raise JobFailed(f"export.optimize: onnxruntime's transformer optimiser failed "
                         f"({str(e).strip().splitlines()[0][:200] if str(e).strip() else type(e).__name__})") from None
     fused = {k: int(v) for k, v in optimized.get_fused_operator_statistics().items() if v}
     return {"model_type": model_type, "fused": fused}
+
+
+def split_unsqueezes(src: Path, dest: Path) -> None:
+    """Write `src` to `dest` with every Unsqueeze of several (ascending, non-negative) axes as a chain of one-axis
+    Unsqueezes: the same tensor, in the form onnxruntime's attention fusion matches (the exporter's graph
+    optimiser merges `mask[:, None, None, :]` into one Unsqueeze of axes [1, 2])."""
+    import onnx
+    from onnx import helper, numpy_helper
+
+    model = onnx.load(str(src))
+    graph = model.graph
+    constants = {t.name: numpy_helper.to_array(t) for t in graph.initializer}
+    nodes = []
+    for node in graph.node:
+        axes = constants.get(node.input[1]) if node.op_type == "Unsqueeze" and len(node.input) > 1 else None
+        steps = [] if axes is None else axes.reshape(-1).tolist()
+        if len(steps) < 2 or steps != sorted(steps) or steps[0] < 0:
+            nodes.append(node)
+            continue
+        current = node.input[0]
+        for i, axis in enumerate(steps):
+            name = f"{node.output[0]}__axis{axis}"
+            graph.initializer.append(numpy_helper.from_array(np.array([axis], dtype=np.int64), name + "_axes"))
+            out = node.output[0] if i == len(steps) - 1 else name
+            nodes.append(helper.make_node("Unsqueeze", [current, name + "_axes"], [out], name=f"{node.name}_{i}"))
+            current = out
+    graph.ClearField("node")
+    graph.node.extend(nodes)
+    onnx.save(model, str(dest))
 
 
 def drop_shape_annotations(path: Path) -> None:

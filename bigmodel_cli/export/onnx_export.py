@@ -65,8 +65,8 @@ def _check_request(run, out, quantize: str, fmt: str, opset: int, verify_samples
     if fmt == "torchscript" and quantize != "none":
         raise UsageError(f"--quantize {quantize}: only ONNX models are quantised; drop it for --format torchscript")
     if run.recipe.export.optimize and run.recipe.model.name != "hf":
-        raise UsageError("export.optimize (onnxruntime's transformer optimiser) is for pre-trained transformers "
-                         "(model.name hf); unset it")
+        raise UsageError("--optimize / export.optimize (onnxruntime's transformer optimiser) is for pre-trained "
+                         "transformers (model.name hf); drop it")
     if run.recipe.task == "language-modeling" and (quantize == "int8" or fmt == "torchscript"):
         raise UsageError("a language model exports as ONNX fp32 or fp16 (--quantize int8 and --format torchscript "
                          "are for classifiers and regressors)")
@@ -99,12 +99,15 @@ def calibration(run, quantize: str) -> np.ndarray | None:
 
 def export_run(run_dir: str | Path, checkpoint: str = "best", out: Path | None = None, quantize: str | None = None,
                opset: int | None = None, verify_model: bool = True, fmt: str | None = None,
-               verify_samples: int | None = None) -> dict[str, Any]:
+               verify_samples: int | None = None, optimize: bool | None = None) -> dict[str, Any]:
     """Export, check and verify a run's model; returns the report (also written beside the model).
 
         export_run("runs/digits-cnn", quantize="int8")     # bigmodel export runs/digits-cnn --quantize int8
+        export_run("runs/text-bert-finetune", optimize=True)   # ... --optimize (default: export.optimize)
     """
     run = load_run(run_dir)
+    if optimize is not None:
+        run.recipe.export.optimize = optimize
     recipe = run.recipe
     quantize, fmt = quantize or recipe.export.quantize, fmt or recipe.export.format
     opset = opset or recipe.export.opset
@@ -117,6 +120,10 @@ def export_run(run_dir: str | Path, checkpoint: str = "best", out: Path | None =
                              "(drop --format/--quantize)")
         return export_generator(run, checkpoint, out, report_path(out), opset, verify_model, verify_samples)
     module, ckpt_path = exportable(run, checkpoint)
+    if recipe.export.optimize:  # hf (checked above): the padding mask in the form the attention fusion knows
+        from bigmodel_cli.export.hf import fusable
+
+        fusable(module)
     job = _Job(run, module, opset, quantize, verify_model,
                metadata.checkpoint_record(run.path, checkpoint, ckpt_path), metadata.model_info(recipe, module.net))
     rows, labels = V.validation_rows(run)

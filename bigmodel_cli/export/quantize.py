@@ -127,7 +127,8 @@ def to_int8(src: Path, dest: Path, calibration: np.ndarray | None, method: str) 
         try:
             if method == "dynamic":
                 quantize_dynamic(str(pre), str(dest), weight_type=QuantType.QInt8, per_channel=False,
-                                 op_types_to_quantize=["MatMul", "Gemm", "LSTM", "Attention"])
+                                 op_types_to_quantize=["MatMul", "Gemm", "LSTM", "Attention"],
+                                 extra_options={"DefaultTensorType": 1})  # FLOAT where ORT's fused ops hide the type
             else:
                 quantize_static(str(pre), str(dest), _Batches(calibration, "input"), quant_format=QuantFormat.QDQ,
                                 per_channel=True, activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,

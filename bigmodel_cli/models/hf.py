@@ -199,13 +199,31 @@ def _head_names(net: _Pretrained) -> set[str]:
 
 
 class SequenceClassifier(_Pretrained):
-    """Token ids [N, L] padded with `pad_id` at the end -> logits [N, outputs]."""
+    """Token ids [N, L] padded with `pad_id` at the end -> logits [N, outputs].
+
+    `additive_mask` (set by the export of an encoder) hands the model its padding mask already in the additive
+    [N, 1, L, L] form instead of letting transformers build it: the same numbers, written as a graph that
+    onnxruntime's transformer optimiser recognises (see `additive_mask`)."""
+
+    additive_mask = False
 
     def forward(self, ids: torch.Tensor) -> torch.Tensor:
         ids = ids.long()
         mask = ids != self.pad_id
         mask = torch.cat([torch.ones_like(mask[:, :1]), mask[:, 1:]], dim=1)  # an empty text still has one token
+        if self.additive_mask:
+            return self.model(input_ids=ids, attention_mask=additive_mask(mask)).logits
         return self.model(input_ids=ids, attention_mask=mask.long()).logits
+
+
+def additive_mask(keep: torch.Tensor) -> torch.Tensor:
+    """[N, L] bool (True: a token) -> [N, 1, L, L] float32: 0 where a query may attend to the key, the lowest float
+    where it may not (the key is padding), as transformers' encoders build it for their eager attention. Written
+    as transformers' former SDPA mask preparation (expand, 1 - mask, masked_fill): the pattern onnxruntime's
+    transformer optimiser knows, so that it fuses each layer's attention into one Attention op."""
+    n, length = keep.shape
+    inverted = 1.0 - keep[:, None, None, :].expand(n, 1, length, length).to(torch.float32)
+    return inverted.masked_fill(inverted.to(torch.bool), torch.finfo(torch.float32).min)
 
 
 class CausalLM(_Pretrained):

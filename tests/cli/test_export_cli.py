@@ -48,7 +48,7 @@ def test_export_int8_json_and_benchmark_gate(cli, run):
 
 
 @pytest.mark.parametrize("case", ["no checkpoint", "broken checkpoint", "missing out dir", "unknown quantize",
-                                  "int8 without train data"])
+                                  "int8 without train data", "optimize a cnn"])
 def test_bad_export_requests_exit_2_with_one_line_and_write_nothing(cli, run, tmp_path, case):
     args = [str(run)]
     if case == "no checkpoint":
@@ -59,6 +59,8 @@ def test_bad_export_requests_exit_2_with_one_line_and_write_nothing(cli, run, tm
         args += ["--out", str(tmp_path / "nowhere" / "model.onnx")]
     elif case == "unknown quantize":
         args += ["--quantize", "int4"]
+    elif case == "optimize a cnn":
+        args += ["--optimize"]
     else:
         data = tmp_path / "data"
         shutil.copytree(_data_of(run), data)
@@ -73,7 +75,8 @@ def test_bad_export_requests_exit_2_with_one_line_and_write_nothing(cli, run, tm
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and "Traceback" not in result.stderr, result.stderr
     expected = {"no checkpoint": "no best.pt", "broken checkpoint": "best.pt", "missing out dir": "does not exist",
-                "unknown quantize": "--quantize int4", "int8 without train data": "train"}[case]
+                "unknown quantize": "--quantize int4", "int8 without train data": "train",
+                "optimize a cnn": "--optimize / export.optimize"}[case]
     assert expected in lines[0]
     assert tree(tmp_path) == before  # nothing written, nothing left behind
 

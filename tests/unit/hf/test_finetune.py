@@ -166,3 +166,63 @@ def test_prune_refuses_a_hugging_face_run(full, tmp_path):
     with pytest.raises(UsageError, match="a pre-trained Hugging Face model; bigmodel prune takes the registered"):
         prune_run(full[0] / "run", 0.5, out=tmp_path / "pruned")
     assert not (tmp_path / "pruned").exists()
+
+
+def _padded_ids(run_dir, rows: int = 6) -> torch.Tensor:
+    """Validation rows with padding at the end (the texts are shorter than max_length), plus an empty text."""
+    from bigmodel_cli.run import load_run
+
+    run = load_run(run_dir)
+    x = np.load(f"{run.recipe.prepared_dir}/val/x.npy")[:rows].astype(np.int64)
+    pad = run.manifest["preprocessing"]["text"]["pad_id"]
+    x[-1, 1:] = pad
+    assert (x == pad).any(axis=1).all()  # every row is padded
+    return torch.from_numpy(x)
+
+
+def test_an_optimised_encoder_takes_its_padding_mask_prepared_with_the_same_answers(full):
+    from bigmodel_cli.export.hf import fusable
+    from bigmodel_cli.export.module import exportable
+    from bigmodel_cli.run import load_run
+
+    root, _, _ = full
+    module, _ = exportable(load_run(root / "run"), "best")
+    ids = _padded_ids(root / "run")
+    with torch.inference_mode():
+        own = module(ids)  # transformers builds the [N, 1, L, L] mask from the [N, L] one
+        assert fusable(module) == 1  # what --optimize exports: the mask prepared by us
+        prepared = module(ids)
+    torch.testing.assert_close(prepared, own, atol=1e-6, rtol=0)  # every output (tensors or tuples of them)
+
+
+@pytest.mark.slow
+def test_optimised_export_fuses_attention_and_quantises_on_top(full, tmp_path, monkeypatch):
+    import onnx
+    import onnxruntime as ort
+
+    from bigmodel_cli.export.module import exportable
+    from bigmodel_cli.export.onnx_export import export_run
+    from bigmodel_cli.run import load_run
+
+    monkeypatch.chdir(tmp_path)
+    root, _, _ = full
+    report = export_run(root / "run", out=tmp_path / "model.opt.onnx", optimize=True)
+    assert report["verification"]["passed"], report["verification"]
+    assert report["optimize"]["fused"]["Attention"] == 2, report["optimize"]  # one per layer of the tiny BERT
+    ops = [n.op_type for n in onnx.load(str(tmp_path / "model.opt.onnx")).graph.node]
+    assert ops.count("Attention") == 2 and ops.count("Softmax") <= 1  # left: the probabilities' own
+
+    ids = _padded_ids(root / "run")  # padding as the fused op reads it (the raw mask, any pattern)
+    module, _ = exportable(load_run(root / "run"), "best")
+    with torch.inference_mode():
+        expected = module(ids)
+    expected = (expected[0] if isinstance(expected, tuple) else expected).numpy()
+    session = ort.InferenceSession(str(tmp_path / "model.opt.onnx"), providers=["CPUExecutionProvider"])
+    np.testing.assert_allclose(session.run(None, {"input": ids.numpy()})[0], expected, atol=1e-5)
+
+    report = export_run(root / "run", out=tmp_path / "model.opt.int8.onnx", quantize="int8", optimize=True)
+    assert report["int8"]["metric"]["drop_points"] <= 1.0 and report["verification"]["passed"], report
+    assert "QAttention" in [n.op_type for n in onnx.load(str(tmp_path / "model.opt.int8.onnx")).graph.node]
+    assert sorted(p.name for p in tmp_path.iterdir()) == [  # nothing else left behind
+        "export.opt.int8.json", "export.opt.json", "model.opt.int8.onnx", "model.opt.onnx", "profile.opt.int8.json",
+        "profile.opt.json"]
