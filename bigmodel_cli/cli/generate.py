@@ -10,7 +10,7 @@ z for a seed is `numpy.random.default_rng(seed).standard_normal((n, latent_dim),
 (`export.generator.latents`), the rule servers use too, so a seed names the same images everywhere.
 A conditional generator without --label draws the classes in turn. With --prompt (language-modelling
 runs and their model.onnx) the prompt and its sampled continuation are printed on stdout
-(`tasks.language_modeling.generate_text`: temperature, then nucleus sampling; --temperature 0 is greedy).
+(`inference.text_generation`: temperature, then nucleus sampling; --temperature 0 is greedy).
 """
 
 from __future__ import annotations

@@ -298,7 +298,10 @@ class InferEndpoint:
                 infer_request = decode_infer_request(body, model.signature, header_length, held.take)
         del body
         timing.decode_s = time.perf_counter() - decoding
-        outputs = await batcher.infer(infer_request.inputs, timing, infer_request.table)
+        if model.prompt is not None:  # text generation: token by token in its own thread, never batched
+            outputs = await _generate(state, model, infer_request, timing)
+        else:
+            outputs = await batcher.infer(infer_request.inputs, timing, infer_request.table)
         encoding = time.perf_counter()
         if PNG_OUTPUT in infer_request.outputs and outputs[IMAGE_OUTPUT].size > _INLINE_OUTPUT_VALUES:
             results = await asyncio.get_running_loop().run_in_executor(
@@ -321,6 +324,21 @@ class InferEndpoint:
             return 200, content, [(b"content-type", b"application/json")]
         return 200, content, [(b"content-type", b"application/octet-stream"),
                               (HEADER_LENGTH.encode(), str(json_length).encode())]
+
+
+async def _generate(state: Any, model: LoadedModel, request: InferRequest, timing: RequestTiming) -> dict[str, Any]:
+    """A language model's request on the generation thread (one request at a time: each uses every core); 503 when
+    `--max-queue` requests already wait for it."""
+    if state.generating >= state.batcher.max_queue:
+        raise RequestError(503, f"server overloaded: {state.generating} generation requests already queued "
+                                f"(--max-queue {state.batcher.max_queue}); retry later")
+    state.generating += 1
+    started = time.perf_counter()
+    try:
+        return await asyncio.get_running_loop().run_in_executor(state.generation, model.generate, request)
+    finally:
+        state.generating -= 1
+        timing.infer_s = time.perf_counter() - started
 
 
 def infer_target(path: str) -> tuple[str, str | None] | None:
@@ -625,6 +643,7 @@ def create_app(model: LoadedModel, api_key: str | None = None, max_body_bytes: i
         app.state.accepting = False  # readiness probes fail from here on: the load balancer stops sending
         await batcher.stop()
         codec.shutdown(wait=False)
+        generation.shutdown(wait=False, cancel_futures=True)
         if payloads is not None:
             payloads.close()
 
@@ -644,6 +663,8 @@ def create_app(model: LoadedModel, api_key: str | None = None, max_body_bytes: i
     routes.state.inflight = InflightBytes(max_inflight_bytes, metrics.inflight_bytes)
     routes.state.stopping = stopping or threading.Event()
     routes.state.codec = codec = ThreadPoolExecutor(CODEC_THREADS, thread_name_prefix="bigmodel-codec")
+    routes.state.generation = generation = ThreadPoolExecutor(1, thread_name_prefix="bigmodel-generate")
+    routes.state.generating = 0  # language models: requests on or waiting for the generation thread
     routes.state.accepting = True
     app: ASGIApp = InferFirst(routes, infer)
     if api_key:

@@ -8,7 +8,8 @@ checked at load (a batch-2 warm-up) to really be row-wise, otherwise requests ar
 
 A text model (an export with the `text_preprocessing` metadata: the tokenizer fitted by prepare-data)
 takes token ids or raw strings for its input; `signature.text` tokenises with that tokenizer. A generator
-(task generation, input `z`) takes z or a `seed` request parameter, and a `label` (`generator.py`); a model
+(task generation, input `z`) takes z or a `seed` request parameter, and a `label` (`generator.py`); a language
+model takes prompts (BYTES) and answers their continuations (`prompts.py`); a model
 with an `image` UINT8 output also answers PNG bytes (`image_png`).
 
 The session comes from `inference.session.create_session` (no spinning: the pool's idle threads would take
@@ -27,11 +28,13 @@ import numpy as np
 from bigmodel_cli.errors import UsageError
 from bigmodel_cli.export import metadata as export_metadata
 from bigmodel_cli.serving import generator as generators
+from bigmodel_cli.serving.prompts import PROMPT_INPUT, PromptInput
 from bigmodel_cli.serving.protocol import (
     LABEL_OUTPUT,
     ORT_V2,
     PNG_OUTPUT,
     V2_NUMPY,
+    InferRequest,
     ModelSignature,
     RequestError,
     TensorSpec,
@@ -64,16 +67,19 @@ class LoadedModel:
         self.max_batch_size = max_batch_size
         self.meta = export_metadata.from_session(session, str(path or name))
         self.metadata: dict[str, str] = self.meta.raw
-        if self.meta.task == "language-modeling":  # a decoder's logits over every position are no answer to send
-            raise UsageError(f"{path or name}: a language model; serving generated text is not supported yet: "
-                             f"generate with `bigmodel generate {path or name} --prompt TEXT`")
-        self.inputs = [_spec(node) for node in session.get_inputs()]
-        self.outputs = [_spec(node) for node in session.get_outputs()]
-        self.input_dtypes = {s.name: V2_NUMPY[s.datatype] for s in self.inputs if s.datatype in V2_NUMPY}
-        self.text = _text_input(self.meta, self.inputs, path or name)
-        self.generator = generators.generator_input(self.task, self.metadata, self.inputs, self.class_names,
-                                                    max_batch_size, path or name)
-        self.raw = raw_input(self.meta, self.inputs, self.input_dtypes, path, max_batch_size)
+        self.prompt = _prompt_input(self.meta, session, path or name)
+        if self.prompt is not None:  # a decoder: prompts in, text out (its ids and logits stay inside)
+            self.inputs, self.outputs = self.prompt.tensors()
+            self.input_dtypes = {PROMPT_INPUT: np.dtype(object)}
+            self.text = self.generator = self.raw = None
+        else:
+            self.inputs = [_spec(node) for node in session.get_inputs()]
+            self.outputs = [_spec(node) for node in session.get_outputs()]
+            self.input_dtypes = {s.name: V2_NUMPY[s.datatype] for s in self.inputs if s.datatype in V2_NUMPY}
+            self.text = _text_input(self.meta, self.inputs, path or name)
+            self.generator = generators.generator_input(self.task, self.metadata, self.inputs, self.class_names,
+                                                        max_batch_size, path or name)
+            self.raw = raw_input(self.meta, self.inputs, self.input_dtypes, path, max_batch_size)
         self.providers: list[str] = list(session.get_providers())
         self.batchable = False
         self.ready = False
@@ -81,6 +87,7 @@ class LoadedModel:
             inputs=self.inputs, outputs=self.outputs, input_dtypes=self.input_dtypes,
             max_batch_size=max_batch_size, class_names=self.class_names, has_label=self._score_output() is not None,
             text=self.text, generator=self.generator, has_png=generators.has_png_output(self.outputs), raw=self.raw,
+            prompt=self.prompt,
         )
 
     @classmethod
@@ -107,6 +114,11 @@ class LoadedModel:
         try:
             if self.text is not None:  # builds the tokenizer now, not on the first request
                 self.text.tokenize(["warm up"])
+            if self.prompt is not None:  # one greedy token of a one-token prompt
+                self.prompt.generate(self.session, np.array(["warm up"], dtype=object),
+                                     self.prompt.sampling({"max_new_tokens": 1, "temperature": 0}))
+                self.ready = True
+                return
             self.session.run(None, self._zeros(1))
         except Exception as e:
             raise UsageError(f"{self.path or self.name}: warm-up inference failed: {_one_line(e)}") from e
@@ -162,6 +174,8 @@ class LoadedModel:
             parameters["generator"] = self.generator.metadata()
         if self.raw is not None:  # what the input tensor means, and the raw forms (rows, columns, image files)
             parameters["raw_input"] = self.raw.metadata()
+        if self.prompt is not None:  # prompts in, text out: the sampling parameters and their defaults
+            parameters["text_generation"] = self.prompt.metadata()
         return {
             "name": self.name,
             "versions": [self.version],
@@ -191,6 +205,8 @@ class LoadedModel:
             config["parameters"] = {"generator": {"string_value": json.dumps(self.generator.metadata())}}
         if self.raw is not None:
             config["parameters"] = {"raw_input": {"string_value": json.dumps(self.raw.metadata())}}
+        if self.prompt is not None:
+            config["parameters"] = {"text_generation": {"string_value": json.dumps(self.prompt.metadata())}}
         return config
 
     def _text_metadata(self) -> dict[str, Any]:
@@ -210,6 +226,12 @@ class LoadedModel:
         except Exception as e:  # validated input: what is left is on our side (memory, device)
             raise RequestError(500, f"inference failed: {_one_line(e)}") from e
         return {spec.name: value for spec, value in zip(self.outputs, values, strict=True)}
+
+    def generate(self, request: InferRequest) -> dict[str, np.ndarray]:
+        """A language model's answer: each prompt and its continuation (blocking: call it from a worker thread)."""
+        assert self.prompt is not None
+        sampling = self.prompt.sampling(request.parameters)
+        return self.prompt.generate(self.session, request.inputs[PROMPT_INPUT], sampling)
 
     def with_extras(self, results: dict[str, np.ndarray], wanted: list[str]) -> dict[str, np.ndarray]:
         """`results` plus the `label` (class names) and `image_png` (PNG bytes) outputs when `wanted` asks for them."""
@@ -239,6 +261,19 @@ def _text_input(meta: export_metadata.ExportMetadata, inputs: list[TensorSpec], 
     info = {"tokenizer": spec.get("tokenizer_kind"), "lowercase": spec.get("lowercase")}
     return TextInput(name=inputs[0].name, max_length=int(spec["max_length"]), vocab_size=int(spec["vocab_size"]),
                      pad_id=int(spec["pad_id"]), tokenize=partial(apply_text, spec), info=info)
+
+
+def _prompt_input(meta: export_metadata.ExportMetadata, session: Any, where: object) -> PromptInput | None:
+    """A language model's text interface (None for other models); UsageError when the export is not one."""
+    if meta.task != "language-modeling":
+        return None
+    spec = meta.text_preprocessing
+    inputs, outputs = session.get_inputs(), [o.name for o in session.get_outputs()]
+    if not isinstance(spec, dict) or "tokenizer" not in spec or len(inputs) != 1 or inputs[0].name != "input" \
+            or "logits" not in outputs:
+        raise UsageError(f"{where}: a language model needs its export's tokenizer (metadata 'text_preprocessing'), "
+                         f"one input 'input' (token ids) and a 'logits' output; export the run again")
+    return PromptInput(spec)
 
 
 def check_name(name: str) -> None:

@@ -145,6 +145,7 @@ class ModelSignature:
     generator: Any = None  # a generator's `generator.GeneratorInput`: z may come from a seed, label from a parameter
     raw: Any = None  # `raw.RawInput` of a table or image model: rows, column tensors or image files accepted too
     has_png: bool = False  # PNG_OUTPUT may be asked for
+    prompt: Any = None  # a language model's `prompts.PromptInput`: prompts (BYTES) in, generated text out
 
     @property
     def output_names(self) -> list[str]:
@@ -256,7 +257,10 @@ def decode_infer_request(body: bytes, signature: ModelSignature, header_length: 
         raise RequestError(400, "'parameters' must be an object")
 
     raw = signature.raw
-    if raw is not None and raw.kind == "tabular" and "rows" in parameters:  # JSON objects, column name -> value
+    if signature.prompt is not None:  # a language model: one BYTES input of prompts, sampling options as parameters
+        signature.prompt.sampling(parameters)  # a 400 now for an option out of range
+        inputs, table = {signature.inputs[0].name: _prompts(doc.get("inputs"), signature, binary)}, None
+    elif raw is not None and raw.kind == "tabular" and "rows" in parameters:  # JSON objects, column name -> value
         if doc.get("inputs") not in (None, []):
             raise RequestError(400, "send table rows either as the parameter 'rows' or as input tensors, not both")
         inputs, table = {}, raw.from_rows(parameters["rows"])
@@ -485,18 +489,44 @@ def _pad_ids(ids: np.ndarray, text: TextInput) -> np.ndarray:
 def _string_tensor(tensor: dict[str, Any], text: TextInput, signature: ModelSignature, binary_size: Any,
                    binary: memoryview, model_dtype: np.dtype) -> tuple[np.ndarray, int]:
     """Raw strings [N] or [N, 1] (JSON or Triton's binary BYTES) -> token ids [N, max_length]."""
-    name, shape = text.name, tensor.get("shape")
+    texts, used = _strings(tensor, text.name, signature.max_batch_size, binary_size, binary)
+    ids = np.asarray(text.tokenize(texts))
+    return ids.astype(model_dtype, copy=False).reshape(len(texts), text.max_length), used
+
+
+def _strings(tensor: dict[str, Any], name: str, max_batch_size: int, binary_size: Any,
+             binary: memoryview) -> tuple[list[str], int]:
+    """The strings of a BYTES tensor of shape [N] or [N, 1] (JSON or binary), and the binary bytes they took."""
+    shape = tensor.get("shape")
     if not isinstance(shape, list) or not all(isinstance(d, int) and not isinstance(d, bool) for d in shape) \
             or len(shape) not in (1, 2) or (len(shape) == 2 and shape[1] != 1):
         raise RequestError(400, f"input '{name}': BYTES strings need shape [N] or [N, 1], got {shape!r}")
     rows = shape[0]
-    check_batch(rows, signature.max_batch_size, name)
+    check_batch(rows, max_batch_size, name)
     if binary_size is not None:
-        texts, used = binary_strings(binary_size, binary, rows, name)
-    else:
-        texts, used = _json_strings(tensor, rows, name), 0
-    ids = np.asarray(text.tokenize(texts))
-    return ids.astype(model_dtype, copy=False).reshape(rows, text.max_length), used
+        return binary_strings(binary_size, binary, rows, name)
+    return _json_strings(tensor, rows, name), 0
+
+
+def _prompts(tensors: Any, signature: ModelSignature, binary: memoryview) -> np.ndarray:
+    """A language model's request: exactly one BYTES tensor named as its input (the prompts) -> object array."""
+    name = signature.inputs[0].name
+    if not isinstance(tensors, list) or len(tensors) != 1 or not isinstance(tensors[0], dict):
+        raise RequestError(400, f"request needs 'inputs': one BYTES tensor '{name}' of prompts")
+    tensor = tensors[0]
+    if tensor.get("name") != name:
+        raise RequestError(400, f"unknown input {tensor.get('name')!r} (a language model takes '{name}': BYTES "
+                                f"prompts)")
+    if tensor.get("datatype") != "BYTES":
+        raise RequestError(400, f"input '{name}': datatype must be BYTES (text), got {tensor.get('datatype')!r}")
+    binary_size = _binary_size(tensor, name)
+    texts, used = _strings(tensor, name, signature.max_batch_size, binary_size, binary)
+    if used != len(binary):
+        raise RequestError(400, f"{len(binary) - used} bytes of binary tensor data after the inputs' "
+                                f"binary_data_size (sum {used})")
+    prompts = np.empty(len(texts), dtype=object)
+    prompts[:] = texts
+    return prompts
 
 
 def _json_strings(tensor: dict[str, Any], rows: int, name: str) -> list[str]:

@@ -22,6 +22,7 @@ import torch
 
 from bigmodel_cli.errors import UsageError
 from bigmodel_cli.evaluation.language_model import next_token_loss, perplexity, split_loss
+from bigmodel_cli.inference.text_generation import OnnxDecoder, Sampling, continue_text, tokenizer
 from bigmodel_cli.tasks.base import Batch, Context, Parts, Split, Step
 from bigmodel_cli.training.optim import optimizer_and_schedule
 
@@ -71,71 +72,15 @@ class LanguageModeling:
 # ---------------------------------------------------------------- generation
 
 
-def sample_next(logits: np.ndarray, temperature: float, top_p: float, rng: np.random.Generator) -> int:
-    """One token id from next-token logits: greedy at temperature 0, else softmax(logits / T) cut to the
-    smallest set of tokens whose probability reaches top_p (nucleus sampling)."""
-    if temperature <= 0:
-        return int(np.argmax(logits))
-    z = logits.astype(np.float64) / temperature
-    p = np.exp(z - z.max())
-    p /= p.sum()
-    if top_p < 1.0:
-        order = np.argsort(-p, kind="stable")
-        keep = order[: int(np.searchsorted(np.cumsum(p[order]), top_p) + 1)]
-        q = np.zeros_like(p)
-        q[keep] = p[keep]
-        p = q / q.sum()
-    return int(rng.choice(len(p), p=p))
-
-
-def _check_options(max_new_tokens: int, temperature: float, top_p: float) -> None:
-    if max_new_tokens < 1:
-        raise UsageError(f"--max-new-tokens {max_new_tokens}: must be at least 1")
-    if temperature < 0:
-        raise UsageError(f"--temperature {temperature}: must be 0 (greedy) or more")
-    if not 0 < top_p <= 1:
-        raise UsageError(f"--top-p {top_p}: must be in (0, 1]")
-
-
-def _tokenizer(spec: dict[str, Any]):
-    from tokenizers import Tokenizer
-
-    tok = Tokenizer.from_str(spec["tokenizer"])
-    tok.no_truncation()
-    tok.no_padding()
-    return tok
-
-
 def generate_text(source: str | Path, prompt: str, max_new_tokens: int = 50, temperature: float = 1.0,
                   top_p: float = 1.0, seed: int = 0, checkpoint: str = "best") -> str:
-    """The prompt and its continuation, sampled from a language-modelling run (RUN_DIR) or its MODEL.onnx.
-
-    Stops at the end-of-text token, after `max_new_tokens`, or at the model's longest sequence.
-    """
-    _check_options(max_new_tokens, temperature, top_p)
+    """The prompt and its continuation, sampled from a language-modelling run (RUN_DIR) or its MODEL.onnx
+    (`inference.text_generation`: the loop the server uses too)."""
+    sampling = Sampling(max_new_tokens, temperature, top_p, seed)
+    sampling.check()
     source = Path(source)
-    decoder = OnnxDecoder(source) if source.suffix.lower() == ".onnx" else CheckpointDecoder(source, checkpoint)
-    tok = _tokenizer(decoder.spec)
-    ids = list(tok.encode(prompt).ids)
-    if not ids:
-        raise UsageError("--prompt: the prompt has no tokens; give some text")
-    longest = decoder.longest
-    if longest is not None and len(ids) >= longest:
-        raise UsageError(f"--prompt: {len(ids)} tokens, the model takes at most {longest}; shorten it")
-    budget = max_new_tokens if longest is None else min(max_new_tokens, longest - len(ids))
-    rng = np.random.default_rng(seed)
-    eos = decoder.spec.get("eos_id")
-    new: list[int] = []
-    logits = decoder.start(ids)
-    while True:
-        token = sample_next(logits, temperature, top_p, rng)
-        if token == eos:
-            break
-        new.append(token)
-        if len(new) == budget:
-            break
-        logits = decoder.advance(token)
-    return tok.decode(ids + new, skip_special_tokens=True)
+    decoder = OnnxDecoder.open(source) if source.suffix.lower() == ".onnx" else CheckpointDecoder(source, checkpoint)
+    return continue_text(decoder, tokenizer(decoder.spec), prompt, sampling)
 
 
 class CheckpointDecoder:
@@ -170,34 +115,3 @@ class CheckpointDecoder:
 
     def advance(self, token: int) -> np.ndarray:
         return self._run([token])
-
-
-class OnnxDecoder:
-    """An exported decoder (`input` ids [1, L] -> `logits` [1, L, vocab]), run over the whole sequence each step."""
-
-    def __init__(self, path: Path):
-        from bigmodel_cli.export import metadata
-        from bigmodel_cli.inference.session import create_session
-
-        if not path.is_file():
-            raise UsageError(f"{path}: no such model file")
-        self.session = create_session(path, device="cpu")
-        meta = metadata.from_session(self.session, str(path))
-        if meta.task != "language-modeling" or not meta.text_preprocessing:
-            raise UsageError(f"{path}: not an exported language model (task {meta.task!r}); export a "
-                             f"language-modeling run")
-        self.spec = meta.text_preprocessing
-        self.longest = self.spec.get("max_positions")
-        self.ids: list[int] = []
-
-    def _run(self) -> np.ndarray:
-        logits = self.session.run(["logits"], {"input": np.asarray([self.ids], dtype=np.int64)})[0]
-        return np.asarray(logits[0, -1], dtype=np.float32)
-
-    def start(self, ids: list[int]) -> np.ndarray:
-        self.ids = list(ids)
-        return self._run()
-
-    def advance(self, token: int) -> np.ndarray:
-        self.ids.append(token)
-        return self._run()

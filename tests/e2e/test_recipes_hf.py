@@ -3,6 +3,7 @@
     text-bert-finetune: prepare-data (the folder's tokenizer) -> train -> eval -> export (verified) -> serve raw
                         strings (the tokenizer travels in the model's metadata), checked against onnxruntime
     text-gpt-lm:        prepare-data (a corpus packed into blocks) -> train -> eval (perplexity gate) -> export
+                        -> generate -> serve (a prompt in, the same text out, through tritonclient)
 
 The LoRA variant, decoders as classifiers and generation are tested in-process in tests/unit/hf.
 """
@@ -78,3 +79,19 @@ def test_text_gpt_lm_recipe(cli, tmp_path: Path) -> None:
     exported = cli("export", str(run), "--json")
     assert exported.code == 0, exported.stderr
     assert exported.json()["verification"]["passed"] and exported.json()["outputs"] == ["logits"]
+
+    generated = cli("generate", str(run / "model.onnx"), "--prompt", "one two", "--max-new-tokens", "6",
+                    "--temperature", "0.8", "--seed", "3", "--json")
+    assert generated.code == 0, generated.stderr
+    import tritonclient.http as httpclient
+
+    server = Server(str(run), "--port", "0", "--device", "cpu")
+    try:  # the served decoder answers a BYTES prompt (tritonclient's binary tensor data) with the same text
+        client = httpclient.InferenceServerClient(url=server.url)
+        prompt = httpclient.InferInput("prompt", [1], "BYTES")
+        prompt.set_data_from_numpy(np.array(["one two"], dtype=object))
+        result = client.infer("text-gpt-lm", [prompt], parameters={"max_new_tokens": 6, "temperature": 0.8,
+                                                                    "seed": 3})
+        assert result.as_numpy("text")[0].decode() == generated.json()["text"]
+    finally:
+        assert server.stop() == 0

@@ -104,7 +104,7 @@ def test_generation_options_and_prompt_length_are_checked(lm_run):
 
 
 def test_sampling_keeps_the_nucleus():
-    from bigmodel_cli.tasks.language_modeling import sample_next
+    from bigmodel_cli.inference.text_generation import sample_next
 
     logits = np.log(np.array([0.5, 0.3, 0.15, 0.05]))
     rng = np.random.default_rng(0)
@@ -152,13 +152,53 @@ def test_bigmodel_generate_prompt_prints_the_continuation(lm_run, capsys):
 
 
 @pytest.mark.slow
-def test_serve_refuses_a_language_model_naming_generate(lm_run):
+def test_serve_answers_prompts_with_the_text_generate_prints(lm_run):
+    from starlette.testclient import TestClient
+
     from bigmodel_cli.export.onnx_export import export_run
+    from bigmodel_cli.serving.app import create_app
     from bigmodel_cli.serving.model import LoadedModel
+    from bigmodel_cli.tasks.language_modeling import generate_text
 
     run = lm_run[0] / "run"
     if not (run / "model.onnx").exists():
         export_run(run)
-    with pytest.raises(UsageError, match="a language model; serving generated text is not supported yet: generate "
-                                         "with `bigmodel generate .*model.onnx --prompt TEXT`"):
-        LoadedModel.load(run / "model.onnx")
+    model = LoadedModel.load(run / "model.onnx", device="cpu", max_batch_size=4)
+    url = f"/v2/models/{model.name}/infer"
+
+    def ask(prompts, **parameters):
+        return client.post(url, json={"inputs": [{"name": "prompt", "shape": [len(prompts)], "datatype": "BYTES",
+                                                  "data": prompts}], "parameters": parameters})
+
+    with TestClient(create_app(model)) as client:
+        meta = client.get(f"/v2/models/{model.name}").json()
+        assert meta["inputs"] == [{"name": "prompt", "datatype": "BYTES", "shape": [-1]}]
+        assert meta["outputs"] == [{"name": "text", "datatype": "BYTES", "shape": [-1]}]
+        assert meta["parameters"]["text_generation"]["longest_sequence"] == 64
+        greedy = ask(["one two", "three"], max_new_tokens=8, temperature=0)
+        assert greedy.status_code == 200, greedy.text
+        (out,) = greedy.json()["outputs"]
+        assert out["name"] == "text" and out["shape"] == [2]
+        assert out["data"] == [generate_text(run / "model.onnx", p, max_new_tokens=8, temperature=0)
+                               for p in ("one two", "three")]
+        assert out["data"][0] == generate_text(run, "one two", max_new_tokens=8, temperature=0)  # the checkpoint
+        sampled = ask(["one two"], max_new_tokens=10, temperature=0.9, top_p=0.9, seed=5).json()["outputs"][0]
+        assert sampled["data"] == [generate_text(run / "model.onnx", "one two", max_new_tokens=10, temperature=0.9,
+                                                 top_p=0.9, seed=5)]
+        assert ask(["one two"], max_new_tokens=10, temperature=0.9, top_p=0.9, seed=5).json()["outputs"][0] == sampled
+
+        for prompts, parameters, status, message in [
+            (["one"], {"top_p": 0}, 400, "parameter 'top_p' 0.0: must be in (0, 1]"),
+            (["one"], {"temperature": "hot"}, 400, "parameter 'temperature': expected a number"),
+            (["one"], {"max_new_tokens": 2.5}, 400, "parameter 'max_new_tokens': expected an integer"),
+            (["one two " * 40], {}, 400, "input 'prompt' string 1: 241 tokens, the model takes at most 64"),
+            ([""], {}, 400, "input 'prompt' string 1: the prompt has no tokens"),
+            (["a"] * 5, {}, 400, "batch of 5 is over max_batch_size 4"),
+        ]:
+            r = ask(prompts, **parameters)
+            assert r.status_code == status and message in r.json()["error"], (parameters, r.text)
+        r = client.post(url, json={"inputs": [{"name": "input", "shape": [1, 2], "datatype": "INT64",
+                                               "data": [1, 2]}]})
+        assert r.status_code == 400 and "a language model takes 'prompt'" in r.json()["error"]
+        r = client.post(url, json={"inputs": [{"name": "prompt", "shape": [1], "datatype": "FP32", "data": [1]}]})
+        assert r.status_code == 400 and "datatype must be BYTES" in r.json()["error"]
