@@ -45,7 +45,7 @@ def fusable(net: nn.Module) -> int:
     """Before an optimised export (`--optimize`): an encoder classifier hands its model the padding mask already
     prepared ([N, 1, L, L], `models.hf.additive_mask`), the same numbers in the graph that onnxruntime's attention
     fusion matches (transformers' own mask construction is not a pattern it knows). Returns how many changed. The
-    plain export keeps transformers' mask: onnxruntime runs that graph unfused 5-10 % faster."""
+    plain export keeps transformers' mask: unfused, onnxruntime ran that graph 8 % faster (BERT hidden 128)."""
     from bigmodel_cli.models.hf import SequenceClassifier
 
     changed = 0
