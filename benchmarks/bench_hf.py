@@ -3,6 +3,7 @@
     .venv/bin/python benchmarks/bench_hf.py                       # every part
     .venv/bin/python benchmarks/bench_hf.py --parts trainer,lora,ort --hidden 128 --layers 4
     .venv/bin/python benchmarks/bench_hf.py --parts pretrained --reviews 4000
+    .venv/bin/python benchmarks/bench_hf.py --parts generate --hidden 256 --layers 4
 
 Parts (each prints one block and a JSON line):
   trainer     `bigmodel train` against the Hugging Face Trainer: one BERT written in the HF layout (hidden
@@ -15,6 +16,9 @@ Parts (each prints one block and a JSON line):
               PyTorch eager at batch 1, sequence --length (goal >= 1.5x), dynamic int8 against fp32 (goal
               >= 1.5x) and its accuracy drop on the validation split (goal <= 1 point), each also with
               --optimize (onnxruntime's transformer fusions: attention, LayerNorm, GELU).
+  generate    a GPT-2 (hidden --hidden, --layers layers, --length positions) fine-tuned one epoch and exported:
+              greedy generation to its longest sequence with the export's key/value cache against the same graph
+              run over the whole sequence each step; tokens/s of both, and whether the texts are equal.
   pretrained  no pre-trained weights can be downloaded here, so a tiny BERT is pre-trained by masked language
               modelling (--pretrain-epochs) on generated unlabelled reviews (--corpus leaning: each leans one
               way, as real reviews do; recipe: the recipe's own generator, another seed), then fine-tuned with
@@ -397,9 +401,73 @@ def part_pretrained(args, root: Path) -> dict:
             "mlm_loss": mlm_loss, "test_accuracy": scores}
 
 
+# ---------------------------------------------------------------- generate
+
+
+def part_generate(args, root: Path) -> dict:
+    """The exported decoder's text generation with its key/value cache against the same export run over the whole
+    sequence each step (what it did before the cache), greedy, one process, alternating rounds."""
+    import torch
+    from hf_tiny import _silence, bpe_tokenizer, write_corpus
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    from bigmodel_cli.config.recipe import resolve
+    from bigmodel_cli.data.prepare import prepare
+    from bigmodel_cli.export.onnx_export import export_run
+    from bigmodel_cli.inference.session import create_session
+    from bigmodel_cli.inference.text_generation import OnnxDecoder, Sampling, continue_text, tokenizer
+    from bigmodel_cli.training.loop import fit
+
+    _silence()
+    torch.manual_seed(0)
+    folder = root / "gpt2-gen"
+    tok = bpe_tokenizer()
+    GPT2LMHeadModel(GPT2Config(vocab_size=len(tok), n_embd=args.hidden, n_layer=args.layers,
+                               n_head=max(1, args.hidden // 32), n_positions=args.length,
+                               bos_token_id=tok.eos_token_id, eos_token_id=tok.eos_token_id)).save_pretrained(folder)
+    tok.save_pretrained(folder)
+    corpus = write_corpus(root / "corpus.txt", paragraphs=200)
+    recipe = resolve("text-gpt-lm", {"data.prepared": str(root / "gen-data"), "data.source": str(corpus),
+                                     "model.path": str(folder)},
+                     [f"data.text.max_length={args.length}", "train.epochs=1", "train.batch_size=8",
+                      "train.accumulate=1", "data.split.val=0.1", "data.split.test=0.1"])
+    prepare(recipe)
+    fit(recipe, root / "gen-run")
+    export_run(root / "gen-run")
+    session = create_session(root / "gen-run" / "model.onnx", device="cpu")
+    spec = json.loads(session.get_modelmeta().custom_metadata_map["text_preprocessing"])
+    tok = tokenizer(spec)
+    prompt = "one two three four five six seven eight"
+    sampling = Sampling(max_new_tokens=args.length, temperature=0.0)  # to the model's longest sequence
+
+    def run(cached: bool) -> tuple[float, str, int]:
+        decoder = OnnxDecoder(session, spec)
+        if not cached:
+            decoder.cache = []
+        start = time.perf_counter()
+        text = continue_text(decoder, tok, prompt, sampling)
+        return time.perf_counter() - start, text, len(decoder.ids)
+
+    timing: dict[str, list[float]] = {"cache": [], "recompute": []}
+    texts = {}
+    for _ in range(3):
+        for name in timing:
+            seconds, texts[name], tokens = run(name == "cache")
+            timing[name].append(seconds)
+    new = tokens - len(tok.encode(prompt).ids)
+    cache, recompute = float(np.median(timing["cache"])), float(np.median(timing["recompute"]))
+    out = {"part": "generate", "model": f"GPT-2 hidden {args.hidden}, {args.layers} layers, {args.length} positions",
+           "new_tokens": new, "cache_tokens_per_s": new / cache, "recompute_tokens_per_s": new / recompute,
+           "speedup": recompute / cache, "same_text": texts["cache"] == texts["recompute"]}
+    print(f"greedy generation of {new} tokens ({out['model']}): with the key/value cache {cache * 1000:.0f} ms "
+          f"({out['cache_tokens_per_s']:.0f} tokens/s), the whole sequence each step {recompute * 1000:.0f} ms: "
+          f"{out['speedup']:.2f}x; same text: {out['same_text']}")
+    return out
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--parts", default="trainer,lora,ort,pretrained")
+    parser.add_argument("--parts", default="trainer,lora,ort,generate,pretrained")
     parser.add_argument("--rows", type=int, default=1024, help="generated reviews for trainer/lora/ort")
     parser.add_argument("--batch", type=int, default=16)
     parser.add_argument("--length", type=int, default=128)

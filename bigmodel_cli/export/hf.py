@@ -130,6 +130,85 @@ def split_unsqueezes(src: Path, dest: Path) -> None:
     onnx.save(model, str(dest))
 
 
+class CachedDecoder(nn.Module):
+    """A language model's export with its key/value cache: `input` ids [N, T] and, per layer, `past.{i}.key` and
+    `past.{i}.value` [1, kv_heads, P, head_dim] -> `logits` [N, T, vocab] and `present.{i}.key/value` (the past
+    followed by these T positions). The pasts are optional in the graph (initializers of length 0), so a caller
+    that feeds `input` alone runs the whole sequence as before; a cached step feeds one sequence (batch 1)."""
+
+    def __init__(self, model: nn.Module, layers: int):
+        super().__init__()
+        self.model, self.layers = model, layers
+        import inspect
+
+        # transformers >= 5.20 names the key/value cache `cache` (`past_key_values` before)
+        params = inspect.signature(model.forward).parameters
+        self.cache_arg = "cache" if "cache" in params else "past_key_values"
+
+    def forward(self, input, past):  # noqa: A002  (the ONNX input's name)
+        from transformers import DynamicCache
+
+        n = input.shape[0]
+        cache = DynamicCache(config=self.model.config)
+        for i in range(self.layers):
+            cache.update(past[2 * i].expand(n, -1, -1, -1), past[2 * i + 1].expand(n, -1, -1, -1), i)
+        out = self.model(input_ids=input.long(), **{self.cache_arg: cache}, use_cache=True)
+        present = getattr(out, "cache", None) or out.past_key_values
+        flat = []
+        for layer in present.layers[: self.layers]:
+            flat += [layer.keys, layer.values]
+        return (out.logits, *flat)
+
+
+def cache_names(layers: int) -> list[str]:
+    return [f"past.{i}.{kv}" for i in range(layers) for kv in ("key", "value")]
+
+
+def export_decoder(module: nn.Module, sample, dest: Path, opset: int) -> str:
+    """Write a language model's graph with its key/value cache (`CachedDecoder`) to `dest`; returns the exporter."""
+    import contextlib as ctx
+    import sys
+    import warnings
+
+    import onnx
+    import torch
+    from onnx import numpy_helper
+
+    from bigmodel_cli.models.hf import CausalLM
+
+    lm = next(m for m in module.modules() if isinstance(m, CausalLM)).model
+    layers = int(lm.config.num_hidden_layers)
+    ids = sample[:1].long()
+    if ids.shape[1] < 2:
+        ids = torch.cat([ids, ids], dim=1)
+    with torch.inference_mode():  # the cache's shape per layer: [1, kv_heads, positions, head_dim]
+        shapes = [tuple(layer.keys.shape) for layer in
+                  (lambda o: getattr(o, "cache", None) or o.past_key_values)(lm(input_ids=ids, use_cache=True)).layers]
+    decoder = CachedDecoder(lm, layers).eval()
+    longest = int(sample.shape[-1])
+    past = tuple(torch.zeros(1, h, 2, d) for (_, h, _, d) in shapes[:layers] for _ in range(2))
+    batch = torch.export.Dim("batch", min=1)
+    dynamic = {"input": {0: batch, 1: torch.export.Dim("sequence", min=1, max=longest)},
+               "past": tuple({2: torch.export.Dim("past", min=1, max=longest - 1)} for _ in past)}
+    names = cache_names(layers)
+    example = torch.cat([ids, ids], dim=0)  # batch 2 and length >= 2: neither is taken for a constant
+    try:
+        with ctx.redirect_stdout(sys.stderr), warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            program = torch.onnx.export(decoder, (example, past), dynamo=True, dynamic_shapes=dynamic,
+                                        input_names=["input", *names], opset_version=opset,
+                                        output_names=["logits", *[n.replace("past", "present") for n in names]])
+        program.save(str(dest), external_data=False)
+    except Exception as e:
+        raise JobFailed(f"ONNX export of the decoder with its key/value cache failed: "
+                        f"{str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__}") from e
+    graph = onnx.load(str(dest))
+    for name, (_, h, _, d) in zip(names, [shape for shape in shapes[:layers] for _ in range(2)], strict=True):
+        graph.graph.initializer.append(numpy_helper.from_array(np.zeros((1, h, 0, d), np.float32), name))
+    onnx.save(graph, str(dest))
+    return "dynamo"
+
+
 def drop_shape_annotations(path: Path) -> None:
     """Remove the intermediate shape annotations (`value_info`) of a graph: the dynamo exporter's annotations of
     a transformer disagree with what onnxruntime's quantiser infers (a dimension 1 against the batch)."""

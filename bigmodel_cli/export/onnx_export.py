@@ -184,7 +184,12 @@ def _onnx(job: _Job, sample, tmp: Path, verify_rows, data):
 
     with tempfile.TemporaryDirectory(prefix="bigmodel-export-") as work:
         fp32 = tmp if job.quantize == "none" else Path(work) / "fp32.onnx"
-        exporter = onnx_graph.to_onnx(job.module, sample, fp32, job.opset, job.task)
+        if job.task == "language-modeling":  # a decoder: with its key/value cache (optional inputs)
+            from bigmodel_cli.export.hf import export_decoder
+
+            exporter = export_decoder(job.module, sample, fp32, job.opset)
+        else:
+            exporter = onnx_graph.to_onnx(job.module, sample, fp32, job.opset, job.task)
         optimized = _optimize(job, fp32, Path(work)) if job.cfg.optimize else {}
         job.write_metadata(fp32, exporter, "none")
         tol = V.tolerance(job.cfg.verify, job.quantize)

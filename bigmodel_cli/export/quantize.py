@@ -44,19 +44,30 @@ def to_fp16(src: Path, dest: Path) -> None:
     the input of another node (`logits` feeding the softmax), so the casts are added here.
     """
     import onnx
-    from onnx import TensorProto, helper
+    from onnx import TensorProto, helper, numpy_helper
     from onnxconverter_common import float16
 
     model = onnx.load(str(src))
     model.graph.ClearField("value_info")  # the exporter's float32 annotations would contradict the fp16 types
     model = float16.convert_float_to_float16(model, keep_io_types=False)
     graph = model.graph
+    typed = {v.name: v.type.tensor_type.elem_type for v in graph.value_info}
+    for node in graph.node:  # a cast to float32 whose output the converter typed fp16 (Llama's rotary embedding)
+        for attribute in node.attribute:
+            if node.op_type == "Cast" and attribute.name == "to" and attribute.i == TensorProto.FLOAT \
+                    and typed.get(node.output[0]) == TensorProto.FLOAT16:
+                attribute.i = TensorProto.FLOAT16
     casts = []
+    defaults = {t.name: t for t in graph.initializer}  # inputs with a default value (a decoder's empty cache)
     for value in graph.input:
         if value.type.tensor_type.elem_type == TensorProto.FLOAT16:
             _rename_uses(graph, value.name, f"{value.name}_fp16", producers=False)
             casts.append(helper.make_node("Cast", [value.name], [f"{value.name}_fp16"], to=TensorProto.FLOAT16))
             value.type.tensor_type.elem_type = TensorProto.FLOAT
+            if value.name in defaults:
+                default = defaults[value.name]
+                default.CopyFrom(numpy_helper.from_array(numpy_helper.to_array(default).astype("float32"),
+                                                         value.name))
     tail = []
     for value in graph.output:
         if value.type.tensor_type.elem_type == TensorProto.FLOAT16:

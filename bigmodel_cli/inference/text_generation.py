@@ -93,14 +93,20 @@ def continue_text(decoder, tok, prompt: str, sampling: Sampling, where: str = "-
 
 
 class OnnxDecoder:
-    """An exported decoder (`input` ids [1, L] -> `logits` [1, L, vocab]), run over the whole sequence each step.
-    One per generation: it holds the sequence so far (the session may be shared between threads)."""
+    """An exported decoder (`input` ids [1, L] -> `logits` [1, L, vocab]). With its key/value cache (the
+    `past.{i}.key/value` inputs of `export.hf.CachedDecoder`) each step runs the new token only; an export without
+    one runs the whole sequence each step. One per generation: it holds the sequence so far (the session may be
+    shared between threads)."""
 
     def __init__(self, session: Any, spec: dict[str, Any]):
         self.session = session
         self.spec = spec
         self.longest = spec.get("max_positions")
+        self.cache = sorted((i.name for i in session.get_overridable_initializers() if i.name.startswith("past.")),
+                            key=lambda n: (int(n.split(".")[1]), n.split(".")[2] != "key"))
+        self.outputs = ["logits", *[n.replace("past", "present", 1) for n in self.cache]]
         self.ids: list[int] = []
+        self.past: list[np.ndarray] = []
 
     @classmethod
     def open(cls, path: Path) -> OnnxDecoder:
@@ -116,14 +122,18 @@ class OnnxDecoder:
                              f"language-modeling run")
         return cls(session, meta.text_preprocessing)
 
-    def _run(self) -> np.ndarray:
-        logits = self.session.run(["logits"], {"input": np.asarray([self.ids], dtype=np.int64)})[0]
+    def _run(self, new: list[int]) -> np.ndarray:
+        if not self.cache:  # no cache: the whole sequence again
+            logits = self.session.run(["logits"], {"input": np.asarray([self.ids], dtype=np.int64)})[0]
+            return np.asarray(logits[0, -1], dtype=np.float32)
+        feeds = {"input": np.asarray([new], dtype=np.int64), **dict(zip(self.cache, self.past, strict=False))}
+        logits, *self.past = self.session.run(self.outputs, feeds)
         return np.asarray(logits[0, -1], dtype=np.float32)
 
     def start(self, ids: list[int]) -> np.ndarray:
-        self.ids = list(ids)
-        return self._run()
+        self.ids, self.past = list(ids), []
+        return self._run(self.ids)
 
     def advance(self, token: int) -> np.ndarray:
         self.ids.append(token)
-        return self._run()
+        return self._run([token])

@@ -201,9 +201,9 @@ def _head_names(net: _Pretrained) -> set[str]:
 class SequenceClassifier(_Pretrained):
     """Token ids [N, L] padded with `pad_id` at the end -> logits [N, outputs].
 
-    `additive_mask` (set for `bigmodel export --optimize`, encoders only) hands the model its padding mask already in the additive
-    [N, 1, L, L] form instead of letting transformers build it: the same numbers, written as a graph that
-    onnxruntime's transformer optimiser recognises (see `additive_mask`)."""
+    `additive_mask` (set for `bigmodel export --optimize`, encoders only) hands the model its padding mask already
+    in the additive [N, 1, L, L] form instead of letting transformers build it: the same numbers, written as a
+    graph that onnxruntime's transformer optimiser recognises (see `additive_mask`)."""
 
     additive_mask = False
 

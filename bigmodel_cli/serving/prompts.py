@@ -5,12 +5,12 @@
      "parameters": {"max_new_tokens": 20, "temperature": 0.8, "top_p": 0.95, "seed": 1}}
     -> {"outputs": [{"name": "text", "datatype": "BYTES", "shape": [1], "data": ["Once upon a time ..."]}]}
 
-The exported decoder (`input` ids [1, L] -> `logits` [1, L, vocab]) stays the model file; the server presents
-it with one input `prompt` BYTES [N] (or [N, 1]) and one output `text` BYTES [N], and samples each prompt with
-`inference.text_generation` (the loop of `bigmodel generate --prompt`): the same prompt, parameters and seed give
-the same text as `bigmodel generate MODEL.onnx --prompt ... --seed S`, on every call. Each prompt of a request
-is sampled on its own (its own generator seeded with `seed`). The decoder has no key/value cache: each new
-token runs the whole sequence again, so a request takes time in proportion to its tokens; requests are not
+The exported decoder (`input` ids and its key/value cache -> `logits` and the cache) stays the model file; the
+server presents it with one input `prompt` BYTES [N] (or [N, 1]) and one output `text` BYTES [N], and samples
+each prompt with `inference.text_generation` (the loop of `bigmodel generate --prompt`): the same prompt,
+parameters and seed give the same text as `bigmodel generate MODEL.onnx --prompt ... --seed S`, on every call.
+Each prompt of a request is sampled on its own (its own generator seeded with `seed`), one step of the export's
+key/value cache per new token (an export without a cache runs the whole sequence each step); requests are not
 merged into batches.
 """
 

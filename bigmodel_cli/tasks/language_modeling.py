@@ -8,8 +8,8 @@
 The step is the mean cross-entropy of every next token of a block; validation averages it over every
 validation token (each rank takes blocks r::world) and reports its exponential, the perplexity.
 Generation samples one token at a time (temperature, then nucleus/top-p; temperature 0 is greedy) from
-the checkpoint with the model's key/value cache, or from the exported ONNX decoder (which recomputes the
-sequence each step), seeded: the same seed gives the same text.
+the checkpoint or from the exported ONNX decoder, each with the model's key/value cache, seeded: the same
+seed gives the same text.
 """
 
 from __future__ import annotations

@@ -114,7 +114,7 @@ def test_sampling_keeps_the_nucleus():
 
 
 @pytest.mark.slow
-def test_a_llama_folder_fine_tunes_with_lora(tmp_path, llama_dir, corpus):
+def test_a_llama_folder_fine_tunes_with_lora_and_exports_fp16(tmp_path, llama_dir, corpus):
     from bigmodel_cli.training.loop import fit
 
     r = lm_recipe(tmp_path, corpus, llama_dir, "train.epochs=1", "model.lora.r=4",
@@ -122,6 +122,14 @@ def test_a_llama_folder_fine_tunes_with_lora(tmp_path, llama_dir, corpus):
     prepare(r)
     summary = fit(r, tmp_path / "run")
     assert np.isfinite(summary["last_metrics"]["val_loss"])
+
+    from bigmodel_cli.export.onnx_export import export_run
+    from bigmodel_cli.tasks.language_modeling import generate_text
+
+    report = export_run(tmp_path / "run", quantize="fp16")  # LoRA merged, fp16, with the key/value cache
+    assert report["verification"]["passed"], report["verification"]
+    greedy = generate_text(tmp_path / "run", "one two", max_new_tokens=8, temperature=0)
+    assert generate_text(tmp_path / "run" / "model.fp16.onnx", "one two", max_new_tokens=8, temperature=0) == greedy
 
 
 @pytest.mark.slow
@@ -202,3 +210,30 @@ def test_serve_answers_prompts_with_the_text_generate_prints(lm_run):
         assert r.status_code == 400 and "a language model takes 'prompt'" in r.json()["error"]
         r = client.post(url, json={"inputs": [{"name": "prompt", "shape": [1], "datatype": "FP32", "data": [1]}]})
         assert r.status_code == 400 and "datatype must be BYTES" in r.json()["error"]
+
+
+@pytest.mark.slow
+def test_the_exported_decoder_steps_with_its_key_value_cache_as_the_full_sequence_does(lm_run):
+    import onnx
+
+    from bigmodel_cli.export.hf import cache_names
+    from bigmodel_cli.export.onnx_export import export_run
+    from bigmodel_cli.inference.session import create_session
+    from bigmodel_cli.inference.text_generation import OnnxDecoder
+
+    run = lm_run[0] / "run"
+    if not (run / "model.onnx").exists():
+        export_run(run)
+    graph = onnx.load(str(run / "model.onnx")).graph
+    assert [i.name for i in graph.input] == ["input", *cache_names(2)]  # the tiny GPT-2 has 2 layers
+    assert [o.name for o in graph.output][1:] == [n.replace("past", "present") for n in cache_names(2)]
+    session = create_session(run / "model.onnx", device="cpu")
+    assert [i.name for i in session.get_inputs()] == ["input"]  # the cache is optional: ids alone still run
+    ids = np.load(lm_run[0] / "data" / "val" / "x.npy")[0, :12].astype(np.int64)
+    full = session.run(["logits"], {"input": ids[None]})[0][0]
+    spec = json.loads(session.get_modelmeta().custom_metadata_map["text_preprocessing"])
+    decoder = OnnxDecoder(session, spec)
+    assert len(decoder.cache) == 4
+    steps = [decoder.start(list(ids[:4]))] + [decoder.advance(int(t)) for t in ids[4:]]
+    np.testing.assert_allclose(np.stack(steps), full[3:], atol=1e-4)  # each step: the new token only
+    assert decoder.past[0].shape[2] == 12  # the cache holds every position so far
