@@ -137,23 +137,23 @@ class CachedDecoder(nn.Module):
     that feeds `input` alone runs the whole sequence as before; a cached step feeds one sequence (batch 1)."""
 
     def __init__(self, model: nn.Module, layers: int):
+        from bigmodel_cli.models.hf import cache_argument
+
         super().__init__()
         self.model, self.layers = model, layers
-        import inspect
-
-        # transformers >= 5.20 names the key/value cache `cache` (`past_key_values` before)
-        params = inspect.signature(model.forward).parameters
-        self.cache_arg = "cache" if "cache" in params else "past_key_values"
+        self.cache_arg = cache_argument(model)
 
     def forward(self, input, past):  # noqa: A002  (the ONNX input's name)
         from transformers import DynamicCache
+
+        from bigmodel_cli.models.hf import returned_cache
 
         n = input.shape[0]
         cache = DynamicCache(config=self.model.config)
         for i in range(self.layers):
             cache.update(past[2 * i].expand(n, -1, -1, -1), past[2 * i + 1].expand(n, -1, -1, -1), i)
         out = self.model(input_ids=input.long(), **{self.cache_arg: cache}, use_cache=True)
-        present = getattr(out, "cache", None) or out.past_key_values
+        present = returned_cache(out)
         flat = []
         for layer in present.layers[: self.layers]:
             flat += [layer.keys, layer.values]
@@ -174,7 +174,7 @@ def export_decoder(module: nn.Module, sample, dest: Path, opset: int) -> str:
     import torch
     from onnx import numpy_helper
 
-    from bigmodel_cli.models.hf import CausalLM
+    from bigmodel_cli.models.hf import CausalLM, returned_cache
 
     lm = next(m for m in module.modules() if isinstance(m, CausalLM)).model
     layers = int(lm.config.num_hidden_layers)
@@ -182,8 +182,7 @@ def export_decoder(module: nn.Module, sample, dest: Path, opset: int) -> str:
     if ids.shape[1] < 2:
         ids = torch.cat([ids, ids], dim=1)
     with torch.inference_mode():  # the cache's shape per layer: [1, kv_heads, positions, head_dim]
-        shapes = [tuple(layer.keys.shape) for layer in
-                  (lambda o: getattr(o, "cache", None) or o.past_key_values)(lm(input_ids=ids, use_cache=True)).layers]
+        shapes = [tuple(layer.keys.shape) for layer in returned_cache(lm(input_ids=ids, use_cache=True)).layers]
     decoder = CachedDecoder(lm, layers).eval()
     longest = int(sample.shape[-1])
     past = tuple(torch.zeros(1, h, 2, d) for (_, h, _, d) in shapes[:layers] for _ in range(2))

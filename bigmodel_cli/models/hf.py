@@ -233,6 +233,19 @@ class CausalLM(_Pretrained):
         return self.model(input_ids=ids.long(), use_cache=False).logits
 
 
+def cache_argument(model: nn.Module) -> str:
+    """The keyword of a transformers model's key/value cache: `cache` from transformers 5.20, `past_key_values`
+    before."""
+    import inspect
+
+    return "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
+
+
+def returned_cache(out: Any) -> Any:
+    """The key/value cache a transformers model returned (`cache`, or `past_key_values` before 5.20)."""
+    return getattr(out, "cache", None) or getattr(out, "past_key_values", None)
+
+
 def from_recipe(recipe, data: dict[str, Any], outputs: int | None = None, pretrained: bool = True) -> nn.Module:
     """The recipe's network: a classifier with `outputs` outputs, or a causal LM (task language-modeling).
 

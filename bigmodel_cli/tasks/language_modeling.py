@@ -23,6 +23,7 @@ import torch
 from bigmodel_cli.errors import UsageError
 from bigmodel_cli.evaluation.language_model import next_token_loss, perplexity, split_loss
 from bigmodel_cli.inference.text_generation import OnnxDecoder, Sampling, continue_text, tokenizer
+from bigmodel_cli.models.hf import returned_cache
 from bigmodel_cli.tasks.base import Batch, Context, Parts, Split, Step
 from bigmodel_cli.training.optim import optimizer_and_schedule
 
@@ -87,7 +88,7 @@ class CheckpointDecoder:
     """A run's checkpoint (LoRA merged) stepping with the model's key/value cache."""
 
     def __init__(self, run_dir: Path, which: str):
-        from bigmodel_cli.models.hf import merged
+        from bigmodel_cli.models.hf import cache_argument, merged
         from bigmodel_cli.run import load_network, load_run
 
         run = load_run(run_dir)
@@ -98,15 +99,12 @@ class CheckpointDecoder:
         self.spec = run.manifest["preprocessing"]["text"]
         self.longest = run.manifest["preprocessing"]["hf"].get("max_positions")
         self.past = None
-        import inspect
-
-        # transformers >= 5.20 names the key/value cache `cache` (`past_key_values` before)
-        self.cache_arg = "cache" if "cache" in inspect.signature(self.model.forward).parameters else "past_key_values"
+        self.cache_arg = cache_argument(self.model)
 
     @torch.inference_mode()
     def _run(self, ids: list[int]) -> np.ndarray:
         out = self.model(input_ids=torch.tensor([ids]), **{self.cache_arg: self.past}, use_cache=True)
-        self.past = getattr(out, "cache", None) or getattr(out, "past_key_values", None)
+        self.past = returned_cache(out)
         return out.logits[0, -1].float().numpy()
 
     def start(self, ids: list[int]) -> np.ndarray:
