@@ -133,9 +133,15 @@ def onnx_loss(session, x: np.ndarray) -> tuple[float | None, int]:
     total, count = 0.0, 0
     for start in range(0, len(x), BATCH):
         ids = np.asarray(x[start:start + BATCH], dtype=np.int64)
-        logits = session.run(["logits"], {"input": ids})[0][:, :-1].astype(np.float64)
-        z = logits - logits.max(axis=-1, keepdims=True)
-        logp = z - np.log(np.exp(z).sum(axis=-1, keepdims=True))
-        total -= float(np.take_along_axis(logp, ids[:, 1:, None], axis=-1).sum())
-        count += ids.shape[0] * (ids.shape[1] - 1)
+        nll, tokens = next_token_nll(session.run(["logits"], {"input": ids})[0], ids)
+        total, count = total + nll, count + tokens
     return (total / count if count else None), count
+
+
+def next_token_nll(logits: np.ndarray, ids: np.ndarray) -> tuple[float, int]:
+    """Summed negative log-likelihood of each next token of `ids` [N, L] under `logits` [N, L, vocab], and how
+    many tokens that is (numpy: for onnxruntime's outputs)."""
+    logits = np.asarray(logits[:, :-1], dtype=np.float64)
+    z = logits - logits.max(axis=-1, keepdims=True)
+    logp = z - np.log(np.exp(z).sum(axis=-1, keepdims=True))
+    return -float(np.take_along_axis(logp, ids[:, 1:, None], axis=-1).sum()), ids.shape[0] * (ids.shape[1] - 1)

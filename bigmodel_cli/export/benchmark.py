@@ -143,6 +143,12 @@ def weights_size(module: torch.nn.Module, work: Path) -> int:
 def _metric(backend: Backend, rows: np.ndarray, labels: np.ndarray, task: str) -> tuple[str, float]:
     from bigmodel_cli.export.verify import main_metric
 
+    if task == "language-modeling":  # next-token logits of the rows themselves: perplexity, as `bigmodel eval`
+        from bigmodel_cli.evaluation.language_model import next_token_nll
+
+        ids = np.asarray(rows, dtype=np.int64)
+        parts = [next_token_nll(backend.call(ids[i : i + 32]), ids[i : i + 32]) for i in range(0, len(ids), 32)]
+        return "perplexity", float(np.exp(sum(p[0] for p in parts) / max(1, sum(p[1] for p in parts))))
     outputs = [np.asarray(backend.call(rows[i : i + 256]), np.float32) for i in range(0, len(rows), 256)]
     return main_metric(task, np.concatenate(outputs), labels)
 
@@ -180,6 +186,9 @@ def _run_subject(run_dir: str | Path, work: Path, device: str, checkpoint: str, 
         subject.backends.append(_ort_backend("onnxruntime-fp16", work / "fp16.onnx", device))
     else:
         subject.notes.append("onnxruntime-fp16: skipped on CPU (fp16 is a GPU speed-up; use --device cuda)")
+    if run.recipe.task == "language-modeling":  # as `bigmodel export`: fp32 or fp16 only
+        subject.notes.append("onnxruntime-int8: skipped (a language model exports as fp32 or fp16)")
+        return subject
     try:
         calibration_rows = calibration(run, "int8")
     except UsageError as e:

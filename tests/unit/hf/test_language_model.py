@@ -237,3 +237,17 @@ def test_the_exported_decoder_steps_with_its_key_value_cache_as_the_full_sequenc
     steps = [decoder.start(list(ids[:4]))] + [decoder.advance(int(t)) for t in ids[4:]]
     np.testing.assert_allclose(np.stack(steps), full[3:], atol=1e-4)  # each step: the new token only
     assert decoder.past[0].shape[2] == 12  # the cache holds every position so far
+
+
+@pytest.mark.slow
+def test_benchmark_scores_a_language_model_by_its_perplexity(lm_run):
+    from bigmodel_cli.evaluation.evaluate import Options, evaluate
+    from bigmodel_cli.export.benchmark import benchmark_run
+
+    run = lm_run[0] / "run"
+    report = benchmark_run(run, batch_sizes=[1], iterations=3)
+    assert set(report["backends"]) == {"pytorch", "onnxruntime-fp32"}  # no int8: a language model exports fp32/fp16
+    assert any("int8: skipped" in note for note in report["notes"])
+    val = evaluate(run, Options(split="val"))["metrics"]["perplexity"]
+    for backend in report["backends"].values():
+        assert backend["metric"]["perplexity"] == pytest.approx(val, rel=1e-4)  # the rows are the val split's
