@@ -17,6 +17,7 @@ merged into batches.
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
+from functools import cached_property
 from typing import Any
 
 import numpy as np
@@ -36,6 +37,11 @@ class PromptInput:
     """A language model's text interface: the export's tokenizer and longest sequence."""
 
     spec: dict[str, Any]  # the export's `text_preprocessing` (tokenizer, eos_id, max_positions)
+
+    @cached_property
+    def tokenizer(self) -> Any:
+        """The export's tokenizer, parsed once (not on every request)."""
+        return tokenizer(self.spec)
 
     @property
     def longest(self) -> int | None:
@@ -76,7 +82,7 @@ class PromptInput:
     def generate(self, session: Any, prompts: np.ndarray, sampling: Sampling) -> dict[str, np.ndarray]:
         """Each prompt and its continuation (blocking: call it from a worker thread); RequestError(400) for a
         prompt without tokens or as long as the model's longest sequence."""
-        tok = tokenizer(self.spec)
+        tok = self.tokenizer
         texts = np.empty(len(prompts), dtype=object)
         for i, prompt in enumerate(prompts):
             try:

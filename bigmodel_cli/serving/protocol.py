@@ -301,9 +301,7 @@ def _decode_inputs(tensors: Any, signature: ModelSignature, binary: memoryview,
         else:
             inputs[name], used = _decode_tensor(tensor, expected[name], signature, binary[offset:], reserve)
         offset += used
-    if offset != len(binary):
-        raise RequestError(400, f"{len(binary) - offset} bytes of binary tensor data after the inputs' "
-                                f"binary_data_size (sum {offset})")
+    _check_binary_used(offset, binary)
     if columns:
         if inputs:
             raise RequestError(400, f"send either the model's input '{next(iter(inputs))}' or raw column tensors, "
@@ -521,12 +519,17 @@ def _prompts(tensors: Any, signature: ModelSignature, binary: memoryview) -> np.
         raise RequestError(400, f"input '{name}': datatype must be BYTES (text), got {tensor.get('datatype')!r}")
     binary_size = _binary_size(tensor, name)
     texts, used = _strings(tensor, name, signature.max_batch_size, binary_size, binary)
-    if used != len(binary):
-        raise RequestError(400, f"{len(binary) - used} bytes of binary tensor data after the inputs' "
-                                f"binary_data_size (sum {used})")
+    _check_binary_used(used, binary)
     prompts = np.empty(len(texts), dtype=object)
     prompts[:] = texts
     return prompts
+
+
+def _check_binary_used(used: int, binary: memoryview) -> None:
+    """RequestError(400) when binary tensor data is left over after the inputs took theirs."""
+    if used != len(binary):
+        raise RequestError(400, f"{len(binary) - used} bytes of binary tensor data after the inputs' "
+                                f"binary_data_size (sum {used})")
 
 
 def _json_strings(tensor: dict[str, Any], rows: int, name: str) -> list[str]:

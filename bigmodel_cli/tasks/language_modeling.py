@@ -23,7 +23,7 @@ import torch
 from bigmodel_cli.errors import UsageError
 from bigmodel_cli.evaluation.language_model import next_token_loss, perplexity, split_loss
 from bigmodel_cli.inference.text_generation import OnnxDecoder, Sampling, continue_text, tokenizer
-from bigmodel_cli.models.hf import returned_cache
+from bigmodel_cli.models.hf import cache_argument, returned_cache
 from bigmodel_cli.tasks.base import Batch, Context, Parts, Split, Step
 from bigmodel_cli.training.optim import optimizer_and_schedule
 
@@ -88,7 +88,7 @@ class CheckpointDecoder:
     """A run's checkpoint (LoRA merged) stepping with the model's key/value cache."""
 
     def __init__(self, run_dir: Path, which: str):
-        from bigmodel_cli.models.hf import cache_argument, merged
+        from bigmodel_cli.models.hf import merged
         from bigmodel_cli.run import load_network, load_run
 
         run = load_run(run_dir)
