@@ -2,6 +2,7 @@
 
     .venv/bin/python benchmarks/bench_hf.py                       # every part
     .venv/bin/python benchmarks/bench_hf.py --parts trainer,lora,ort --hidden 128 --layers 4
+    .venv/bin/python benchmarks/bench_hf.py --parts ort --hidden 256 --layers 4 --heads 4    # BERT-mini's shape
     .venv/bin/python benchmarks/bench_hf.py --parts pretrained --reviews 4000
     .venv/bin/python benchmarks/bench_hf.py --parts generate --hidden 256 --layers 4
 
@@ -45,7 +46,7 @@ sys.path.insert(0, str(REPO / "tests" / "e2e"))
 os.environ["HF_HUB_OFFLINE"] = "1"
 
 
-def write_model(folder: Path, hidden: int, layers: int, length: int, seed: int = 0) -> Path:
+def write_model(folder: Path, hidden: int, layers: int, length: int, seed: int = 0, heads: int = 0) -> Path:
     import torch
     from hf_tiny import _silence, wordpiece_tokenizer
     from transformers import BertConfig, BertForMaskedLM
@@ -54,7 +55,7 @@ def write_model(folder: Path, hidden: int, layers: int, length: int, seed: int =
     torch.manual_seed(seed)
     tok = wordpiece_tokenizer()
     config = BertConfig(vocab_size=len(tok), hidden_size=hidden, num_hidden_layers=layers,
-                        num_attention_heads=max(1, hidden // 32), intermediate_size=4 * hidden,
+                        num_attention_heads=heads or max(1, hidden // 32), intermediate_size=4 * hidden,
                         max_position_embeddings=max(length, 64), pad_token_id=tok.pad_token_id)
     BertForMaskedLM(config).save_pretrained(folder)
     tok.save_pretrained(folder)
@@ -96,7 +97,7 @@ def part_trainer(args, root: Path) -> dict:
 
     from bigmodel_cli.training.loop import fit
 
-    model = write_model(root / "bert", args.hidden, args.layers, args.length)
+    model = write_model(root / "bert", args.hidden, args.layers, args.length, heads=args.heads)
     sets = [f"train.batch_size={args.batch}", "train.epochs=2", "train.optimizer.lr=0.002", "train.head_lr=null",
             "train.scheduler.name=constant", "train.scheduler.warmup_epochs=0", "train.clip_grad_norm=null",
             "train.early_stopping.patience=null", "train.loss=cross_entropy", "train.optimizer.weight_decay=0"]
@@ -265,7 +266,7 @@ def part_ort(args, root: Path) -> dict:
     from bigmodel_cli.run import load_run
     from bigmodel_cli.training.loop import fit
 
-    model = write_model(root / "bert-ort", args.hidden, args.layers, args.length)
+    model = write_model(root / "bert-ort", args.hidden, args.layers, args.length, heads=args.heads)
     sets = [f"train.batch_size={args.batch}", f"train.epochs={args.ort_epochs}", "train.optimizer.lr=0.0005",
             "train.head_lr=0.002", "train.early_stopping.patience=null", "eval.fail_under={}"]
     recipe = prepared(root / "ort", model, args.rows, args.length, sets=sets, learnable=True)
@@ -297,7 +298,9 @@ def part_ort(args, root: Path) -> dict:
             rounds[name].append(_median_ms(lambda s=session: s.run(None, {"input": x})))
     times = {k: float(np.median(v)) for k, v in rounds.items()}
     eager, eager_one = times["eager"], times["eager_1_thread"]
-    out = {"part": "ort", "batch": 1, "length": int(x.shape[1]), "ms": times,
+    heads = args.heads or max(1, args.hidden // 32)
+    described = f"BERT hidden {args.hidden}, {args.layers} layers, {heads} heads"
+    out = {"part": "ort", "model": described, "batch": 1, "length": int(x.shape[1]), "ms": times,
            "ort_fp32_vs_eager": eager / times["model.onnx"],
            "ort_fp32_vs_eager_1_thread": eager_one / times["model.onnx"],
            "val_accuracy_fp32": int8["int8"]["metric"]["fp32"],
@@ -308,7 +311,7 @@ def part_ort(args, root: Path) -> dict:
            "optimized_int8_drop_points": opt_int8["int8"]["metric"]["drop_points"],
            "fused": optimized.get("optimize", {}).get("fused"),
            "verified": fp32["verification"]["passed"] and optimized["verification"]["passed"]}
-    print(f"batch 1, sequence {x.shape[1]}: eager {eager:.2f} ms ({eager_one:.2f} ms on one thread), "
+    print(f"{described}, batch 1, sequence {x.shape[1]}: eager {eager:.2f} ms ({eager_one:.2f} ms on one thread), "
           f"ORT fp32 {times['model.onnx']:.2f} ms "
           f"({out['ort_fp32_vs_eager']:.2f}x, goal >= 1.5x), int8 {times['model.int8.onnx']:.2f} ms "
           f"({out['int8_vs_fp32']:.2f}x fp32, goal >= 1.5x; drop {drop:.2f} points, goal <= 1)")
@@ -473,6 +476,7 @@ def main() -> None:
     parser.add_argument("--length", type=int, default=128)
     parser.add_argument("--hidden", type=int, default=128)
     parser.add_argument("--layers", type=int, default=4)
+    parser.add_argument("--heads", type=int, default=0, help="attention heads of the BERT (0: hidden / 32)")
     parser.add_argument("--repeats", type=int, default=2, help="trainer: rounds of ours then the Trainer")
     parser.add_argument("--lora-hidden", type=int, default=256, help="lora: hidden size of its BERT")
     parser.add_argument("--reviews", type=int, default=4000, help="labelled reviews for `pretrained`")
