@@ -20,11 +20,12 @@ Parts (each prints one block and a JSON line):
   generate    a GPT-2 (hidden --hidden, --layers layers, --length positions) fine-tuned one epoch and exported:
               greedy generation to its longest sequence with the export's key/value cache against the same graph
               run over the whole sequence each step; tokens/s of both, and whether the texts are equal.
-  pretrained  no pre-trained weights can be downloaded here, so a tiny BERT is pre-trained by masked language
-              modelling (--pretrain-epochs) on generated unlabelled reviews (--corpus leaning: each leans one
-              way, as real reviews do; recipe: the recipe's own generator, another seed), then fine-tuned with
-              text-bert-finetune on the text-transformer recipe's data; against the same architecture fine-tuned
-              from random weights and the text-transformer recipe from scratch, on the same split.
+  pretrained  no pre-trained weights can be downloaded here, so a BERT (hidden --hidden, --layers layers) is
+              pre-trained by masked language modelling (--pretrain-epochs) on generated unlabelled reviews
+              (--corpus leaning: each leans one way, as real reviews do; recipe: the recipe's own generator,
+              another seed), then fine-tuned with text-bert-finetune on the text-transformer recipe's data;
+              against the same architecture fine-tuned from random weights and the text-transformer recipe
+              from scratch, on the same split.
 """
 
 from __future__ import annotations
@@ -370,6 +371,46 @@ def leaning_review(rng: np.random.Generator) -> str:
     return " ".join(words)
 
 
+def pretraining_checks(folder: Path, texts: list[str], labelled: list[tuple[str, str]]) -> dict[str, float]:
+    """What a BERT's weights know before fine-tuning: with one sentiment word of a held-out leaning review
+    masked, how often the masked-word head puts more probability on the right side; and a logistic regression
+    (a linear probe) on its frozen mean-pooled features, trained on 70 % of `labelled`, scored on the rest."""
+    import torch
+    from sklearn.linear_model import LogisticRegression
+    from test_recipe_text import NEGATIVE, POSITIVE
+    from transformers import AutoTokenizer, BertForMaskedLM
+
+    tok = AutoTokenizer.from_pretrained(str(folder), local_files_only=True)
+    model = BertForMaskedLM.from_pretrained(str(folder), local_files_only=True).eval()
+    sides = {True: tok.convert_tokens_to_ids(POSITIVE), False: tok.convert_tokens_to_ids(NEGATIVE)}
+    right = asked = 0
+    with torch.no_grad():
+        for text in texts:
+            words = text.split()
+            at = next((i for i, w in enumerate(words) if w in POSITIVE + NEGATIVE and words[i - 1:i] != ["not"]),
+                      None)
+            if at is None:
+                continue
+            positive, words[at] = words[at] in POSITIVE, tok.mask_token
+            enc = tok(" ".join(words), return_tensors="pt")
+            where = int((enc["input_ids"][0] == tok.mask_token_id).nonzero()[0, 0])
+            p = model(**enc).logits[0, where].softmax(-1)
+            right += int(bool(p[sides[True]].sum() > p[sides[False]].sum()) == positive)
+            asked += 1
+        features = []
+        for start in range(0, len(labelled), 256):
+            enc = tok([t for t, _ in labelled[start:start + 256]], padding=True, truncation=True, max_length=48,
+                      return_tensors="pt")
+            hidden = model.bert(**enc).last_hidden_state
+            mask = enc["attention_mask"].unsqueeze(-1).float()
+            features.append(((hidden * mask).sum(1) / mask.sum(1)).numpy())
+    x, y = np.concatenate(features), np.array([label == "positive" for _, label in labelled])
+    cut = int(0.7 * len(x))
+    probe = LogisticRegression(max_iter=3000).fit(x[:cut], y[:cut])
+    return {"masked_side_accuracy": right / max(asked, 1),
+            "linear_probe_accuracy": float(probe.score(x[cut:], y[cut:]))}
+
+
 def part_pretrained(args, root: Path) -> dict:
     from test_recipe_text import review
 
@@ -380,12 +421,21 @@ def part_pretrained(args, root: Path) -> dict:
     unlabelled = [leaning_review(rng) if args.corpus == "leaning" else review(rng)[0]
                   for _ in range(args.pretrain_texts)]
     scores = {}
-    random_body = write_model(root / "bert-random", 64, 2, 48, seed=1)
-    body = write_model(root / "bert-mlm", 64, 2, 48, seed=1)
+    random_body = write_model(root / "bert-random", args.hidden, args.layers, 48, seed=1, heads=args.heads)
+    body = write_model(root / "bert-mlm", args.hidden, args.layers, 48, seed=1, heads=args.heads)
     started = time.perf_counter()
     mlm_loss = pretrain_mlm(body, unlabelled, args.pretrain_epochs)
-    print(f"MLM pre-training on {len(unlabelled)} unlabelled reviews: final loss {mlm_loss:.3f} "
-          f"({time.perf_counter() - started:.0f} s)")
+    described = f"BERT hidden {args.hidden}, {args.layers} layers"
+    print(f"MLM pre-training of a {described} on {len(unlabelled)} unlabelled reviews, {args.pretrain_epochs} "
+          f"epochs: final loss {mlm_loss:.3f} ({time.perf_counter() - started:.0f} s)")
+    rng = np.random.default_rng(5)  # not the pre-training corpus's seed (99)
+    held_out = [leaning_review(rng) for _ in range(600)]
+    labelled = [review(rng) for _ in range(4000)]
+    checks = {tag: pretraining_checks(folder, held_out, labelled)
+              for tag, folder in (("pre-trained", body), ("random", random_body))}
+    for tag, found in checks.items():
+        print(f"before fine-tuning, {tag} weights: masked sentiment word on the right side "
+              f"{found['masked_side_accuracy']:.3f}, linear probe {found['linear_probe_accuracy']:.3f}", flush=True)
     (root / "reviews.csv").unlink(missing_ok=True)
     fine = [f"train.epochs={args.finetune_epochs}", "train.batch_size=64", f"train.optimizer.lr={args.finetune_lr}",
             "train.head_lr=0.002", "eval.fail_under={}"]
@@ -400,8 +450,8 @@ def part_pretrained(args, root: Path) -> dict:
     scores["text-transformer from scratch"] = evaluate(root / "scratch" / "run")["metrics"]["accuracy"]
     for label, accuracy in scores.items():
         print(f"test accuracy, {label}: {accuracy:.4f}")
-    return {"part": "pretrained", "reviews": args.reviews, "pretrain_texts": args.pretrain_texts,
-            "mlm_loss": mlm_loss, "test_accuracy": scores}
+    return {"part": "pretrained", "model": described, "reviews": args.reviews, "pretrain_texts": args.pretrain_texts,
+            "mlm_loss": mlm_loss, "before_fine_tuning": checks, "test_accuracy": scores}
 
 
 # ---------------------------------------------------------------- generate
@@ -481,9 +531,9 @@ def main() -> None:
     parser.add_argument("--lora-hidden", type=int, default=256, help="lora: hidden size of its BERT")
     parser.add_argument("--reviews", type=int, default=4000, help="labelled reviews for `pretrained`")
     parser.add_argument("--pretrain-texts", type=int, default=20000)
-    parser.add_argument("--pretrain-epochs", type=int, default=8)
+    parser.add_argument("--pretrain-epochs", type=int, default=10)
     parser.add_argument("--finetune-epochs", type=int, default=8)
-    parser.add_argument("--finetune-lr", type=float, default=2e-3)
+    parser.add_argument("--finetune-lr", type=float, default=5e-4)
     parser.add_argument("--ort-epochs", type=int, default=3, help="ort: epochs of the model it exports")
     parser.add_argument("--ort-rounds", type=int, default=5, help="ort: interleaved timing rounds (median)")
     parser.add_argument("--corpus", choices=("leaning", "recipe"), default="leaning",
