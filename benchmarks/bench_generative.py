@@ -55,7 +55,7 @@ def _evaluate(run: Path, **options) -> dict:
     return evaluate(run, Options(**options))
 
 
-def bench_gan(root: Path, cnn: Path | None, out: list, seeds: list[int] = (0,)) -> None:
+def bench_gan(root: Path, cnn: Path | None, out: list, seeds: tuple[int, ...] = (0,)) -> None:
     """digits-dcgan as shipped, once per recipe seed: each seed has its own split, its own digits-cnn (the
     feature extractor, trained here unless `cnn` is given for a single seed) and its own weights."""
     ratios = []
@@ -279,7 +279,7 @@ def main() -> None:
           f"{' '.join(f'{v:.1f}' for v in os.getloadavg())} on {os.cpu_count()} cores", flush=True)
     out: list = []
     if "gan" in parts:
-        bench_gan(root, args.features, out, [int(v) for v in args.seeds.split(",")])
+        bench_gan(root, args.features, out, tuple(int(v) for v in args.seeds.split(",")))
     if "vae" in parts:
         bench_vae(root, out)
     if "denoise" in parts:
