@@ -59,12 +59,13 @@ def bench_gan(root: Path, cnn: Path | None, out: list, seeds: tuple[int, ...] = 
     """digits-dcgan as shipped, once per recipe seed: each seed has its own split, its own digits-cnn (the
     feature extractor, trained here unless `cnn` is given for a single seed) and its own weights."""
     ratios = []
+    reuse = cnn if len(seeds) == 1 else None
     for seed in seeds:
         where = root if len(seeds) == 1 else root / f"seed{seed}"
         sets = [f"seed={seed}"]
-        if cnn is None or len(seeds) > 1:
+        if reuse is None:
             _fit("digits-cnn", where, sets)
-        extractor = cnn if cnn is not None and len(seeds) == 1 else where / "runs/digits-cnn"
+        extractor = reuse or where / "runs/digits-cnn"
         _, seconds = _fit("digits-dcgan", where, sets)
         report = _evaluate(where / "runs/digits-dcgan", features=extractor)
         m, floor = report["metrics"], report["floor"]

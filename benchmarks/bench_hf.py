@@ -47,6 +47,11 @@ sys.path.insert(0, str(REPO / "tests" / "e2e"))
 os.environ["HF_HUB_OFFLINE"] = "1"
 
 
+def heads_for(hidden: int, heads: int = 0) -> int:
+    """Attention heads: `heads` when given (--heads), else one per 32 hidden units."""
+    return heads or max(1, hidden // 32)
+
+
 def write_model(folder: Path, hidden: int, layers: int, length: int, seed: int = 0, heads: int = 0) -> Path:
     import torch
     from hf_tiny import _silence, wordpiece_tokenizer
@@ -56,7 +61,7 @@ def write_model(folder: Path, hidden: int, layers: int, length: int, seed: int =
     torch.manual_seed(seed)
     tok = wordpiece_tokenizer()
     config = BertConfig(vocab_size=len(tok), hidden_size=hidden, num_hidden_layers=layers,
-                        num_attention_heads=heads or max(1, hidden // 32), intermediate_size=4 * hidden,
+                        num_attention_heads=heads_for(hidden, heads), intermediate_size=4 * hidden,
                         max_position_embeddings=max(length, 64), pad_token_id=tok.pad_token_id)
     BertForMaskedLM(config).save_pretrained(folder)
     tok.save_pretrained(folder)
@@ -299,8 +304,7 @@ def part_ort(args, root: Path) -> dict:
             rounds[name].append(_median_ms(lambda s=session: s.run(None, {"input": x})))
     times = {k: float(np.median(v)) for k, v in rounds.items()}
     eager, eager_one = times["eager"], times["eager_1_thread"]
-    heads = args.heads or max(1, args.hidden // 32)
-    described = f"BERT hidden {args.hidden}, {args.layers} layers, {heads} heads"
+    described = f"BERT hidden {args.hidden}, {args.layers} layers, {heads_for(args.hidden, args.heads)} heads"
     out = {"part": "ort", "model": described, "batch": 1, "length": int(x.shape[1]), "ms": times,
            "ort_fp32_vs_eager": eager / times["model.onnx"],
            "ort_fp32_vs_eager_1_thread": eager_one / times["model.onnx"],
@@ -476,7 +480,7 @@ def part_generate(args, root: Path) -> dict:
     folder = root / "gpt2-gen"
     tok = bpe_tokenizer()
     GPT2LMHeadModel(GPT2Config(vocab_size=len(tok), n_embd=args.hidden, n_layer=args.layers,
-                               n_head=max(1, args.hidden // 32), n_positions=args.length,
+                               n_head=heads_for(args.hidden), n_positions=args.length,
                                bos_token_id=tok.eos_token_id, eos_token_id=tok.eos_token_id)).save_pretrained(folder)
     tok.save_pretrained(folder)
     corpus = write_corpus(root / "corpus.txt", paragraphs=200)

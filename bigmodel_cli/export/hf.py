@@ -185,7 +185,8 @@ def export_decoder(module: nn.Module, sample, dest: Path, opset: int) -> str:
         shapes = [tuple(layer.keys.shape) for layer in returned_cache(lm(input_ids=ids, use_cache=True)).layers]
     decoder = CachedDecoder(lm, layers).eval()
     longest = int(sample.shape[-1])
-    past = tuple(torch.zeros(1, h, 2, d) for (_, h, _, d) in shapes[:layers] for _ in range(2))
+    kv_shapes = [shape for shape in shapes[:layers] for _ in ("key", "value")]  # in cache_names' order
+    past = tuple(torch.zeros(1, h, 2, d) for (_, h, _, d) in kv_shapes)
     batch = torch.export.Dim("batch", min=1)
     dynamic = {"input": {0: batch, 1: torch.export.Dim("sequence", min=1, max=longest)},
                "past": tuple({2: torch.export.Dim("past", min=1, max=longest - 1)} for _ in past)}
@@ -202,7 +203,7 @@ def export_decoder(module: nn.Module, sample, dest: Path, opset: int) -> str:
         raise JobFailed(f"ONNX export of the decoder with its key/value cache failed: "
                         f"{str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__}") from e
     graph = onnx.load(str(dest))
-    for name, (_, h, _, d) in zip(names, [shape for shape in shapes[:layers] for _ in range(2)], strict=True):
+    for name, (_, h, _, d) in zip(names, kv_shapes, strict=True):
         graph.graph.initializer.append(numpy_helper.from_array(np.zeros((1, h, 0, d), np.float32), name))
     onnx.save(graph, str(dest))
     return "dynamo"

@@ -53,10 +53,10 @@ def to_fp16(src: Path, dest: Path) -> None:
     graph = model.graph
     typed = {v.name: v.type.tensor_type.elem_type for v in graph.value_info}
     for node in graph.node:  # a cast to float32 whose output the converter typed fp16 (Llama's rotary embedding)
-        for attribute in node.attribute:
-            if node.op_type == "Cast" and attribute.name == "to" and attribute.i == TensorProto.FLOAT \
-                    and typed.get(node.output[0]) == TensorProto.FLOAT16:
-                attribute.i = TensorProto.FLOAT16
+        if node.op_type == "Cast" and typed.get(node.output[0]) == TensorProto.FLOAT16:
+            for attribute in node.attribute:
+                if attribute.name == "to" and attribute.i == TensorProto.FLOAT:
+                    attribute.i = TensorProto.FLOAT16
     casts = []
     defaults = {t.name: t for t in graph.initializer}  # inputs with a default value (a decoder's empty cache)
     for value in graph.input:
