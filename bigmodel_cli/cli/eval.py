@@ -57,9 +57,13 @@ def eval_run(
                                                "exit 3 when above. Repeatable; also eval.fail_over."),
     features: Path | None = typer.Option(None, "--features", help="Generation runs: a classification run of the "
                                          "same data whose penultimate features FID/KID/precision/recall use and whose "
-                                         "predictions give the class shares (default: eval.generative.features)."),
+                                         "predictions give the class shares, or a local Inception-v3 weights file "
+                                         "(default: eval.generative.features)."),
     samples: int | None = typer.Option(None, "--samples", help="Generation runs: images generated and scored "
                                        "(default: eval.generative.samples, 1000)."),
+    inception_layer: int | None = typer.Option(None, "--inception-layer", help="With an Inception weights file: "
+                                               "the layer FID/KID use, 64, 192, 768 or 2048 (default: "
+                                               "eval.generative.inception_layer, 2048)."),
     as_json: bool = JSON,
 ) -> None:
     """Evaluate runs on a split; exit 3 when a gate (--fail-under/--fail-over or the recipe's) fails."""
@@ -73,7 +77,7 @@ def eval_run(
                       threshold_search=threshold_search, ci=ci, plots=plots,
                       fail_under=gates.parse(fail_under or [], "fail_under"),
                       fail_over=gates.parse(fail_over or [], "fail_over"), features=features,
-                      samples=samples)
+                      samples=samples, inception_layer=inception_layer)
     plans = [plan(run_dir, options, model) for run_dir, model in runs_and_models(paths, onnx)]
     reports = [execute(p) for p in plans]
     from bigmodel_cli.tracking import log_artifacts

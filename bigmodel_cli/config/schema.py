@@ -294,7 +294,9 @@ class GenerativeEvalSection(Section):
     """Evaluation of generators: FID/KID and friends on the features of a classification run of ours."""
 
     features: str | None = None  # a classification run dir (same image shape and classes): its penultimate layer
-    #   gives FID/KID/precision/recall features and its predictions the class shares (None: eval --features RUN)
+    #   gives FID/KID/precision/recall features and its predictions the class shares (None: eval --features RUN);
+    #   or a local Inception-v3 weights file (torch-fidelity's pt_inception-2015-12-05-6726825d.pth; extra inception)
+    inception_layer: Literal[64, 192, 768, 2048] = 2048  # the Inception layer FID/KID/precision/recall use
     samples: int = Field(default=1000, ge=2)  # generated images scored by eval
     val_samples: int = Field(default=256, ge=2)  # val_fid each epoch: val images and as many samples (fixed z)
     kid_subsets: int = Field(default=50, ge=1)  # KID: random subsets averaged

@@ -69,6 +69,7 @@ class Options:
     fail_over: dict[str, float] = field(default_factory=dict)
     features: Path | None = None  # generation: a classification run whose features FID/KID... use
     samples: int | None = None  # generation: images generated and scored (None: eval.generative.samples)
+    inception_layer: int | None = None  # generation with an Inception weights file (None: eval.generative's)
 
 
 GENERATIVE = ("generation", "restoration")

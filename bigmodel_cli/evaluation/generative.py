@@ -9,7 +9,9 @@ so FID and KID (torchmetrics' FrechetInceptionDistance / KernelInceptionDistance
 feature extractor) use the penultimate layer of a classification run of ours trained on the same
 data (`--features RUN_DIR` or `eval.generative.features`), whose predictions also give the
 Inception Score, the share of each class among the samples, their entropy and coverage (a
-mode-collapse alarm). Precision and recall are Kynkaanniemi et al.'s (2019) k-nearest-neighbour
+mode-collapse alarm). A local Inception-v3 weights file (`--features pt_inception-2015-12-05-6726825d.pth`,
+torch-fidelity's format, never downloaded) gives the usual Inception FID/KID and Inception Score instead, without
+class shares. Precision and recall are Kynkaanniemi et al.'s (2019) k-nearest-neighbour
 manifolds on the same features. Each score has its floor beside it: the same metric between
 real train images (as many as samples) and the real reference split, the best a generator can
 hope for with these features and sample sizes.
@@ -40,7 +42,7 @@ from torch import nn
 
 from bigmodel_cli import atomic, console
 from bigmodel_cli.errors import UsageError
-from bigmodel_cli.evaluation.features import ClassifierFeatures, RandomFeatures, classifier_features, frechet_metric  # noqa: F401  (part of this module's interface)
+from bigmodel_cli.evaluation.features import RandomFeatures, frechet_metric, load_extractor  # noqa: F401  (part of this module's interface)
 
 GAN_METRICS = ("fid", "kid", "kid_std", "inception_score", "class_entropy", "class_coverage", "min_class_share",
                "precision", "recall")
@@ -53,36 +55,46 @@ GRID = 64
 # ---------------------------------------------------------------- metrics
 
 
-def _batches(x: np.ndarray):
-    for start in range(0, len(x), BATCH):
-        yield torch.from_numpy(np.array(x[start:start + BATCH], dtype=np.float32))
-
-
 @torch.no_grad()
-def features_and_proba(extractor: ClassifierFeatures, pixels: np.ndarray) -> tuple[torch.Tensor, np.ndarray]:
+def embed(extractor: nn.Module, pixels: np.ndarray) -> tuple[torch.Tensor, np.ndarray | None]:
+    """Features and class probabilities (None: an extractor without logits) of `pixels` (uint8 or float 0..255),
+    one pass in the extractor's batches."""
     feats, proba = [], []
-    for batch in _batches(pixels):
-        f, logits = extractor.features_and_logits(batch)
+    size = extractor.batch_size
+    for start in range(0, len(pixels), size):
+        f, logits = extractor.features_and_logits(torch.from_numpy(np.array(pixels[start:start + size],
+                                                                            dtype=np.float32)))
         feats.append(f)
-        proba.append(torch.softmax(logits, dim=1))
-    return torch.cat(feats), torch.cat(proba).numpy()
+        if logits is not None:
+            proba.append(torch.softmax(logits.double(), dim=1))
+    return torch.cat(feats), torch.cat(proba).numpy() if proba else None
+
+
+class _Given(nn.Module):
+    """Features computed once (`embed`), handed to torchmetrics' FID and KID as they are."""
+
+    def __init__(self, num_features: int):
+        super().__init__()
+        self.num_features = num_features
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x
 
 
 @torch.no_grad()
-def fid_kid(extractor: nn.Module, real: np.ndarray, fake: np.ndarray, subsets: int, seed: int) -> dict[str, float]:
-    """FID and KID (mean and std over `subsets` random subsets) with torchmetrics, features by `extractor`."""
+def fid_kid(real: torch.Tensor, fake: torch.Tensor, subsets: int, seed: int) -> dict[str, float]:
+    """FID and KID (mean and std over `subsets` random subsets) with torchmetrics, on features [N, F]."""
     from torchmetrics.image.kid import KernelInceptionDistance
 
-    fid = frechet_metric(extractor)
+    given = _Given(real.shape[1])
+    fid = frechet_metric(given)
     with warnings.catch_warnings():  # "KID will save all extracted features": a few thousand rows here
         warnings.simplefilter("ignore", UserWarning)
-        kid = KernelInceptionDistance(feature=extractor, subsets=subsets,
+        kid = KernelInceptionDistance(feature=given, subsets=subsets,
                                       subset_size=min(1000, len(real), len(fake)), sync_on_compute=False)
     for metric in (fid, kid):
-        for batch in _batches(real):
-            metric.update(batch, real=True)
-        for batch in _batches(fake):
-            metric.update(batch, real=False)
+        metric.update(real, real=True)
+        metric.update(fake, real=False)
     torch.manual_seed(seed)  # KID's subsets
     kid_mean, kid_std = kid.compute()
     return {"fid": float(fid.compute()), "kid": float(kid_mean), "kid_std": float(kid_std)}
@@ -112,11 +124,14 @@ def precision_recall(real: torch.Tensor, fake: torch.Tensor, k: int = 3) -> dict
             "recall": float(_covered(real, fake, _radii(fake, k)).double().mean())}
 
 
-def class_scores(proba: np.ndarray, classes: list[str]) -> dict[str, Any]:
-    """Inception Score (one split), class shares, their normalised entropy, coverage and smallest share."""
+def class_scores(proba: np.ndarray, classes: list[str] | None) -> dict[str, Any]:
+    """Inception Score (one split), and with the data's `classes` (None: Inception's ImageNet logits) their shares,
+    normalised entropy, coverage and smallest share."""
     eps = 1e-12
     marginal = proba.mean(axis=0)
     kl = (proba * (np.log(proba + eps) - np.log(marginal + eps))).sum(axis=1)
+    if classes is None:
+        return {"inception_score": float(np.exp(kl.mean()))}
     k = proba.shape[1]
     shares = np.bincount(proba.argmax(axis=1), minlength=k) / max(len(proba), 1)
     nonzero = shares[shares > 0]
@@ -126,14 +141,13 @@ def class_scores(proba: np.ndarray, classes: list[str]) -> dict[str, Any]:
             "class_shares": dict(zip(classes, shares.round(6).tolist(), strict=True))}
 
 
-def generation_scores(extractor: ClassifierFeatures, real: np.ndarray, fake: np.ndarray, classes: list[str], cfg,
-                      seed: int) -> dict[str, Any]:
-    """Every score of `fake` against `real` (uint8 or float pixels), with the class shares."""
-    scores = fid_kid(extractor, real, fake, cfg.kid_subsets, seed)
-    real_f, _ = features_and_proba(extractor, real)
-    fake_f, proba = features_and_proba(extractor, fake)
-    scores.update(precision_recall(real_f, fake_f, cfg.nearest_k))
-    scores.update(class_scores(proba, classes))
+def generation_scores(real: tuple[torch.Tensor, np.ndarray], fake: tuple[torch.Tensor, np.ndarray],
+                      classes: list[str] | None, cfg, seed: int) -> dict[str, Any]:
+    """Every score of `fake` against `real`, each an `embed` result (features, class probabilities)."""
+    scores = fid_kid(real[0], fake[0], cfg.kid_subsets, seed)
+    scores.update(precision_recall(real[0], fake[0], cfg.nearest_k))
+    if fake[1] is not None:
+        scores.update(class_scores(fake[1], classes))
     return scores
 
 
@@ -170,10 +184,11 @@ def evaluate_generative(run_dir: str | Path, options, onnx: Path | None, config,
                          "ONNX generator against it (identical pixels) and `bigmodel generate MODEL.onnx` samples it")
     if options.ci is not None:
         console.warn("--ci: no bootstrap intervals for generative metrics; ignored")
-    if options.samples is not None:
-        if options.samples < 2:
-            raise UsageError(f"--samples {options.samples}: expected 2 or more images")
-        cfg = cfg.model_copy(update={"generative": cfg.generative.model_copy(update={"samples": options.samples})})
+    if options.samples is not None and options.samples < 2:
+        raise UsageError(f"--samples {options.samples}: expected 2 or more images")
+    given = {"samples": options.samples, "inception_layer": options.inception_layer}
+    cfg = cfg.model_copy(update={"generative": cfg.generative.model_copy(
+        update={k: v for k, v in given.items() if v is not None})})
     split = options.split or cfg.split
     which = options.checkpoint or cfg.checkpoint
     kind, net, ckpt_path = load_generative(run, which)
@@ -184,7 +199,9 @@ def evaluate_generative(run_dir: str | Path, options, onnx: Path | None, config,
     extractor = record = None
     if task == "generation":
         if features:
-            extractor, record = classifier_features(features, run.manifest)
+            if options.inception_layer is not None and Path(features).is_dir():
+                console.warn(f"--inception-layer: {features} is a classification run, not Inception weights; ignored")
+            extractor, record = load_extractor(features, run.manifest, cfg.generative.inception_layer)
             check_sample_sizes(extractor.num_features, cfg.generative.samples, len(x_ref), split)
         elif kind == "gan":
             raise UsageError("a GAN is scored on the features of a classifier of the same data: give --features "
@@ -228,13 +245,13 @@ def _generation(run, kind, net, cfg, split, x_ref, y_ref, extractor, record, rep
         x_train, _ = prepared_split(run, "train")
         floor_rows = np.random.default_rng(seed).permutation(len(x_train))[:min(n, len(x_train))]
         real_train = np.asarray(x_train[np.sort(floor_rows)])
-        reference = np.asarray(x_ref)
-        scores = generation_scores(extractor, reference, fake, record["classes"], cfg.generative, seed)
-        floor = generation_scores(extractor, reference, real_train, record["classes"], cfg.generative, seed)
-        report["class_shares"] = scores.pop("class_shares")
-        report["floor"] = {k: v for k, v in floor.items() if k != "class_shares"}
-        report["floor"]["what"] = f"{len(real_train)} real train images (in place of samples) vs the {split} split"
-        report["floor_class_shares"] = floor["class_shares"]
+        reference = embed(extractor, np.asarray(x_ref))
+        scores = generation_scores(reference, embed(extractor, fake), record["classes"], cfg.generative, seed)
+        floor = generation_scores(reference, embed(extractor, real_train), record["classes"], cfg.generative, seed)
+        report["class_shares"] = scores.pop("class_shares", None)
+        report["floor_class_shares"] = floor.pop("class_shares", None)
+        report["floor"] = {**floor, "what": f"{len(real_train)} real train images (in place of samples) vs the "
+                                           f"{split} split"}
         report["ratio_to_floor"] = {k: (scores[k] / floor[k] if floor[k] else None) for k in ("fid", "kid")}
         report["extractor"] = record
         metrics.update(scores)

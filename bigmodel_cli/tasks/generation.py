@@ -409,13 +409,14 @@ def vae_scores(vae: nn.Module, cfg, split: Split, device, seed: int, conditional
 
 
 def val_extractor(recipe, data: dict[str, Any]) -> tuple[nn.Module, str]:
-    """The features val_fid uses: eval.generative.features (a classification run) or a seeded random network."""
-    from bigmodel_cli.evaluation.features import RandomFeatures, classifier_features
+    """The features val_fid uses: eval.generative.features (a classification run, an Inception weights file) or a
+    seeded random network."""
+    from bigmodel_cli.evaluation.features import RandomFeatures, load_extractor
 
-    run_dir = recipe.eval.generative.features
-    if run_dir:
-        extractor, record = classifier_features(run_dir, data)
-        return extractor, f"{record['run']} ({extractor.num_features} features)"
+    spec = recipe.eval.generative.features
+    if spec:
+        extractor, record = load_extractor(spec, data, recipe.eval.generative.inception_layer)
+        return extractor, f"{record.get('run') or record['file']} ({extractor.num_features} features)"
     return RandomFeatures(list(data["input_shape"]), seed=recipe.seed), "a seeded random conv network (64 features)"
 
 

@@ -60,7 +60,8 @@ def test_metrics_tell_the_same_distribution_from_another():
     same = rng.integers(0, 255, (300, 1, 8, 8)).astype(np.float32)
     dark = same * 0.2
     extractor = RandomFeatures([1, 8, 8], features=16)
-    close, far = fid_kid(extractor, real, same, 10, 0), fid_kid(extractor, real, dark, 10, 0)
+    real, same, dark = (extractor(torch.from_numpy(x)) for x in (real, same, dark))
+    close, far = fid_kid(real, same, 10, 0), fid_kid(real, dark, 10, 0)
     assert close["fid"] < 0.1 * far["fid"] and close["kid"] < far["kid"]
     a = torch.randn(400, 4, generator=torch.Generator().manual_seed(0))
     assert precision_recall(a[:200], a[200:], 3)["precision"] > 0.8
@@ -68,6 +69,7 @@ def test_metrics_tell_the_same_distribution_from_another():
     uniform = np.eye(4)[np.arange(100) % 4]
     scores = class_scores(uniform, list("abcd"))
     assert scores["inception_score"] == pytest.approx(4) and scores["class_entropy"] == pytest.approx(1)
+    assert class_scores(uniform, None) == {"inception_score": pytest.approx(4)}  # Inception's logits: no classes
     collapsed = class_scores(np.eye(4)[np.zeros(100, int)], list("abcd"))
     assert collapsed["class_coverage"] == 0.25 and collapsed["min_class_share"] == 0 and collapsed["class_entropy"] == 0
 
@@ -117,6 +119,73 @@ def test_features_run_of_other_data_is_refused(gan_run, digits_run, tmp_path):
         evaluate(gan_run, Options(features=digits_run, samples=20))
     with pytest.raises(UsageError, match="--features RUN_DIR"):
         evaluate(gan_run, Options())
+
+
+@pytest.fixture(scope="module")
+def inception_weights(tmp_path_factory):
+    """Inception-v3 with random weights, saved in the format of torch-fidelity's pt_inception-2015-12-05 file (the
+    real one cannot be downloaded here)."""
+    from unittest import mock
+
+    import torch_fidelity.feature_extractor_inceptionv3 as fe
+
+    with mock.patch.object(fe, "load_state_dict_from_url", lambda *a, **k: {}), \
+            mock.patch.object(fe.FeatureExtractorInceptionV3, "load_state_dict", lambda self, state: None):
+        torch.manual_seed(0)
+        net = fe.FeatureExtractorInceptionV3("inception-v3-compat", ["2048"])
+    path = tmp_path_factory.mktemp("inception") / "pt_inception-random.pth"
+    torch.save(net.state_dict(), path)
+    return path
+
+
+@pytest.fixture()
+def no_downloads(monkeypatch):
+    import torch_fidelity.feature_extractor_inceptionv3 as fe
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("a download was attempted")
+
+    monkeypatch.setattr(torch.hub, "load_state_dict_from_url", refuse)
+    monkeypatch.setattr(fe, "load_state_dict_from_url", refuse)
+
+
+def test_inception_weights_file_scores_as_torchmetrics_does(inception_weights, no_downloads, tmp_path):
+    from torchmetrics.image.fid import FrechetInceptionDistance
+
+    from bigmodel_cli.evaluation.features import inception_features, load_extractor
+    from bigmodel_cli.evaluation.generative import embed
+
+    rng = np.random.default_rng(0)
+    real = rng.integers(0, 256, (65, 1, 8, 8)).astype(np.uint8)
+    fake = (real // 2).astype(np.uint8)
+    extractor, record = inception_features(inception_weights, 64)
+    ours = fid_kid(embed(extractor, real)[0], embed(extractor, fake)[0], 5, 0)["fid"]
+    reference = FrechetInceptionDistance(feature=64, feature_extractor_weights_path=str(inception_weights))
+    reference.update(torch.from_numpy(real).expand(-1, 3, -1, -1), real=True)  # torchmetrics wants RGB uint8
+    reference.update(torch.from_numpy(fake).expand(-1, 3, -1, -1), real=False)
+    assert ours > 0 and ours == pytest.approx(float(reference.compute()), rel=1e-5)
+    assert record["features"] == 64 and record["classes"] is None and len(record["sha256"]) == 64
+    full, _ = inception_features(inception_weights, 2048)
+    feats, logits = full.features_and_logits(torch.zeros(2, 1, 8, 8))
+    assert feats.shape == (2, 2048) and logits.shape == (2, 1008)  # pool3 and the Inception Score's logits
+    (tmp_path / "notes.pth").write_text("not weights")
+    torch.save({"conv.weight": torch.zeros(1)}, tmp_path / "other.pth")
+    for bad, message in ((tmp_path / "notes.pth", "not Inception-v3 weights"),
+                         (tmp_path / "other.pth", "not Inception-v3 weights"), (tmp_path / "none.pth", "not found")):
+        with pytest.raises(UsageError, match=message):
+            load_extractor(bad, {"input_shape": [1, 8, 8]})
+    with pytest.raises(UsageError, match=r"Inception layer 100 .* expected one of \[64, 192, 768, 2048\]"):
+        inception_features(inception_weights, 100)
+
+
+def test_gan_eval_on_an_inception_weights_file(gan_run, inception_weights, no_downloads):
+    report = evaluate(gan_run, Options(features=inception_weights, inception_layer=64, samples=65, split="val"))
+    metrics = report["metrics"]
+    assert metrics["fid"] > report["floor"]["fid"] > 0 and 0 <= metrics["precision"] <= 1
+    assert "inception_score" not in metrics and report["class_shares"] is None  # layer 64 stops before the logits
+    assert report["extractor"]["file"] == str(inception_weights.resolve()) and report["extractor"]["features"] == 64
+    assert main("eval", str(gan_run), "--features", str(inception_weights), "--inception-layer", "64",
+                "--samples", "64") == 2  # FID on 64 features needs 65 samples
 
 
 def test_vae_eval_reports_elbo_and_reconstructions(vae_run):
