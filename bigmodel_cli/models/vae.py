@@ -20,6 +20,8 @@ from bigmodel_cli.models.registry import register_model
 
 
 class VAE(nn.Module):
+    forward_methods = ("encode", "decode")  # called besides forward (validation, sampling): FSDP2 gathers for them
+
     def __init__(self, latent_dim: int, shape: list[int], width: int, num_classes: int, conditional: bool,
                  blocks: int = 0):
         super().__init__()

@@ -222,6 +222,10 @@ class Generation:
             eps = torch.rand(n, 1, 1, 1, device=real.device)
             parts_in.append((eps * real + (1 - eps) * fake.detach().to(real.dtype)).requires_grad_(True))
         labels = torch.cat([y] * len(parts_in)) if y is not None else None
+        penalty = cfg.loss == "wgan-gp" or cfg.r1_gamma > 0
+        keep = penalty and hasattr(parts.networks["discriminator"], "set_reshard_after_backward")
+        if keep:  # FSDP2: the penalty's own backward must not free D's gathered weights the loss still needs
+            parts.networks["discriminator"].set_reshard_after_backward(False)
         with step.autocast():
             scores = discriminator(self.augment(torch.cat(parts_in)), labels).float()
         d_real, d_fake = scores[:n], scores[n:2 * n]
@@ -233,23 +237,25 @@ class Generation:
         if cfg.r1_gamma > 0:
             grad, = torch.autograd.grad(d_real.sum(), x_real, create_graph=True)
             total = total + cfg.r1_gamma / 2 * grad.flatten(1).pow(2).sum(dim=1).mean()
+        if keep:
+            parts.networks["discriminator"].set_reshard_after_backward(True)
         step.backward(total, "discriminator")
         step.step_optimizer("discriminator")
         step.log(d_loss=d_loss)
         if not g_turn:
             return
         raw_d = parts.networks["discriminator"]  # D's weights are fixed here: no DDP gradient hooks needed
-        raw_d.requires_grad_(False)
+        raw_d.requires_grad_(False)  # until after the backward: FSDP2 gathers D again there, with these flags
         try:
             with step.autocast():
                 g_loss = generator_loss(cfg.loss, raw_d(self.augment(fake), y).float())
+            step.backward(g_loss, "generator")
         finally:
-            raw_d.requires_grad_(True)
-        step.backward(g_loss, "generator")
+            raw_d.requires_grad_(True)  # on the parameters D holds now: FSDP2's shards once backward resharded
         step.step_optimizer("generator")
         step.log(g_loss=g_loss)
         if step.boundary and "generator" in parts.averaged:
-            parts.averaged["generator"].update_parameters(parts.networks["generator"])
+            parts.averaged["generator"].update_parameters(_Whole(parts.networks["generator"]))
 
     def _vae_step(self, parts: Parts, batch: Batch, step: Step) -> None:
         cfg = step.recipe.train.vae
@@ -278,7 +284,7 @@ class Generation:
                 row.update(vae_scores(parts.networks["vae"], recipe.train.vae, val, ctx.device, recipe.seed,
                                       self.conditional))
             row["val_fid"] = self._val_fid(net, parts.frozen["features"], val, ctx)
-            if ctx.dist.is_main and ctx.run_dir is not None:
+            if ctx.run_dir is not None:  # every rank samples (an FSDP forward gathers from all), rank 0 writes
                 write_sample_grid(net, self.kind, self.latent_dim, self.conditional, ctx, recipe.seed)
         finally:
             net.train(was_training)
@@ -330,6 +336,20 @@ def ema(generator: nn.Module, decay: float) -> nn.Module:
                 mine.copy_(theirs)
 
     return AveragedModel(generator, multi_avg_fn=update, use_buffers=True)
+
+
+class _Whole:
+    """A network as AveragedModel.update_parameters reads it: FSDP2's parameter shards all-gathered (every rank
+    updates its EMA at the same step, so every rank joins), plain tensors and buffers as they are."""
+
+    def __init__(self, net: nn.Module):
+        self.net = net
+
+    def parameters(self):
+        return (p.full_tensor() if hasattr(p, "full_tensor") else p for p in self.net.parameters())
+
+    def buffers(self):
+        return self.net.buffers()
 
 
 def discriminator_loss(loss: str, real: torch.Tensor, fake: torch.Tensor) -> torch.Tensor:
@@ -426,7 +446,9 @@ def write_sample_grid(net: nn.Module, kind: str, latent_dim: int, conditional: b
 
     labels = class_labels(GRID, len(ctx.data["classes"])) if conditional else None
     pixels = sample_pixels(net, kind, latents(seed, GRID, latent_dim), labels, ctx.device)
-    save_grid(pixels.round().to(torch.uint8).cpu().numpy(), ctx.run_dir / "samples" / f"epoch_{ctx.epoch:03d}.png")
+    if ctx.dist.is_main:
+        save_grid(pixels.round().to(torch.uint8).cpu().numpy(),
+                  ctx.run_dir / "samples" / f"epoch_{ctx.epoch:03d}.png")
 
 
 def load_generative(run, which: str = "best") -> tuple[str, nn.Module, Any]:

@@ -137,12 +137,13 @@ class Restoration:
         net.eval()
         try:
             scores = restoration_scores(net, val, ctx.recipe, ctx.device, ctx.recipe.train.loss)
-            if ctx.dist.is_main and ctx.run_dir is not None and len(val):
+            if ctx.run_dir is not None and len(val):  # every rank restores (an FSDP forward gathers from all)
                 clean, noisy, restored = restore_split(net, val, ctx.recipe, ctx.device, limit=GRID_IMAGES)
                 from bigmodel_cli.export.generator_spec import save_grid
 
-                save_grid(np.concatenate([noisy, restored, clean]),
-                          ctx.run_dir / "samples" / f"epoch_{ctx.epoch:03d}.png", columns=len(clean))
+                if ctx.dist.is_main:
+                    save_grid(np.concatenate([noisy, restored, clean]),
+                              ctx.run_dir / "samples" / f"epoch_{ctx.epoch:03d}.png", columns=len(clean))
         finally:
             net.train()
         return {f"val_{k}": v for k, v in scores.items() if k in ("loss", "psnr", "ssim")}

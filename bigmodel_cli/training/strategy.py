@@ -6,7 +6,8 @@
 
 DDP wraps each trained network on its own; FSDP2 (`fully_shard`) shards each repeated block
 (children of Sequential/ModuleList holding at least 1000 parameters) and then the root, with a
-bf16/fp16 compute policy for mixed precision. `train.sync_batchnorm` converts BatchNorm layers
+bf16/fp16 compute policy for mixed precision; a network's `forward_methods` (a VAE's encode and decode) gather
+their parameters as forward does. `train.sync_batchnorm` converts BatchNorm layers
 for DDP so that N processes x batch b normalise like 1 process x N*b.
 """
 
@@ -143,7 +144,7 @@ def shard(net: nn.Module, precision: str, activation_checkpointing: bool,
     stay float32 and autocast alone lowers the compute: CPU BatchNorm cannot take bf16 weights beside float32
     running statistics.
     """
-    from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
+    from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard, register_fsdp_forward_method
 
     on_gpu = device is None or device.type == "cuda"
     dtype = {"bf16-mixed": torch.bfloat16, "16-mixed": torch.float16}.get(precision) if on_gpu else None
@@ -159,6 +160,8 @@ def shard(net: nn.Module, precision: str, activation_checkpointing: bool,
     for block in blocks:
         fully_shard(block, mp_policy=policy)
     fully_shard(net, mp_policy=policy)
+    for method in getattr(net, "forward_methods", ()):  # methods other than forward that run the network
+        register_fsdp_forward_method(net, method)
     return net
 
 
