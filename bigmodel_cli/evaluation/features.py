@@ -90,14 +90,11 @@ class InceptionFeatures(nn.Module):
         super().__init__()
         try:
             from torchmetrics.image.fid import NoTrainInceptionV3
-        except ImportError:
-            raise UsageError(f"--features {weights}: Inception features need torch-fidelity: {INCEPTION_EXTRA}") \
-                from None
-        try:
+
             outputs = [str(layer)] + (["logits_unbiased"] if layer == 2048 else [])
             self.net = NoTrainInceptionV3(name="inception-v3-compat", features_list=outputs,
                                           feature_extractor_weights_path=str(weights))
-        except ModuleNotFoundError:
+        except ImportError:  # NoTrainInceptionV3 raises ModuleNotFoundError without torch-fidelity
             raise UsageError(f"--features {weights}: Inception features need torch-fidelity: {INCEPTION_EXTRA}") \
                 from None
         except Exception as exc:  # noqa: BLE001  (a pickle, zip or key error: the file is not these weights)
