@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from bigmodel_cli import atomic
-from bigmodel_cli.errors import UsageError
+from bigmodel_cli.errors import UsageError, first_line
 
 FORMAT = 2
 # the parts of `meta` that must agree for a checkpoint to fit a model and its data
@@ -66,7 +66,7 @@ def load(path: str | Path, expect: dict[str, Any] | None = None, map_location: s
     try:
         state = torch.load(path, map_location=map_location, weights_only=True)
     except (pickle.UnpicklingError, RuntimeError, EOFError, ValueError, OSError) as e:
-        raise UsageError(f"{path}: not a readable checkpoint ({str(e).splitlines()[0]})") from e
+        raise UsageError(f"{path}: not a readable checkpoint ({first_line(e)})") from e
     _check_format(path, state)
     check_meta(path, state, expect)
     return state
@@ -87,7 +87,7 @@ def load_extra(path: Path, expect: dict[str, Any] | None) -> dict[str, Any]:
     try:
         state = torch.load(path / "state.pt", map_location="cpu", weights_only=True)
     except (OSError, RuntimeError, EOFError, ValueError) as e:
-        raise UsageError(f"{path}: not a readable sharded checkpoint ({str(e).splitlines()[0]})") from e
+        raise UsageError(f"{path}: not a readable sharded checkpoint ({first_line(e)})") from e
     _check_format(path, state)
     check_meta(path, state, expect)
     return state
@@ -125,7 +125,7 @@ def missing_shards(path: Path) -> list[tuple[str, int]]:
     try:
         metadata = FileSystemReader(str(path)).read_metadata()
     except (OSError, RuntimeError, ValueError, EOFError) as e:
-        raise UsageError(f"{path}: not a readable sharded checkpoint ({str(e).splitlines()[0]})") from e
+        raise UsageError(f"{path}: not a readable sharded checkpoint ({first_line(e)})") from e
     names = {info.relative_path for info in (metadata.storage_data or {}).values()}
     missing = sorted(name for name in names if not (path / name).is_file())
     return [(name, int(name.split("_")[2]) if name.count("_") >= 3 else -1) for name in missing]
@@ -302,7 +302,7 @@ def load_sharded_into(pairs: dict[str, tuple[Any, Any]], path: Path, saved: dict
     try:  # what the shard files hold, in place (older checkpoints held everything there); the rest from state.pt
         dcp.load(_without(full, replicated or {}), checkpoint_id=str(path), process_group=dist.io)
     except Exception as e:
-        detail = str(e).splitlines()[0][:300] if str(e) else type(e).__name__
+        detail = first_line(e, 300)
         raise UsageError(f"{path}: sharded checkpoint does not fit the model ({detail})") from e
     _merge(full, replicated or {})
     for name, (net, optimizer) in pairs.items():

@@ -38,6 +38,12 @@ class Interrupted(BigmodelError):
     exit_code = 130
 
 
+def first_line(error: BaseException, limit: int | None = None) -> str:
+    """The first line of an exception's message (at most `limit` characters), or its type's name when empty."""
+    text = str(error).strip()
+    return text.splitlines()[0][:limit] if text else type(error).__name__
+
+
 def report_to_launcher(line: str) -> None:
     """Inside a torch.distributed.run worker: leave the error where the launcher reads it (its error file), so
     the launcher names this rank's failure; elsewhere nothing."""

@@ -26,6 +26,7 @@ from bigmodel_cli.cli import (
     tune,
 )
 from bigmodel_cli.cli import eval as eval_cmd
+from bigmodel_cli.errors import first_line
 
 app = typer.Typer(
     name="bigmodel",
@@ -112,7 +113,7 @@ def _out_of_memory(error: BaseException) -> str | None:
     """`MemoryError` or torch's out-of-memory error anywhere in the chain: a one-line description, else None."""
     for e in _chain(error):
         names = {t.__name__ for t in type(e).__mro__}
-        text = str(e).strip().splitlines()[0] if str(e).strip() else ""
+        text = first_line(e) if str(e).strip() else ""
         if isinstance(e, MemoryError) or "OutOfMemoryError" in names or (
                 isinstance(e, RuntimeError) and any(m in text.lower() for m in _OOM_MESSAGES)):
             return f"{type(e).__name__}: {text[:200]}" if text else type(e).__name__

@@ -16,7 +16,7 @@ from typing import Any
 import yaml
 
 from bigmodel_cli.config import catalog
-from bigmodel_cli.errors import UsageError
+from bigmodel_cli.errors import UsageError, first_line
 
 
 class RecipeError(UsageError):
@@ -55,7 +55,7 @@ def load_yaml(path: Path) -> dict[str, Any]:
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
         where = f" line {mark.line + 1}" if mark is not None else ""
-        problem = getattr(e, "problem", None) or str(e).splitlines()[0]
+        problem = getattr(e, "problem", None) or first_line(e)
         raise UsageError(f"{path}:{where} not valid YAML: {problem}") from e
     if not isinstance(data, dict):
         raise UsageError(f"{path}: a recipe must be a YAML mapping of sections (name, task, data, model, train...)")
@@ -71,7 +71,7 @@ def parse_set(item: str) -> tuple[str, Any]:
     try:
         value = yaml.safe_load(raw) if raw.strip() else ""
     except yaml.YAMLError as e:
-        problem = getattr(e, "problem", None) or str(e).splitlines()[0]
+        problem = getattr(e, "problem", None) or first_line(e)
         raise UsageError(f"--set {item}: VALUE is not valid YAML ({problem}); quote a string that contains "
                          f"YAML syntax: --set '{key}=\"...\"'") from e
     return key, value

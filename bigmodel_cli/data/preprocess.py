@@ -30,7 +30,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from bigmodel_cli.errors import UsageError
+from bigmodel_cli.errors import UsageError, first_line
 
 NUMERIC_IMPUTE = ("mean", "median", "most_frequent", "constant", "drop")
 PAD, UNK = "[PAD]", "[UNK]"
@@ -86,7 +86,7 @@ def numbers(column: pa.ChunkedArray | pa.Array, name: str) -> np.ndarray:
     try:
         values = pc.cast(column, pa.float64())
     except (pa.ArrowInvalid, pa.ArrowNotImplementedError) as e:
-        raise UsageError(f"column '{name}': not numeric ({str(e).splitlines()[0]})") from None
+        raise UsageError(f"column '{name}': not numeric ({first_line(e)})") from None
     if isinstance(values, pa.ChunkedArray):
         out = values.to_numpy() if values.num_chunks else np.zeros(0)
     else:
@@ -636,7 +636,7 @@ def _folder_tokenizer(folder: Path):
         try:
             return Tokenizer.from_file(str(folder / "tokenizer.json"))
         except Exception as e:  # noqa: BLE001 - the Rust side raises plain Exception
-            raise UsageError(f"{folder / 'tokenizer.json'}: not a readable tokenizer ({str(e).splitlines()[0]})") \
+            raise UsageError(f"{folder / 'tokenizer.json'}: not a readable tokenizer ({first_line(e)})") \
                 from None
     slow = [n for n in ("vocab.txt", "vocab.json", "tokenizer.model", "spiece.model", "sentencepiece.bpe.model")
             if (folder / n).is_file()]
@@ -654,7 +654,7 @@ def _folder_tokenizer(folder: Path):
     try:
         fast = AutoTokenizer.from_pretrained(str(folder), local_files_only=True, use_fast=True)
     except Exception as e:  # noqa: BLE001 - transformers raises many kinds for a broken folder
-        raise UsageError(f"{folder}: cannot load its tokenizer ({str(e).splitlines()[0][:200]})") from None
+        raise UsageError(f"{folder}: cannot load its tokenizer ({first_line(e, 200)})") from None
     backend = getattr(fast, "backend_tokenizer", None)
     if backend is None:
         raise UsageError(f"{folder}: its tokenizer has no fast (tokenizers) version; save a tokenizer.json with it")

@@ -24,7 +24,7 @@ from pathlib import Path
 
 import pyarrow as pa
 
-from bigmodel_cli.errors import UsageError
+from bigmodel_cli.errors import UsageError, first_line
 
 CSV_SUFFIXES = (".csv", ".tsv", ".txt")
 JSONL_SUFFIXES = (".jsonl", ".ndjson")
@@ -152,10 +152,10 @@ def _csv_to_arrow(path: Path, dest: Path, delimiter: str | None, encoding: str |
             if not newlines and not conversion:  # perhaps quoted values with line breaks (texts): slower
                 newlines = True
                 continue
-            raise UsageError(_csv_problem(path, sep, enc) or f"{path}: not a readable CSV file ({_first_line(e)})") \
+            raise UsageError(_csv_problem(path, sep, enc) or f"{path}: not a readable CSV file ({first_line(e)})") \
                 from None
         except (UnicodeDecodeError, ValueError) as e:
-            raise UsageError(_csv_problem(path, sep, enc) or f"{path}: not a readable CSV file ({_first_line(e)})") \
+            raise UsageError(_csv_problem(path, sep, enc) or f"{path}: not a readable CSV file ({first_line(e)})") \
                 from None
     if any(pa.types.is_binary(t) or pa.types.is_large_binary(t) for t in schema.types):
         raise UsageError(_csv_problem(path, sep, enc) or f"{path}: not valid {enc} text; set data.encoding")
@@ -198,7 +198,7 @@ def _jsonl_to_arrow(path: Path, dest: Path, encoding: str | None, new_path: Call
                     parse_options = pajson.ParseOptions(explicit_schema=schema)
                     continue
             raise UsageError(_jsonl_problem(path, enc) or f"{path}: not readable JSON lines "
-                                                           f"({_first_line(error)})") from None
+                                                           f"({first_line(error)})") from None
 
 
 def _check_nested(path: Path, schema: pa.Schema) -> None:
@@ -216,7 +216,7 @@ def _parquet_to_arrow(path: Path, dest: Path) -> None:
         _check_column_names(path, source.schema_arrow.names)
         _write_arrow(dest, source.schema_arrow, source.iter_batches(batch_size=BATCH_ROWS))
     except (pa.ArrowInvalid, OSError) as e:
-        raise UsageError(f"{path}: not a readable Parquet file ({_first_line(e)})") from None
+        raise UsageError(f"{path}: not a readable Parquet file ({first_line(e)})") from None
 
 
 def sniff_encoding(head: bytes, encoding: str | None) -> str:
@@ -269,7 +269,7 @@ def _read_csv(path: Path, delimiter: str | None, encoding: str | None) -> pa.Tab
             table = pacsv.read_csv(path, read_options=read_options, parse_options=parse_options,
                                    convert_options=convert_options)
     except (pa.ArrowInvalid, UnicodeDecodeError, ValueError) as e:
-        problem = _csv_problem(path, sep, enc) or f"{path}: not a readable CSV file ({_first_line(e)})"
+        problem = _csv_problem(path, sep, enc) or f"{path}: not a readable CSV file ({first_line(e)})"
         raise UsageError(problem) from None
     if any(pa.types.is_binary(t) or pa.types.is_large_binary(t) for t in table.schema.types):
         raise UsageError(_csv_problem(path, sep, enc) or f"{path}: not valid {enc} text; set data.encoding")
@@ -297,9 +297,6 @@ def _csv_problem(path: Path, sep: str, enc: str) -> str | None:
     return None
 
 
-def _first_line(error: BaseException) -> str:
-    return (str(error).strip().splitlines() or [type(error).__name__])[0]
-
 
 def _read_jsonl(path: Path, encoding: str | None) -> pa.Table:
     import pyarrow.json as pajson
@@ -314,7 +311,7 @@ def _read_jsonl(path: Path, encoding: str | None) -> pa.Table:
     try:
         table = pajson.read_json(source)
     except (pa.ArrowInvalid, UnicodeDecodeError, ValueError) as e:
-        raise UsageError(_jsonl_problem(path, enc) or f"{path}: not readable JSON lines ({_first_line(e)})") from None
+        raise UsageError(_jsonl_problem(path, enc) or f"{path}: not readable JSON lines ({first_line(e)})") from None
     _check_nested(path, table.schema)
     return table
 
@@ -343,7 +340,7 @@ def _read_parquet(path: Path) -> pa.Table:
     try:
         return pq.read_table(path)
     except (pa.ArrowInvalid, OSError) as e:
-        raise UsageError(f"{path}: not a readable Parquet file ({_first_line(e)})") from None
+        raise UsageError(f"{path}: not a readable Parquet file ({first_line(e)})") from None
 
 
 def _check_column_names(path: Path, names: list[str]) -> None:
@@ -439,7 +436,7 @@ class RowSource:
                                     convert_options=pacsv.ConvertOptions(strings_can_be_null=True))
         except (pa.ArrowInvalid, UnicodeDecodeError, ValueError) as e:
             raise UsageError(_csv_problem(self.path, sep, enc) or f"{self.path}: not a readable CSV file "
-                                                                  f"({_first_line(e)})") from None
+                                                                  f"({first_line(e)})") from None
         return reader.schema.names
 
     def _csv_batches(self, types: dict[str, pa.DataType | None], rows: int) -> Iterator[pa.RecordBatch]:
@@ -471,10 +468,10 @@ class RowSource:
                     newlines = True
                     continue
                 raise UsageError(_csv_problem(self.path, sep, enc) or f"{self.path}: not a readable CSV file "
-                                                                      f"({_first_line(e)})") from None
+                                                                      f"({first_line(e)})") from None
             except (UnicodeDecodeError, ValueError) as e:
                 raise UsageError(_csv_problem(self.path, sep, enc) or f"{self.path}: not a readable CSV file "
-                                                                      f"({_first_line(e)})") from None
+                                                                      f"({first_line(e)})") from None
 
     # -------- JSON lines: blocks of whole lines, each parsed by pyarrow (or line by line when its types mix)
 
@@ -551,7 +548,7 @@ class RowSource:
         try:
             file = pq.ParquetFile(self.path)
         except (pa.ArrowInvalid, OSError) as e:
-            raise UsageError(f"{self.path}: not a readable Parquet file ({_first_line(e)})") from None
+            raise UsageError(f"{self.path}: not a readable Parquet file ({first_line(e)})") from None
         self.total = file.metadata.num_rows
         return file.schema_arrow.names
 
@@ -561,7 +558,7 @@ class RowSource:
         try:
             yield from pq.ParquetFile(self.path).iter_batches(batch_size=rows, columns=list(types))
         except (pa.ArrowInvalid, OSError) as e:
-            raise UsageError(f"{self.path}: not a readable Parquet file ({_first_line(e)})") from None
+            raise UsageError(f"{self.path}: not a readable Parquet file ({first_line(e)})") from None
 
 
 def _join(batches: list, types: dict[str, pa.DataType | None]) -> pa.Table:

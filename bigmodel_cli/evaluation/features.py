@@ -19,7 +19,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from bigmodel_cli.errors import UsageError
+from bigmodel_cli.errors import UsageError, first_line
 
 
 class ClassifierFeatures(nn.Module):
@@ -98,7 +98,7 @@ class InceptionFeatures(nn.Module):
             raise UsageError(f"--features {weights}: Inception features need torch-fidelity: {INCEPTION_EXTRA}") \
                 from None
         except Exception as exc:  # noqa: BLE001  (a pickle, zip or key error: the file is not these weights)
-            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            first = first_line(exc)
             raise UsageError(f"--features {weights}: not Inception-v3 weights in torch-fidelity's format "
                              f"(pt_inception-2015-12-05-6726825d.pth, the file torchmetrics' FID downloads): "
                              f"{first[:200]}") from None

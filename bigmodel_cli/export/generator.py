@@ -29,7 +29,7 @@ from typing import Any
 
 import numpy as np
 
-from bigmodel_cli.errors import JobFailed, UsageError
+from bigmodel_cli.errors import JobFailed, UsageError, first_line
 from bigmodel_cli.export.generator_spec import (  # noqa: F401  (the contract, re-exported for servers)
     CONDITIONAL,
     IMAGE_SHAPE,
@@ -193,32 +193,13 @@ def _graph(net, kind: str, conditional: bool, quantize: bool):
 
 def _to_onnx(module, args: tuple, names: list[str], dest: Path, opset: int) -> str:
     """Write the graph (dynamic batch on every input); 'dynamo', or 'torchscript' where dynamo cannot."""
-    import contextlib
-    import sys
-    import warnings
-
     import torch
 
-    from bigmodel_cli import console
+    from bigmodel_cli.export.onnx_graph import export_graph
 
     batch = torch.export.Dim("batch", min=1)
-    with contextlib.redirect_stdout(sys.stderr), warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        try:
-            program = torch.onnx.export(module, args, dynamo=True, input_names=names, output_names=["image"],
-                                        opset_version=opset, dynamic_shapes=tuple({0: batch} for _ in args),
-                                        verbose=False)
-            program.save(str(dest), external_data=False)
-            return "dynamo"
-        except Exception as e:  # the legacy exporter takes some graphs dynamo cannot
-            reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        console.warn(f"dynamo ONNX exporter failed ({reason[:200]}); falling back to the TorchScript exporter")
-        try:
-            torch.onnx.export(module, args, str(dest), dynamo=False, input_names=names, output_names=["image"],
-                              opset_version=opset, dynamic_axes={n: {0: "batch"} for n in [*names, "image"]})
-        except Exception as e:
-            raise JobFailed(f"ONNX export failed with both exporters: {str(e).strip().splitlines()[0]}") from e
-        return "torchscript"
+    return export_graph(module, args, dest, opset, names, ["image"], tuple({0: batch} for _ in args),
+                        {n: {0: "batch"} for n in [*names, "image"]})
 
 
 def _verify_inputs(run, spec: GeneratorSpec, rows: int) -> dict[str, np.ndarray]:
@@ -291,7 +272,7 @@ def export_generator(run, checkpoint: str, out: Path, report_file: Path, opset: 
                 check = _verify(tmp, float_path, exact, floats, feeds, run.recipe.export.verify)
             except Exception as e:  # onnxruntime refusing the graph on these inputs (a batch size baked in...)
                 raise JobFailed(f"export verification failed: onnxruntime cannot run the exported model on "
-                                f"{rows} inputs ({str(e).strip().splitlines()[0][:200]}); no model written") from e
+                                f"{rows} inputs ({first_line(e, 200)}); no model written") from e
             check["float_pixels_from"] = "the exported graph without its final Round and Cast" if twin else \
                 "a second export without rounding"
             if not check["passed"]:

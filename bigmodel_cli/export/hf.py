@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 from torch import nn
 
-from bigmodel_cli.errors import JobFailed
+from bigmodel_cli.errors import JobFailed, first_line
 
 # transformers' model_type -> onnxruntime optimiser's model_type (fusion patterns it knows)
 ORT_MODEL_TYPES = {"bert": "bert", "distilbert": "bert", "roberta": "bert", "xlm-roberta": "bert", "camembert": "bert",
@@ -96,7 +96,7 @@ def optimize(src: Path, dest: Path, config: dict[str, Any]) -> dict[str, Any]:
         optimized.save_model_to_file(str(dest))
     except Exception as e:  # noqa: BLE001 - the optimiser raises anything for a graph it cannot take
         raise JobFailed(f"export.optimize: onnxruntime's transformer optimiser failed "
-                        f"({str(e).strip().splitlines()[0][:200] if str(e).strip() else type(e).__name__})") from None
+                        f"({first_line(e, 200)})") from None
     fused = {k: int(v) for k, v in optimized.get_fused_operator_statistics().items() if v}
     return {"model_type": model_type, "fused": fused}
 
@@ -166,14 +166,11 @@ def cache_names(layers: int) -> list[str]:
 
 def export_decoder(module: nn.Module, sample, dest: Path, opset: int) -> str:
     """Write a language model's graph with its key/value cache (`CachedDecoder`) to `dest`; returns the exporter."""
-    import contextlib as ctx
-    import sys
-    import warnings
-
     import onnx
     import torch
     from onnx import numpy_helper
 
+    from bigmodel_cli.export.onnx_graph import export_graph
     from bigmodel_cli.models.hf import CausalLM, returned_cache
 
     lm = next(m for m in module.modules() if isinstance(m, CausalLM)).model
@@ -192,16 +189,9 @@ def export_decoder(module: nn.Module, sample, dest: Path, opset: int) -> str:
                "past": tuple({2: torch.export.Dim("past", min=1, max=longest - 1)} for _ in past)}
     names = cache_names(layers)
     example = torch.cat([ids, ids], dim=0)  # batch 2 and length >= 2: neither is taken for a constant
-    try:
-        with ctx.redirect_stdout(sys.stderr), warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            program = torch.onnx.export(decoder, (example, past), dynamo=True, dynamic_shapes=dynamic,
-                                        input_names=["input", *names], opset_version=opset,
-                                        output_names=["logits", *[n.replace("past", "present") for n in names]])
-        program.save(str(dest), external_data=False)
-    except Exception as e:
-        raise JobFailed(f"ONNX export of the decoder with its key/value cache failed: "
-                        f"{str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__}") from e
+    export_graph(decoder, (example, past), dest, opset, ["input", *names],
+                 ["logits", *[n.replace("past", "present") for n in names]], dynamic, None,
+                 what="ONNX export of the decoder with its key/value cache")
     graph = onnx.load(str(dest))
     for name, (_, h, _, d) in zip(names, kv_shapes, strict=True):
         graph.graph.initializer.append(numpy_helper.from_array(np.zeros((1, h, 0, d), np.float32), name))

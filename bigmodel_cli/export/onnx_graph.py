@@ -1,6 +1,7 @@
 """PyTorch module -> ONNX graph: the dynamo exporter first, the TorchScript exporter where it cannot.
 
     exporter = to_onnx(module, sample, Path("model.onnx"), opset=18, task="classification")
+    exporter = export_graph(module, (z, label), dest, 18, ["z", "label"], ["image"], dynamic_shapes, dynamic_axes)
     check(Path("model.onnx"))        # onnx.checker with full_check, JobFailed otherwise
 
 The graph takes `input` (float32 with a dynamic batch, or int64 token ids with a dynamic batch and
@@ -18,7 +19,7 @@ import torch
 from torch import nn
 
 from bigmodel_cli import console
-from bigmodel_cli.errors import JobFailed
+from bigmodel_cli.errors import JobFailed, first_line
 from bigmodel_cli.export.module import output_names
 
 
@@ -42,28 +43,36 @@ def to_onnx(module: nn.Module, sample: torch.Tensor, dest: Path, opset: int, tas
     names = output_names(task)
     text = not sample.is_floating_point()
     dynamic_shapes, dynamic_axes = _dynamic_axes(text, sample.shape[-1])
+    recurrent = _has_recurrence(module)
+    if recurrent:
+        console.info("recurrent layers: using the TorchScript exporter (ONNX LSTM op, dynamic length)")
+    return export_graph(module, (sample,), dest, opset, ["input"], names, dynamic_shapes,
+                        {**dynamic_axes, **{n: {0: "batch"} for n in names}}, dynamo=not recurrent)
+
+
+def export_graph(module: nn.Module, args: tuple, dest: Path, opset: int, inputs: list[str], outputs: list[str],
+                 dynamic_shapes, dynamic_axes: dict | None, dynamo: bool = True, what: str = "ONNX export") -> str:
+    """torch.onnx.export with the dynamo exporter, then the TorchScript exporter where dynamo fails (or alone with
+    `dynamo=False`; never with `dynamic_axes=None`); exporters' prints go to stderr. Returns the exporter used;
+    JobFailed naming `what` when none can."""
     with contextlib.redirect_stdout(sys.stderr), warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        if _has_recurrence(module):
-            console.info("recurrent layers: using the TorchScript exporter (ONNX LSTM op, dynamic length)")
-        else:
+        if dynamo:
             try:
-                program = torch.onnx.export(
-                    module, (sample,), dynamo=True, input_names=["input"], output_names=names, opset_version=opset,
-                    dynamic_shapes=dynamic_shapes, verbose=False,
-                )
+                program = torch.onnx.export(module, args, dynamo=True, input_names=inputs, output_names=outputs,
+                                            opset_version=opset, dynamic_shapes=dynamic_shapes, verbose=False)
                 program.save(str(dest), external_data=False)
                 return "dynamo"
             except Exception as e:  # the dynamo exporter cannot take some models; the legacy one often can
-                reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-            console.warn(f"dynamo ONNX exporter failed ({reason[:200]}); falling back to the TorchScript exporter")
+                if dynamic_axes is None:
+                    raise JobFailed(f"{what} failed: {first_line(e)}") from e
+                console.warn(f"dynamo ONNX exporter failed ({first_line(e, 200)}); falling back to the TorchScript "
+                             "exporter")
         try:
-            torch.onnx.export(
-                module, (sample,), str(dest), dynamo=False, input_names=["input"], output_names=names,
-                opset_version=opset, dynamic_axes={**dynamic_axes, **{n: {0: "batch"} for n in names}},
-            )
+            torch.onnx.export(module, args, str(dest), dynamo=False, input_names=inputs, output_names=outputs,
+                              opset_version=opset, dynamic_axes=dynamic_axes)
         except Exception as e:
-            raise JobFailed(f"ONNX export failed with both exporters: {str(e).strip().splitlines()[0]}") from e
+            raise JobFailed(f"{what} failed with both exporters: {first_line(e)}") from e
         return "torchscript"
 
 
@@ -74,4 +83,4 @@ def check(path: Path) -> None:
     try:
         onnx.checker.check_model(str(path), full_check=True)
     except onnx.checker.ValidationError as e:
-        raise JobFailed(f"exported model fails onnx.checker: {str(e).splitlines()[0]}") from e
+        raise JobFailed(f"exported model fails onnx.checker: {first_line(e)}") from e

@@ -26,7 +26,7 @@ from pathlib import Path
 
 import numpy as np
 
-from bigmodel_cli.errors import JobFailed
+from bigmodel_cli.errors import JobFailed, first_line
 
 DYNAMIC_MODELS = {"mlp", "transformer_encoder", "lstm"}
 CALIBRATION_BATCH = 32
@@ -129,7 +129,7 @@ def to_int8(src: Path, dest: Path, calibration: np.ndarray | None, method: str) 
         except Exception as e:  # symbolic shape inference cannot take every graph; quantise the model as exported
             from bigmodel_cli import console
 
-            reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            reason = first_line(e)
             console.warn(f"int8: onnxruntime's quantisation pre-processing failed ({reason[:200]}); "
                          f"quantising the graph as exported")
             pre = src
@@ -145,7 +145,7 @@ def to_int8(src: Path, dest: Path, calibration: np.ndarray | None, method: str) 
                                 per_channel=True, activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
                                 nodes_to_exclude=_softmax_nodes(pre))
         except Exception as e:
-            raise JobFailed(f"int8 quantisation failed: {str(e).strip().splitlines()[0] if str(e).strip() else e}")\
+            raise JobFailed(f"int8 quantisation failed: {first_line(e)}")\
                 from None
 
 

@@ -16,7 +16,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from bigmodel_cli.errors import JobFailed
+from bigmodel_cli.errors import JobFailed, first_line
 
 
 def save(module: nn.Module, sample: torch.Tensor, dest: Path) -> None:
@@ -27,7 +27,7 @@ def save(module: nn.Module, sample: torch.Tensor, dest: Path) -> None:
             traced = torch.jit.trace(module, (sample,), check_trace=False)
             torch.jit.save(traced, str(dest))
     except Exception as e:
-        raise JobFailed(f"TorchScript export failed: {str(e).strip().splitlines()[0]}") from e
+        raise JobFailed(f"TorchScript export failed: {first_line(e)}") from e
 
 
 def load(path: Path) -> nn.Module:

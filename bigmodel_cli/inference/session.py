@@ -15,7 +15,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from bigmodel_cli.errors import UsageError
+from bigmodel_cli.errors import UsageError, first_line
 
 DEVICES = ("auto", "cpu", "cuda")
 
@@ -53,6 +53,4 @@ def create_session(path: str | Path, device: str = "auto", threads: int = 0, *, 
     try:
         return ort.InferenceSession(str(path), sess_options=options, providers=providers)
     except Exception as e:  # onnxruntime raises its own exception types for unreadable or invalid models
-        text = str(e).strip()
-        reason = text.splitlines()[0] if text else type(e).__name__
-        raise UsageError(f"{where}: onnxruntime cannot load it ({reason[:300]})") from e
+        raise UsageError(f"{where}: onnxruntime cannot load it ({first_line(e, 300)})") from e

@@ -19,7 +19,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from bigmodel_cli.errors import UsageError
+from bigmodel_cli.errors import UsageError, first_line
 from bigmodel_cli.models import registry
 
 
@@ -163,7 +163,7 @@ def check_fits(net: nn.Module, what: str, shape: list[int], outputs: int, kind: 
         raise
     except Exception as e:  # the model cannot take this data at all
         raise UsageError(f"model '{what}' does not fit the data: input [N, {', '.join(map(str, shape))}] "
-                         f"fails ({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''})") from e
+                         f"fails ({type(e).__name__}: {first_line(e)})") from e
     finally:
         net.train(was_training)
     if not isinstance(out, torch.Tensor) or tuple(out.shape) != (2, outputs):
@@ -224,7 +224,7 @@ def load_pretrained(net: nn.Module, path: str) -> dict[str, Any]:
         else:
             weights = torch.load(p, map_location="cpu", weights_only=True)
     except Exception as e:
-        raise UsageError(f"model.weights {path}: cannot read ({str(e).splitlines()[0]})") from e
+        raise UsageError(f"model.weights {path}: cannot read ({first_line(e)})") from e
     for key in ("model", "state_dict"):  # a bigmodel checkpoint of another format, or a Lightning one
         if isinstance(weights, dict) and isinstance(weights.get(key), dict):
             weights = weights[key]

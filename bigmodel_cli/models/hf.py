@@ -27,7 +27,7 @@ import torch
 from torch import nn
 
 from bigmodel_cli.data.preprocess import HF_EXTRA, max_positions, model_folder
-from bigmodel_cli.errors import UsageError
+from bigmodel_cli.errors import UsageError, first_line
 from bigmodel_cli.models.registry import register_model
 
 
@@ -62,7 +62,7 @@ def _config(info: dict[str, Any], **overrides: Any):
         config = transformers.AutoConfig.for_model(model_type, **values)
     except (ValueError, KeyError) as e:
         raise UsageError(f"model.path {info['path']}: model_type '{model_type}' is not known to transformers "
-                         f"{transformers.__version__} ({str(e).splitlines()[0][:160]})") from None
+                         f"{transformers.__version__} ({first_line(e, 160)})") from None
     for key, value in overrides.items():
         setattr(config, key, value)
     return config
@@ -105,7 +105,7 @@ def _load(auto_class, path: str | None, config, pretrained: bool):
         return auto_class.from_pretrained(str(folder), config=config, local_files_only=True,
                                           ignore_mismatched_sizes=True, dtype=torch.float32)
     except (OSError, ValueError, RuntimeError) as e:
-        raise UsageError(f"model.path {folder}: cannot load the weights ({str(e).strip().splitlines()[0][:200]})") \
+        raise UsageError(f"model.path {folder}: cannot load the weights ({first_line(e, 200)})") \
             from None
 
 
@@ -140,7 +140,7 @@ def _lora(model: nn.Module, cfg, task_type: str, where: str) -> nn.Module:
         return get_peft_model(model, config)
     except ValueError as e:
         leaves = sorted({n.rsplit(".", 1)[-1] for n in _module_names(model)})
-        raise UsageError(f"model.lora ({where}): {str(e).splitlines()[0][:200]}; set model.lora.target_modules "
+        raise UsageError(f"model.lora ({where}): {first_line(e, 200)}; set model.lora.target_modules "
                          f"(layers: {', '.join(leaves[:24])})") from None
 
 

@@ -47,6 +47,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from bigmodel_cli import __version__
 from bigmodel_cli.console import console, warn
+from bigmodel_cli.errors import first_line
 from bigmodel_cli.serving.batcher import DynamicBatcher
 from bigmodel_cli.serving.generator import IMAGE_OUTPUT
 from bigmodel_cli.serving.metrics import ServerMetrics
@@ -98,7 +99,7 @@ def _failure(method: str, path: str, e: Exception, metrics: ServerMetrics) -> tu
             metrics.server_errors.inc()
         return e.status_code, e.message
     trace = "".join(traceback.format_exception(type(e), e, e.__traceback__)).rstrip()
-    console.print(f"error: {method} {path}: server error {type(e).__name__}: {_one_line(e)}\n{trace}",
+    console.print(f"error: {method} {path}: server error {type(e).__name__}: {first_line(e)}\n{trace}",
                   markup=False, highlight=False)
     metrics.server_errors.inc()
     return 500, f"internal server error ({type(e).__name__}), logged by the server"
@@ -695,7 +696,3 @@ def _routes(infer: ASGIApp) -> list[Route]:
         ]
     return routes
 
-
-def _one_line(e: BaseException) -> str:
-    text = str(e).strip()
-    return text.splitlines()[0] if text else type(e).__name__

@@ -25,7 +25,7 @@ from typing import Any
 
 import numpy as np
 
-from bigmodel_cli.errors import UsageError
+from bigmodel_cli.errors import UsageError, first_line
 from bigmodel_cli.export import metadata as export_metadata
 from bigmodel_cli.serving import generator as generators
 from bigmodel_cli.serving.prompts import PROMPT_INPUT, PromptInput
@@ -121,7 +121,7 @@ class LoadedModel:
                 return
             self.session.run(None, self._zeros(1))
         except Exception as e:
-            raise UsageError(f"{self.path or self.name}: warm-up inference failed: {_one_line(e)}") from e
+            raise UsageError(f"{self.path or self.name}: warm-up inference failed: {first_line(e)}") from e
         self.batchable = self.max_batch_size > 1 and self._rows_are_independent()
         self.ready = True
 
@@ -224,7 +224,7 @@ class LoadedModel:
         try:
             values = self.session.run(None, inputs)
         except Exception as e:  # validated input: what is left is on our side (memory, device)
-            raise RequestError(500, f"inference failed: {_one_line(e)}") from e
+            raise RequestError(500, f"inference failed: {first_line(e)}") from e
         return {spec.name: value for spec, value in zip(self.outputs, values, strict=True)}
 
     def generate(self, request: InferRequest) -> dict[str, np.ndarray]:
@@ -280,7 +280,3 @@ def check_name(name: str) -> None:
     if not name or "/" in name or name.strip() != name:
         raise UsageError(f"model name {name!r}: must be non-empty, without '/' or surrounding spaces")
 
-
-def _one_line(e: BaseException) -> str:
-    text = str(e).strip()
-    return text.splitlines()[0] if text else type(e).__name__

@@ -44,6 +44,8 @@ from typing import Any
 
 import numpy as np
 
+from bigmodel_cli.errors import first_line
+
 LABEL_OUTPUT = "label"  # extra BYTES output of classifiers: the class name of each row's top probability
 PNG_OUTPUT = "image_png"  # extra BYTES output of image-making models: one PNG per image (serving/generator.py)
 
@@ -246,7 +248,7 @@ def decode_infer_request(body: bytes, signature: ModelSignature, header_length: 
     try:
         doc = json.loads(header)
     except (ValueError, RecursionError) as e:  # JSONDecodeError, UnicodeDecodeError, too deeply nested
-        raise RequestError(400, f"request body is not valid JSON: {_one_line(e)}") from None
+        raise RequestError(400, f"request body is not valid JSON: {first_line(e)}") from None
     if not isinstance(doc, dict):
         raise RequestError(400, "request body must be a JSON object with 'inputs'")
     request_id = doc.get("id")
@@ -669,7 +671,3 @@ def _bytes_tensor(value: np.ndarray) -> bytes:
         parts += [struct.pack("<I", len(raw)), raw]
     return b"".join(parts)
 
-
-def _one_line(e: BaseException) -> str:
-    text = str(e).strip()
-    return text.splitlines()[0] if text else type(e).__name__

@@ -45,7 +45,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from bigmodel_cli.errors import BigmodelError, Interrupted, JobFailed, UsageError, report_to_launcher
+from bigmodel_cli.errors import BigmodelError, Interrupted, JobFailed, UsageError, first_line, report_to_launcher
 
 IO_TIMEOUT_S = 1800.0  # how long the other ranks wait for one rank reading or writing files (the io group)
 NOTICE_WAIT_S = 8.0  # how long a rank whose connection broke waits for the failed rank's own error
@@ -177,7 +177,7 @@ class Dist:
         return PeerFailed(notice) if notice["rank"] != self.rank else mine
 
     def _lost(self, error: BaseException, store_gone: bool = False) -> JobFailed:
-        detail = re.sub(r"^\[[^\]]*\]\s*", "", _first_line(error)).split(". This is typically")[0]
+        detail = re.sub(r"^\[[^\]]*\]\s*", "", first_line(error)).split(". This is typically")[0]
         if "timed out" in detail.lower() or "timeout" in detail.lower():
             return JobFailed(f"no answer from the other ranks within train.dist_timeout_s ({self.timeout_s:g} s): a "
                              f"rank stopped responding or the ranks disagree on the next step ({detail}); raise "
@@ -201,15 +201,11 @@ class PeerFailed(BigmodelError):
 def describe(error: BaseException) -> tuple[int, str]:
     """The exit code and the one line `bigmodel` prints for `error` (as cli/app.py does)."""
     if isinstance(error, BigmodelError):
-        return error.exit_code, _first_line(error)
+        return error.exit_code, first_line(error)
     if isinstance(error, KeyboardInterrupt):
         return 130, "interrupted"
-    return 1, f"internal error: {type(error).__name__}: {_first_line(error)} (rerun with --debug for the traceback)"
+    return 1, f"internal error: {type(error).__name__}: {first_line(error)} (rerun with --debug for the traceback)"
 
-
-def _first_line(error: BaseException) -> str:
-    text = str(error).strip()
-    return text.splitlines()[0] if text else type(error).__name__
 
 
 def _broken_collective(error: BaseException) -> bool:
@@ -355,7 +351,7 @@ def from_env(device_type: str, timeout_s: float = 45.0) -> Dist:
         io = dist.new_group(backend="gloo", timeout=timedelta(seconds=max(IO_TIMEOUT_S, timeout_s)))
     except (RuntimeError, ValueError) as e:
         raise JobFailed(f"could not join the other ranks at {addr}:{port} within train.dist_timeout_s "
-                        f"({timeout_s:g} s): {_first_line(e)}") from e
+                        f"({timeout_s:g} s): {first_line(e)}") from e
     node = int(os.environ.get("GROUP_RANK") or os.environ.get("SLURM_NODEID") or 0)
     d = Dist(rank=dist.get_rank(), world=dist.get_world_size(), local_rank=local_rank, node=node,
              timeout_s=timeout_s, io=io)

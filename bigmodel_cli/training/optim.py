@@ -20,6 +20,8 @@ from typing import Any
 
 import torch
 
+from bigmodel_cli.errors import first_line
+
 
 def lr_scales(net: torch.nn.Module) -> dict[str, float]:
     """Learning-rate factors by parameter name, from every submodule that defines `lr_scales()` (a pre-trained
@@ -61,7 +63,7 @@ def create_optimizer(net: torch.nn.Module, cfg) -> torch.optim.Optimizer:
             except (RuntimeError, ValueError, TypeError) as e:  # parameters the fused kernel does not take
                 from bigmodel_cli import console
 
-                console.warn(f"train.optimizer.fused: not available here ({str(e).splitlines()[0][:120]}); "
+                console.warn(f"train.optimizer.fused: not available here ({first_line(e, 120)}); "
                              "using the unfused optimizer")
         return kind(groups, lr=cfg.lr, betas=tuple(cfg.betas), eps=cfg.eps)
     if cfg.name == "adagrad":

@@ -21,7 +21,7 @@ import torch
 from torch import nn
 
 from bigmodel_cli import console
-from bigmodel_cli.errors import UsageError
+from bigmodel_cli.errors import UsageError, first_line
 
 
 @dataclass
@@ -116,7 +116,7 @@ class _CompileProbe:
         except (MemoryError, torch.OutOfMemoryError):
             raise
         except Exception as e:  # no compiler toolchain, an unsupported op...
-            first = str(e).strip().splitlines()[0][:200] if str(e).strip() else type(e).__name__
+            first = first_line(e, 200)
             console.warn(f"train.compile: torch.compile failed at the first forward ({first}); training without it")
             self.module = self.fallback
             out = self.module(*args, **kwargs)
@@ -131,7 +131,7 @@ def compiled(module):
     try:
         return _CompileProbe(torch.compile(module), module)
     except Exception as e:  # torch.compile itself refuses (an unsupported Python, say)
-        console.warn(f"train.compile: torch.compile is unavailable ({str(e).splitlines()[0][:200]}); "
+        console.warn(f"train.compile: torch.compile is unavailable ({first_line(e, 200)}); "
                      "training without it")
         return module
 

@@ -23,7 +23,7 @@ from typing import Any
 
 import yaml
 
-from bigmodel_cli.errors import UsageError
+from bigmodel_cli.errors import UsageError, first_line
 
 KINDS = ("float", "int", "choice")
 OPTIONS = ("log", "step")
@@ -101,7 +101,7 @@ def load_space(path: str | Path, base: dict[str, Any]) -> Space:
     try:
         data = yaml.safe_load(path.read_text(encoding="utf-8"))
     except (yaml.YAMLError, UnicodeDecodeError) as e:
-        raise UsageError(f"--space {path}: not valid YAML ({str(e).splitlines()[0]})") from None
+        raise UsageError(f"--space {path}: not valid YAML ({first_line(e)})") from None
     if not isinstance(data, dict) or not data:
         raise UsageError(f"--space {path}: expected a mapping of recipe keys, e.g. "
                          "train.optimizer.lr: {float: [1.0e-4, 1.0e-1], log: true}")

@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from bigmodel_cli import console
-from bigmodel_cli.errors import BigmodelError, Interrupted, UsageError
+from bigmodel_cli.errors import BigmodelError, Interrupted, UsageError, first_line
 from bigmodel_cli.tuning import report
 from bigmodel_cli.tuning import trial as trials_mod
 from bigmodel_cli.tuning.space import load_space
@@ -87,7 +87,7 @@ def tune(recipe_ref: str, space_path: str | Path, trials: int, storage: str | No
         raise UsageError(f"study '{name}' in {store_label}: {e}; use another --study") from None
     except Exception as e:
         raise UsageError(f"study '{name}' in {store_label}: cannot open it ({type(e).__name__}: "
-                         f"{str(e).splitlines()[0] if str(e) else ''})") from None
+                         f"{first_line(e)})") from None
     _check_or_record(study, space, objective, direction, recipe.name, store_label)
     _recover_stale(study)
 
