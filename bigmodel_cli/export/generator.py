@@ -195,7 +195,7 @@ def _to_onnx(module, args: tuple, names: list[str], dest: Path, opset: int) -> s
     """Write the graph (dynamic batch on every input); 'dynamo', or 'torchscript' where dynamo cannot."""
     import torch
 
-    from bigmodel_cli.export.onnx_graph import export_graph
+    from bigmodel_cli.export.exporter import export_graph
 
     batch = torch.export.Dim("batch", min=1)
     return export_graph(module, args, dest, opset, names, ["image"], tuple({0: batch} for _ in args),

@@ -170,7 +170,7 @@ def export_decoder(module: nn.Module, sample, dest: Path, opset: int) -> str:
     import torch
     from onnx import numpy_helper
 
-    from bigmodel_cli.export.onnx_graph import export_graph
+    from bigmodel_cli.export.exporter import export_graph
     from bigmodel_cli.models.hf import CausalLM, returned_cache
 
     lm = next(m for m in module.modules() if isinstance(m, CausalLM)).model

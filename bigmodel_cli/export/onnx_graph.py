@@ -1,7 +1,6 @@
 """PyTorch module -> ONNX graph: the dynamo exporter first, the TorchScript exporter where it cannot.
 
     exporter = to_onnx(module, sample, Path("model.onnx"), opset=18, task="classification")
-    exporter = export_graph(module, (z, label), dest, 18, ["z", "label"], ["image"], dynamic_shapes, dynamic_axes)
     check(Path("model.onnx"))        # onnx.checker with full_check, JobFailed otherwise
 
 The graph takes `input` (float32 with a dynamic batch, or int64 token ids with a dynamic batch and
@@ -10,9 +9,6 @@ length for text) and returns `logits` and `probabilities` (classification) or `p
 
 from __future__ import annotations
 
-import contextlib
-import sys
-import warnings
 from pathlib import Path
 
 import torch
@@ -20,6 +16,7 @@ from torch import nn
 
 from bigmodel_cli import console
 from bigmodel_cli.errors import JobFailed, first_line
+from bigmodel_cli.export.exporter import export_graph
 from bigmodel_cli.export.module import output_names
 
 
@@ -48,32 +45,6 @@ def to_onnx(module: nn.Module, sample: torch.Tensor, dest: Path, opset: int, tas
         console.info("recurrent layers: using the TorchScript exporter (ONNX LSTM op, dynamic length)")
     return export_graph(module, (sample,), dest, opset, ["input"], names, dynamic_shapes,
                         {**dynamic_axes, **{n: {0: "batch"} for n in names}}, dynamo=not recurrent)
-
-
-def export_graph(module: nn.Module, args: tuple, dest: Path, opset: int, inputs: list[str], outputs: list[str],
-                 dynamic_shapes, dynamic_axes: dict | None, dynamo: bool = True, what: str = "ONNX export") -> str:
-    """torch.onnx.export with the dynamo exporter, then the TorchScript exporter where dynamo fails (or alone with
-    `dynamo=False`; never with `dynamic_axes=None`); exporters' prints go to stderr. Returns the exporter used;
-    JobFailed naming `what` when none can."""
-    with contextlib.redirect_stdout(sys.stderr), warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        if dynamo:
-            try:
-                program = torch.onnx.export(module, args, dynamo=True, input_names=inputs, output_names=outputs,
-                                            opset_version=opset, dynamic_shapes=dynamic_shapes, verbose=False)
-                program.save(str(dest), external_data=False)
-                return "dynamo"
-            except Exception as e:  # the dynamo exporter cannot take some models; the legacy one often can
-                if dynamic_axes is None:
-                    raise JobFailed(f"{what} failed: {first_line(e)}") from e
-                console.warn(f"dynamo ONNX exporter failed ({first_line(e, 200)}); falling back to the TorchScript "
-                             "exporter")
-        try:
-            torch.onnx.export(module, args, str(dest), dynamo=False, input_names=inputs, output_names=outputs,
-                              opset_version=opset, dynamic_axes=dynamic_axes)
-        except Exception as e:
-            raise JobFailed(f"{what} failed with both exporters: {first_line(e)}") from e
-        return "torchscript"
 
 
 def check(path: Path) -> None:
