@@ -9,6 +9,13 @@ from typing import Any
 
 from bigmodel_cli import __version__
 
+EXTRAS = {  # pip install 'bigmodel-cli[EXTRA]': the optional libraries each brings (None: not installed)
+    "hf": ("transformers", "peft"),
+    "ops": ("mlflow-skinny", "optuna"),
+    "inception": ("torch-fidelity",),
+    "tensorboard": ("tensorboard",),
+}
+
 
 def _version(dist: str) -> str | None:
     try:
@@ -55,5 +62,6 @@ def describe() -> dict[str, Any]:
         },
         "libraries": {name: _version(name) for name in
                       ("torchvision", "scikit-learn", "onnx", "onnxscript", "numpy", "typer", "pydantic")},
+        "extras": {extra: {name: _version(name) for name in names} for extra, names in EXTRAS.items()},
         "models": list_models(),
     }

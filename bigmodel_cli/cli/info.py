@@ -31,4 +31,8 @@ def info(as_json: bool = JSON) -> None:
         console.print(f"onnxruntime {o['version']}  providers: {', '.join(o['providers'])} "
                       f"(used: {', '.join(o['usable_providers'])})")
         console.print("libraries: " + ", ".join(f"{k} {v}" for k, v in report["libraries"].items()))
+        console.print("extras: " + "; ".join(
+            f"{extra} ({', '.join(f'{k} {v}' for k, v in libs.items())})" if all(libs.values())
+            else f"{extra} (not installed: pip install 'bigmodel-cli[{extra}]')"
+            for extra, libs in report["extras"].items()), markup=False)  # [hf] is no style
         console.print("models: " + ", ".join(f"{k} ({'/'.join(v['kinds'])})" for k, v in report["models"].items()))

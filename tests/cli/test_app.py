@@ -96,5 +96,20 @@ def test_info_lists_versions_devices_and_models(cli):
     assert {"mlp", "cnn_small", "resnet18", "vit_b_16", "transformer_encoder", "lstm"} <= set(report["models"])
     assert report["distributed"]["gloo"] is True
     assert report["distributed"]["backend"] == ("nccl" if torch.cuda.is_available() else "gloo")
+    from importlib import metadata
+
+    assert report["extras"]["inception"] == {"torch-fidelity": metadata.version("torch-fidelity")}  # make install
+    assert set(report["extras"]) == {"hf", "ops", "inception", "tensorboard"}  # has them all (the dev extra)
     human = cli("info")
     assert human.code == 0 and human.stdout == "" and f"bigmodel {__version__}" in human.stderr
+    assert "inception (torch-fidelity " in human.stderr
+
+
+def test_info_says_how_to_install_a_missing_extra(monkeypatch, tmp_path):
+    from bigmodel_cli import environment
+    from tests.conftest import run_in_process
+
+    real = environment._version
+    monkeypatch.setattr(environment, "_version", lambda name: None if name == "peft" else real(name))
+    result = run_in_process("info", cwd=tmp_path)
+    assert result.code == 0 and "hf (not installed: pip install 'bigmodel-cli[hf]')" in result.stderr
