@@ -43,11 +43,13 @@ def is_quiet() -> bool:
 
 def info(message: str) -> None:
     if not _quiet:
-        console.print(message)
+        console.print(message, markup=False)  # plain text: "pip install 'bigmodel-cli[hf]'" keeps its [hf]
 
 
 def warn(message: str) -> None:
-    console.print(f"[yellow]warning:[/yellow] {message}")
+    from rich.markup import escape
+
+    console.print(f"[yellow]warning:[/yellow] {escape(message)}")
 
 
 def fmt(value: Any) -> str:

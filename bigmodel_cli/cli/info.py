@@ -34,5 +34,5 @@ def info(as_json: bool = JSON) -> None:
         console.print("extras: " + "; ".join(
             f"{extra} ({', '.join(f'{k} {v}' for k, v in libs.items())})" if all(libs.values())
             else f"{extra} (not installed: pip install 'bigmodel-cli[{extra}]')"
-            for extra, libs in report["extras"].items()), markup=False)  # [hf] is no style
+            for extra, libs in report["extras"].items()), markup=False)  # plain text: [hf] is no style
         console.print("models: " + ", ".join(f"{k} ({'/'.join(v['kinds'])})" for k, v in report["models"].items()))

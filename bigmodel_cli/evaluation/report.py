@@ -56,11 +56,13 @@ def _natural_width(renderable) -> int:
 def print_report(report: dict[str, Any]) -> None:
     if console.is_quiet():
         return
+    from rich.markup import escape
     from rich.table import Table
 
     source = report.get("model") or report.get("checkpoint")
     rows = f"split '{report['split']}' of" if report["split"] is not None else "every row of"
-    console.info(f"[bold]{report['run']}[/bold]: {rows} {report['data']} ({report['n']} rows), {source}")
+    head = f"{rows} {report['data']} ({report['n']} rows), {source}"
+    console.console.print(f"[bold]{escape(str(report['run']))}[/bold]: {escape(head)}")  # styled, names escaped
     if "threshold" in report:
         console.info(f"decision threshold on P({report['classes'][1]}): {report['threshold']['value']:.4g} "
                      f"({report['threshold']['source']})")
@@ -84,7 +86,7 @@ def print_report(report: dict[str, Any]) -> None:
     for gate in report.get("gates", []):
         sign = ">=" if gate["kind"] == "fail_under" else "<="
         mark = "[green]pass[/green]" if gate["passed"] else "[red]FAIL[/red]"
-        console.info(f"gate {gate['metric']} {sign} {gate['limit']:g}: {mark} ({fmt(gate['value'])})")
+        console.console.print(f"gate {escape(gate['metric'])} {sign} {gate['limit']:g}: {mark} ({fmt(gate['value'])})")
     console.info(f"wrote {report['files']['report']}")
 
 
