@@ -81,6 +81,12 @@ def cli(tmp_path):
     return lambda *args, **kw: run_cli(*args, cwd=kw.pop("cwd", tmp_path), **kw)
 
 
+def history(run: Path, drop: tuple[str, ...] = ()) -> list[dict]:
+    """A run's metrics.jsonl, one dict per epoch, without the keys in `drop` (timings that differ between runs)."""
+    rows = [json.loads(line) for line in (Path(run) / "metrics.jsonl").read_text().splitlines()]
+    return [{k: v for k, v in row.items() if k not in drop} for row in rows]
+
+
 def tree(path: Path) -> dict[str, int]:
     """Every file under `path` with its size: to assert that a failed command wrote nothing."""
     return {str(p.relative_to(path)): p.stat().st_size for p in sorted(path.rglob("*")) if p.is_file()}

@@ -129,8 +129,7 @@ def to_int8(src: Path, dest: Path, calibration: np.ndarray | None, method: str) 
         except Exception as e:  # symbolic shape inference cannot take every graph; quantise the model as exported
             from bigmodel_cli import console
 
-            reason = first_line(e)
-            console.warn(f"int8: onnxruntime's quantisation pre-processing failed ({reason[:200]}); "
+            console.warn(f"int8: onnxruntime's quantisation pre-processing failed ({first_line(e, 200)}); "
                          f"quantising the graph as exported")
             pre = src
         finally:

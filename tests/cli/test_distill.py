@@ -23,7 +23,7 @@ from bigmodel_cli.run import load_network, load_run
 from bigmodel_cli.tasks.supervised import Supervised
 from bigmodel_cli.training.distill import DistillLoss
 from bigmodel_cli.training.loop import fit
-from tests.conftest import run_cli, tree
+from tests.conftest import history, run_cli, tree
 
 STUDENT = ["model.args.hidden=[3]", "model.args.dropout=0", "train.epochs=4", "train.early_stopping.patience=null"]
 
@@ -45,10 +45,6 @@ def student(root, *sets, teacher=True):
     flags = {"data.prepared": str(root / "data/wine"), "train.distill.teacher": str(root / "teacher") if teacher
              else None}
     return resolve("wine-mlp", flags, [*STUDENT, *sets])
-
-
-def history(run):
-    return [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
 
 
 def weights(run):

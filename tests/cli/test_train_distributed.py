@@ -14,7 +14,7 @@ import torch
 from bigmodel_cli.config.recipe import resolve
 from bigmodel_cli.data.prepare import prepare
 from bigmodel_cli.training.loop import fit
-from tests.conftest import run_cli
+from tests.conftest import history, run_cli
 
 pytestmark = pytest.mark.slow
 
@@ -70,10 +70,6 @@ def ddp_run(work):
 def on_path(folder):
     """PYTHONPATH with `folder` first, keeping the one this test runs with (a worktree's code, not the install)."""
     return {"PYTHONPATH": os.pathsep.join([str(folder), os.environ.get("PYTHONPATH", "")])}
-
-
-def history(run):
-    return [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
 
 
 def test_ddp_two_processes_equal_one_process_with_the_global_batch(work, ddp_run):

@@ -1,7 +1,6 @@
 """Exact resume: a training run killed with SIGKILL at several points and resumed each time ends with
 weights bit-for-bit equal to an uninterrupted run (CPU), and the same metrics history."""
 
-import json
 import os
 import signal
 import subprocess
@@ -11,6 +10,7 @@ import time
 import pytest
 import torch
 
+from tests.conftest import history as shared_history
 from tests.conftest import run_cli
 
 ARGS = ["train", "-r", "digits-cnn", "--set", "train.epochs=3", "--set", "train.checkpoint_every_steps=1",
@@ -18,8 +18,7 @@ ARGS = ["train", "-r", "digits-cnn", "--set", "train.epochs=3", "--set", "train.
 
 
 def history(run):
-    rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
-    return [{k: v for k, v in r.items() if k not in ("time_s", "samples_per_s")} for r in rows]
+    return shared_history(run, drop=("time_s", "samples_per_s"))
 
 
 def step_of(checkpoint):

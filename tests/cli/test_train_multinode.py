@@ -5,7 +5,6 @@ with the same run directory (shared storage) or one each (none). The model is br
 so that one rank can fail on cue: raise, be killed, kill its launcher, hang or send its launcher SIGTERM.
 """
 
-import json
 import os
 import signal
 import socket
@@ -21,6 +20,7 @@ import torch
 
 from bigmodel_cli.config.recipe import resolve
 from bigmodel_cli.data.prepare import prepare
+from tests.conftest import history as shared_history
 
 pytestmark = pytest.mark.slow
 
@@ -115,8 +115,7 @@ def two_nodes(work: Path, run_dirs: list[str], *args: str, per_node=((), ()), rd
 
 
 def history(run: Path) -> list[dict]:
-    rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
-    return [{k: v for k, v in row.items() if k not in LOCAL} for row in rows]
+    return shared_history(run, drop=tuple(LOCAL))
 
 
 def fired(stamp: Path) -> tuple[int, float]:

@@ -10,7 +10,6 @@ shared with other jobs two spinning threads per process make each step many time
 
 from __future__ import annotations
 
-import json
 import os
 import signal
 import subprocess
@@ -20,6 +19,8 @@ import time
 import numpy as np
 import pytest
 import torch
+
+from tests.conftest import history
 
 ONE_THREAD = {"OMP_NUM_THREADS": "1"}
 TINY_GAN = ["--set", "model.args={latent_dim: 8, width: 8, conditional: true}", "--set", "train.epochs=2",
@@ -117,10 +118,6 @@ def test_digits_denoise_pipeline(cli, tmp_path):
     assert exported["verification"]["identical_pixels"] >= 0.999
 
 
-def history(run) -> list[dict]:
-    return [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
-
-
 @pytest.mark.slow
 def test_generators_train_on_two_processes_ddp_and_fsdp(cli, tmp_path):
     ok(cli("prepare-data", "-r", "digits-dcgan", "--json"), "prepare-data")
@@ -161,6 +158,5 @@ def test_gan_sigkill_mid_epoch_then_resume_is_bit_exact(cli, tmp_path):
     for part in ("networks", "averaged"):
         for name, weights in a[part].items():
             assert all(torch.equal(weights[k], b[part][name][k]) for k in weights), f"{part}.{name} differs"
-    rows = [[json.loads(line)["val_fid"] for line in (tmp_path / r / "metrics.jsonl").read_text().splitlines()]
-            for r in ("straight", "cut")]
+    rows = [[row["val_fid"] for row in history(tmp_path / r)] for r in ("straight", "cut")]
     assert rows[0] == rows[1]
