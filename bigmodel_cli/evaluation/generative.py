@@ -199,9 +199,9 @@ def evaluate_generative(run_dir: str | Path, options, onnx: Path | None, config,
     extractor = record = None
     if task == "generation":
         if features:
-            if options.inception_layer is not None and Path(features).is_dir():
-                console.warn(f"--inception-layer: {features} is a classification run, not Inception weights; ignored")
             extractor, record = load_extractor(features, run.manifest, cfg.generative.inception_layer)
+            if options.inception_layer is not None and "run" in record:
+                console.warn(f"--inception-layer: {features} is a classification run, not Inception weights; ignored")
             check_sample_sizes(extractor.num_features, cfg.generative.samples, len(x_ref), split)
         elif kind == "gan":
             raise UsageError("a GAN is scored on the features of a classifier of the same data: give --features "

@@ -95,8 +95,8 @@ def continue_text(decoder, tok, prompt: str, sampling: Sampling, where: str = "-
 class OnnxDecoder:
     """An exported decoder (`input` ids [1, L] -> `logits` [1, L, vocab]). With its key/value cache (the
     `past.{i}.key/value` inputs of `export.hf.CachedDecoder`) each step runs the new token only; an export without
-    one runs the whole sequence each step. One per generation: it holds the sequence so far (the session may be
-    shared between threads)."""
+    one runs the whole sequence each step. It holds the sequence so far: one per thread, `start` begins a new one
+    (the session may be shared between threads)."""
 
     def __init__(self, session: Any, spec: dict[str, Any]):
         self.session = session

@@ -229,9 +229,8 @@ class LoadedModel:
 
     def generate(self, request: InferRequest) -> dict[str, np.ndarray]:
         """A language model's answer: each prompt and its continuation (blocking: call it from a worker thread)."""
-        assert self.prompt is not None
-        sampling = self.prompt.sampling(request.parameters)
-        return self.prompt.generate(self.session, request.inputs[PROMPT_INPUT], sampling)
+        assert self.prompt is not None and request.sampling is not None
+        return self.prompt.generate(self.session, request.inputs[PROMPT_INPUT], request.sampling)
 
     def with_extras(self, results: dict[str, np.ndarray], wanted: list[str]) -> dict[str, np.ndarray]:
         """`results` plus the `label` (class names) and `image_png` (PNG bytes) outputs when `wanted` asks for them."""

@@ -82,11 +82,11 @@ class PromptInput:
     def generate(self, session: Any, prompts: np.ndarray, sampling: Sampling) -> dict[str, np.ndarray]:
         """Each prompt and its continuation (blocking: call it from a worker thread); RequestError(400) for a
         prompt without tokens or as long as the model's longest sequence."""
-        tok = self.tokenizer
+        tok, decoder = self.tokenizer, OnnxDecoder(session, self.spec)  # `start` begins each prompt afresh
         texts = np.empty(len(prompts), dtype=object)
         for i, prompt in enumerate(prompts):
             try:
-                texts[i] = continue_text(OnnxDecoder(session, self.spec), tok, str(prompt), sampling,
+                texts[i] = continue_text(decoder, tok, str(prompt), sampling,
                                          where=f"input '{PROMPT_INPUT}' string {i + 1}")
             except UsageError as e:
                 raise RequestError(400, str(e)) from None

@@ -127,6 +127,7 @@ class InferRequest:
     id: str | None = None
     parameters: dict[str, Any] = field(default_factory=dict)
     table: Any = None  # `raw.TableRows`: raw table rows, prepared in their batch (then `inputs` is empty)
+    sampling: Any = None  # a language model's `Sampling`, from the request's parameters
 
     @property
     def batch_size(self) -> int:
@@ -258,9 +259,9 @@ def decode_infer_request(body: bytes, signature: ModelSignature, header_length: 
     if not isinstance(parameters, dict):
         raise RequestError(400, "'parameters' must be an object")
 
-    raw = signature.raw
+    raw, sampling = signature.raw, None
     if signature.prompt is not None:  # a language model: one BYTES input of prompts, sampling options as parameters
-        signature.prompt.sampling(parameters)  # a 400 now for an option out of range
+        sampling = signature.prompt.sampling(parameters)  # a 400 now for an option out of range
         inputs, table = {signature.inputs[0].name: _prompts(doc.get("inputs"), signature, binary)}, None
     elif raw is not None and raw.kind == "tabular" and "rows" in parameters:  # JSON objects, column name -> value
         if doc.get("inputs") not in (None, []):
@@ -272,7 +273,7 @@ def decode_infer_request(body: bytes, signature: ModelSignature, header_length: 
         inputs = signature.generator.complete(inputs, parameters)
     outputs, binary_outputs = _requested_outputs(doc.get("outputs"), parameters, signature)
     return InferRequest(inputs=inputs, outputs=outputs, binary_outputs=binary_outputs, id=request_id,
-                        parameters=parameters, table=table)
+                        parameters=parameters, table=table, sampling=sampling)
 
 
 def _decode_inputs(tensors: Any, signature: ModelSignature, binary: memoryview,

@@ -24,6 +24,7 @@ Pixels: GANs see uint8 pixels mapped to [-1, 1] (tanh output), VAEs [0, 1] (sigm
 
 from __future__ import annotations
 
+import contextlib
 import math
 from typing import Any
 
@@ -222,40 +223,33 @@ class Generation:
             eps = torch.rand(n, 1, 1, 1, device=real.device)
             parts_in.append((eps * real + (1 - eps) * fake.detach().to(real.dtype)).requires_grad_(True))
         labels = torch.cat([y] * len(parts_in)) if y is not None else None
-        penalty = cfg.loss == "wgan-gp" or cfg.r1_gamma > 0
-        keep = penalty and hasattr(parts.networks["discriminator"], "set_reshard_after_backward")
-        if keep:  # FSDP2: the penalty's own backward must not free D's gathered weights the loss still needs
-            parts.networks["discriminator"].set_reshard_after_backward(False)
-        with step.autocast():
-            scores = discriminator(self.augment(torch.cat(parts_in)), labels).float()
-        d_real, d_fake = scores[:n], scores[n:2 * n]
-        d_loss = discriminator_loss(cfg.loss, d_real, d_fake)
-        total = d_loss
-        if cfg.loss == "wgan-gp":
-            grad, = torch.autograd.grad(scores[2 * n:].sum(), parts_in[2], create_graph=True)
-            total = total + cfg.gp_lambda * ((grad.flatten(1).norm(dim=1) - 1) ** 2).mean()
-        if cfg.r1_gamma > 0:
-            grad, = torch.autograd.grad(d_real.sum(), x_real, create_graph=True)
-            total = total + cfg.r1_gamma / 2 * grad.flatten(1).pow(2).sum(dim=1).mean()
-        if keep:
-            parts.networks["discriminator"].set_reshard_after_backward(True)
+        penalised = cfg.loss == "wgan-gp" or cfg.r1_gamma > 0
+        with step.penalty("discriminator") if penalised else contextlib.nullcontext():
+            with step.autocast():
+                scores = discriminator(self.augment(torch.cat(parts_in)), labels).float()
+            d_real, d_fake = scores[:n], scores[n:2 * n]
+            d_loss = discriminator_loss(cfg.loss, d_real, d_fake)
+            total = d_loss
+            if cfg.loss == "wgan-gp":
+                grad, = torch.autograd.grad(scores[2 * n:].sum(), parts_in[2], create_graph=True)
+                total = total + cfg.gp_lambda * ((grad.flatten(1).norm(dim=1) - 1) ** 2).mean()
+            if cfg.r1_gamma > 0:
+                grad, = torch.autograd.grad(d_real.sum(), x_real, create_graph=True)
+                total = total + cfg.r1_gamma / 2 * grad.flatten(1).pow(2).sum(dim=1).mean()
         step.backward(total, "discriminator")
         step.step_optimizer("discriminator")
         step.log(d_loss=d_loss)
         if not g_turn:
             return
         raw_d = parts.networks["discriminator"]  # D's weights are fixed here: no DDP gradient hooks needed
-        raw_d.requires_grad_(False)  # until after the backward: FSDP2 gathers D again there, with these flags
-        try:
+        with step.frozen("discriminator"):
             with step.autocast():
                 g_loss = generator_loss(cfg.loss, raw_d(self.augment(fake), y).float())
             step.backward(g_loss, "generator")
-        finally:
-            raw_d.requires_grad_(True)  # on the parameters D holds now: FSDP2's shards once backward resharded
         step.step_optimizer("generator")
         step.log(g_loss=g_loss)
         if step.boundary and "generator" in parts.averaged:
-            parts.averaged["generator"].update_parameters(_Whole(parts.networks["generator"]))
+            step.update_average("generator")
 
     def _vae_step(self, parts: Parts, batch: Batch, step: Step) -> None:
         cfg = step.recipe.train.vae
@@ -336,20 +330,6 @@ def ema(generator: nn.Module, decay: float) -> nn.Module:
                 mine.copy_(theirs)
 
     return AveragedModel(generator, multi_avg_fn=update, use_buffers=True)
-
-
-class _Whole:
-    """A network as AveragedModel.update_parameters reads it: FSDP2's parameter shards all-gathered (every rank
-    updates its EMA at the same step, so every rank joins), plain tensors and buffers as they are."""
-
-    def __init__(self, net: nn.Module):
-        self.net = net
-
-    def parameters(self):
-        return (p.full_tensor() if hasattr(p, "full_tensor") else p for p in self.net.parameters())
-
-    def buffers(self):
-        return self.net.buffers()
 
 
 def discriminator_loss(loss: str, real: torch.Tensor, fake: torch.Tensor) -> torch.Tensor:

@@ -146,6 +146,28 @@ class StepContext:
         optimizer.zero_grad(set_to_none=True)
         schedule.step_batch()
 
+    @contextlib.contextmanager
+    def frozen(self, network: str):
+        """`network`'s weights take no gradient in the forward and backward inside (a GAN's D on a G step). The
+        flags are restored after the backward, on the parameters the network holds then: FSDP2 gathers them again
+        in the backward, copying the flags of its shards."""
+        net = self._trainer.parts.networks[network]
+        net.requires_grad_(False)
+        try:
+            yield
+        finally:
+            net.requires_grad_(True)
+
+    def penalty(self, network: str):
+        """Around the forward of `network` whose output's gradient a penalty takes with create_graph (R1,
+        wgan-gp), up to that gradient: `Strategy.gathered_through_penalty`."""
+        return self._trainer.strategy.gathered_through_penalty(self._trainer.parts.networks[network])
+
+    def update_average(self, network: str) -> None:
+        """Update `network`'s averaged copy (`Parts.averaged`, an EMA) from its current weights."""
+        t = self._trainer
+        t.parts.averaged[network].update_parameters(t.strategy.whole(t.parts.networks[network]))
+
     def log(self, **terms: torch.Tensor) -> None:
         """Loss terms of this micro-batch: summed on the device, read once per optimizer step."""
         for name, value in terms.items():

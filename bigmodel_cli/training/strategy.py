@@ -93,6 +93,36 @@ class Strategy:
                     stack.callback(net.set_requires_gradient_sync, True)
             yield
 
+    @contextlib.contextmanager
+    def gathered_through_penalty(self, net: nn.Module):
+        """Around a forward whose output's gradient is taken with create_graph (R1, a gradient penalty) before the
+        loss's backward: FSDP2 frees gathered weights at the end of each backward, and the penalty's own backward
+        would free those the loss's backward still needs. Leaving the block, the next backward reshards."""
+        if not self.sharded:
+            yield
+            return
+        net.set_reshard_after_backward(False)
+        try:
+            yield
+        finally:
+            net.set_reshard_after_backward(True)
+
+    def whole(self, net: nn.Module):
+        """`net` as an averaged copy's update reads it (AveragedModel.update_parameters): FSDP2's parameter
+        shards all-gathered (every rank updates its copy at the same step, so every rank joins)."""
+        return _Whole(net) if self.sharded else net
+
+
+class _Whole:
+    def __init__(self, net: nn.Module):
+        self.net = net
+
+    def parameters(self):
+        return (p.full_tensor() if hasattr(p, "full_tensor") else p for p in self.net.parameters())
+
+    def buffers(self):
+        return self.net.buffers()
+
 
 def _convert_sync_batchnorm(net: nn.Module) -> None:
     """BatchNorm -> SyncBatchNorm in place (the children of `net`; the root itself is never a BatchNorm here)."""

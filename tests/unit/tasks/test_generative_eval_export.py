@@ -89,8 +89,9 @@ def test_psnr_ssim_and_the_corruption():
 # ---------------------------------------------------------------- eval
 
 
-def test_gan_eval_reports_scores_beside_their_floor(gan_run, digits_run):
-    report = evaluate(gan_run, Options(features=digits_run, samples=200, fail_over={"fid": 1e-6}))
+def test_gan_eval_reports_scores_beside_their_floor(gan_run, digits_run, capsys):
+    report = evaluate(gan_run, Options(features=digits_run, samples=200, fail_over={"fid": 1e-6}, inception_layer=64))
+    assert "--inception-layer: " in capsys.readouterr().err  # a classifier's layer is its penultimate one
     metrics, floor = report["metrics"], report["floor"]
     for name in ("fid", "kid", "inception_score", "class_entropy", "class_coverage", "precision", "recall"):
         assert metrics[name] is not None and name in floor

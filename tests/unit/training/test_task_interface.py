@@ -73,15 +73,14 @@ class ToyAdversarial:
         step.step_optimizer("discriminator")
         step.log(d_loss=d_loss)
         if step.step % D_STEPS == D_STEPS - 1:  # G after every D_STEPS discriminator steps
-            parts.networks["discriminator"].requires_grad_(False)
-            # non-saturating loss plus matching the batch mean (Salimans et al.'s feature matching, on the input)
-            g_loss = bce(d(fake), torch.ones(len(real), 1)) + (fake.mean(0) - real.mean(0)).pow(2).sum()
-            parts.networks["discriminator"].requires_grad_(True)
-            step.backward(g_loss, "generator")
+            with step.frozen("discriminator"):  # D takes no gradient from G's loss
+                # non-saturating loss plus matching the batch mean (Salimans et al.'s feature matching, on the input)
+                g_loss = bce(d(fake), torch.ones(len(real), 1)) + (fake.mean(0) - real.mean(0)).pow(2).sum()
+                step.backward(g_loss, "generator")
             step.step_optimizer("generator")
             step.log(g_loss=g_loss)
             if step.boundary:
-                parts.averaged["generator"].update_parameters(parts.networks["generator"])
+                step.update_average("generator")
 
     @torch.no_grad()
     def validate(self, parts, val, ctx):
