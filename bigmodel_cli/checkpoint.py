@@ -302,8 +302,7 @@ def load_sharded_into(pairs: dict[str, tuple[Any, Any]], path: Path, saved: dict
     try:  # what the shard files hold, in place (older checkpoints held everything there); the rest from state.pt
         dcp.load(_without(full, replicated or {}), checkpoint_id=str(path), process_group=dist.io)
     except Exception as e:
-        detail = first_line(e, 300)
-        raise UsageError(f"{path}: sharded checkpoint does not fit the model ({detail})") from e
+        raise UsageError(f"{path}: sharded checkpoint does not fit the model ({first_line(e, 300)})") from e
     _merge(full, replicated or {})
     for name, (net, optimizer) in pairs.items():
         set_state_dict(net, optimizer if optimizer is not None else [], model_state_dict=networks[name],

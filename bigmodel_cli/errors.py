@@ -44,6 +44,12 @@ def first_line(error: BaseException, limit: int | None = None) -> str:
     return text.splitlines()[0][:limit] if text else type(error).__name__
 
 
+def named_line(error: BaseException, limit: int | None = None) -> str:
+    """'TypeName: first line of the message' (the line at most `limit` characters), or the type's name alone."""
+    text = str(error).strip()
+    return f"{type(error).__name__}: {text.splitlines()[0][:limit]}" if text else type(error).__name__
+
+
 def report_to_launcher(line: str) -> None:
     """Inside a torch.distributed.run worker: leave the error where the launcher reads it (its error file), so
     the launcher names this rank's failure; elsewhere nothing."""

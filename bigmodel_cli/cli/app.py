@@ -26,7 +26,7 @@ from bigmodel_cli.cli import (
     tune,
 )
 from bigmodel_cli.cli import eval as eval_cmd
-from bigmodel_cli.errors import first_line
+from bigmodel_cli.errors import first_line, named_line
 
 app = typer.Typer(
     name="bigmodel",
@@ -92,7 +92,7 @@ def main(argv: list[str] | None = None) -> None:
             hint = f" (see '{ctx.command_path} --help')" if ctx is not None else ""
             _fail(f"{e.format_message()}{hint}", 2 if e.exit_code == 1 else e.exit_code, e)
         # a bug of ours: say so on one line, traceback with --debug
-        _fail(f"internal error: {type(e).__name__}: {e} (rerun with --debug for the traceback)", 1, e)
+        _fail(f"internal error: {named_line(e)} (rerun with --debug for the traceback)", 1, e)
     sys.exit(code if isinstance(code, int) else 0)
 
 
@@ -113,10 +113,9 @@ def _out_of_memory(error: BaseException) -> str | None:
     """`MemoryError` or torch's out-of-memory error anywhere in the chain: a one-line description, else None."""
     for e in _chain(error):
         names = {t.__name__ for t in type(e).__mro__}
-        text = first_line(e) if str(e).strip() else ""
         if isinstance(e, MemoryError) or "OutOfMemoryError" in names or (
-                isinstance(e, RuntimeError) and any(m in text.lower() for m in _OOM_MESSAGES)):
-            return f"{type(e).__name__}: {text[:200]}" if text else type(e).__name__
+                isinstance(e, RuntimeError) and any(m in first_line(e).lower() for m in _OOM_MESSAGES)):
+            return named_line(e, 200)
     return None
 
 
@@ -130,8 +129,8 @@ def _fail(message: str, code: int, error: BaseException | None = None) -> None:
         for e in _chain(error):  # show every cause under --debug, also one a `raise ... from None` hid
             e.__suppress_context__ = False
         traceback.print_exception(type(error), error, error.__traceback__)
-    first_line = message.strip().splitlines()[0] if message.strip() else "failed"
-    sys.stderr.write(f"error: {first_line}\n")
+    line = message.strip().splitlines()[0] if message.strip() else "failed"
+    sys.stderr.write(f"error: {line}\n")
     sys.stderr.flush()
-    report_to_launcher(first_line)
+    report_to_launcher(line)
     sys.exit(code)

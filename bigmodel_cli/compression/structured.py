@@ -22,7 +22,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from bigmodel_cli.errors import UsageError, first_line
+from bigmodel_cli.errors import UsageError, named_line
 from bigmodel_cli.models.build import head_prefix
 
 METHODS = ("l2", "taylor", "bn-scale")
@@ -78,7 +78,7 @@ class StructuredPruner:
                     ignored_layers=[head], round_to=round_to)
         except Exception as e:  # the graph of a user's model that Torch-Pruning cannot trace
             raise UsageError(f"model '{what}' cannot be pruned: Torch-Pruning cannot trace it "
-                             f"({type(e).__name__}: {first_line(e, 200)})") from e
+                             f"({named_line(e, 200)})") from e
 
     def step(self) -> int:
         """Prune to the next step's ratio; returns the number of groups pruned."""

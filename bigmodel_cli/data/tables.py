@@ -297,7 +297,6 @@ def _csv_problem(path: Path, sep: str, enc: str) -> str | None:
     return None
 
 
-
 def _read_jsonl(path: Path, encoding: str | None) -> pa.Table:
     import pyarrow.json as pajson
 

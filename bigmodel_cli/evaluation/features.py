@@ -98,10 +98,9 @@ class InceptionFeatures(nn.Module):
             raise UsageError(f"--features {weights}: Inception features need torch-fidelity: {INCEPTION_EXTRA}") \
                 from None
         except Exception as exc:  # noqa: BLE001  (a pickle, zip or key error: the file is not these weights)
-            first = first_line(exc)
             raise UsageError(f"--features {weights}: not Inception-v3 weights in torch-fidelity's format "
                              f"(pt_inception-2015-12-05-6726825d.pth, the file torchmetrics' FID downloads): "
-                             f"{first[:200]}") from None
+                             f"{first_line(exc, 200)}") from None
         self.layer, self.num_features, self.batch_size = layer, layer, 32
 
     def features_and_logits(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:

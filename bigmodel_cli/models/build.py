@@ -19,7 +19,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from bigmodel_cli.errors import UsageError, first_line
+from bigmodel_cli.errors import UsageError, first_line, named_line
 from bigmodel_cli.models import registry
 
 
@@ -163,7 +163,7 @@ def check_fits(net: nn.Module, what: str, shape: list[int], outputs: int, kind: 
         raise
     except Exception as e:  # the model cannot take this data at all
         raise UsageError(f"model '{what}' does not fit the data: input [N, {', '.join(map(str, shape))}] "
-                         f"fails ({type(e).__name__}: {first_line(e)})") from e
+                         f"fails ({named_line(e)})") from e
     finally:
         net.train(was_training)
     if not isinstance(out, torch.Tensor) or tuple(out.shape) != (2, outputs):

@@ -47,7 +47,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from bigmodel_cli import __version__
 from bigmodel_cli.console import console, warn
-from bigmodel_cli.errors import first_line
+from bigmodel_cli.errors import named_line
 from bigmodel_cli.serving.batcher import DynamicBatcher
 from bigmodel_cli.serving.generator import IMAGE_OUTPUT
 from bigmodel_cli.serving.metrics import ServerMetrics
@@ -99,7 +99,7 @@ def _failure(method: str, path: str, e: Exception, metrics: ServerMetrics) -> tu
             metrics.server_errors.inc()
         return e.status_code, e.message
     trace = "".join(traceback.format_exception(type(e), e, e.__traceback__)).rstrip()
-    console.print(f"error: {method} {path}: server error {type(e).__name__}: {first_line(e)}\n{trace}",
+    console.print(f"error: {method} {path}: server error {named_line(e)}\n{trace}",
                   markup=False, highlight=False)
     metrics.server_errors.inc()
     return 500, f"internal server error ({type(e).__name__}), logged by the server"
@@ -695,4 +695,3 @@ def _routes(infer: ASGIApp) -> list[Route]:
             Route(f"{prefix}/stats", _model_stats, methods=["GET"]),
         ]
     return routes
-

@@ -278,4 +278,3 @@ def _prompt_input(meta: export_metadata.ExportMetadata, session: Any, where: obj
 def check_name(name: str) -> None:
     if not name or "/" in name or name.strip() != name:
         raise UsageError(f"model name {name!r}: must be non-empty, without '/' or surrounding spaces")
-

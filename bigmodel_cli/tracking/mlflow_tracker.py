@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from bigmodel_cli import __version__, console
-from bigmodel_cli.errors import UsageError, first_line
+from bigmodel_cli.errors import UsageError, named_line
 from bigmodel_cli.tracking.run_info import flatten, git_commit, param_value
 
 OPEN_TIMEOUT_S = float(os.environ.get("BIGMODEL_MLFLOW_OPEN_TIMEOUT", "120"))
@@ -325,6 +325,6 @@ def log_artifacts(run_dir: str | Path, files: list[str | Path], document: dict[s
             log_metrics(client, run_id, {f"{prefix}_{k}" if prefix else k: v for k, v in metrics.items()}, 0)
     except Exception as e:
         console.warn(f"mlflow: could not add files to run {run_id} in {_redact(uri)} "
-                     f"({type(e).__name__}: {first_line(e, 200)})")
+                     f"({named_line(e, 200)})")
         return None
     return run_id

@@ -45,7 +45,15 @@ from typing import Any
 import numpy as np
 import torch
 
-from bigmodel_cli.errors import BigmodelError, Interrupted, JobFailed, UsageError, first_line, report_to_launcher
+from bigmodel_cli.errors import (
+    BigmodelError,
+    Interrupted,
+    JobFailed,
+    UsageError,
+    first_line,
+    named_line,
+    report_to_launcher,
+)
 
 IO_TIMEOUT_S = 1800.0  # how long the other ranks wait for one rank reading or writing files (the io group)
 NOTICE_WAIT_S = 8.0  # how long a rank whose connection broke waits for the failed rank's own error
@@ -204,8 +212,7 @@ def describe(error: BaseException) -> tuple[int, str]:
         return error.exit_code, first_line(error)
     if isinstance(error, KeyboardInterrupt):
         return 130, "interrupted"
-    return 1, f"internal error: {type(error).__name__}: {first_line(error)} (rerun with --debug for the traceback)"
-
+    return 1, f"internal error: {named_line(error)} (rerun with --debug for the traceback)"
 
 
 def _broken_collective(error: BaseException) -> bool:
@@ -613,4 +620,3 @@ def _post_for(folder: Path, rank: int, detail: str) -> None:
                          wait_for_workers=False)
         store.compare_set(Peers.KEY, "", json.dumps({"rank": rank, "node": info["node"], "host": info["host"],
                                                       "code": 1, "message": detail}))
-

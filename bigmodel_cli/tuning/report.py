@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from bigmodel_cli import atomic, console
-from bigmodel_cli.errors import first_line
+from bigmodel_cli.errors import named_line
 
 
 def trial_rows(study, space) -> list[dict[str, Any]]:
@@ -127,7 +127,7 @@ def _plots(study, out: Path, objective: str) -> list[str]:
                 plt.close(figure)
             written.append(str(out / name))
         except Exception as e:  # e.g. importances when no parameter varied
-            console.warn(f"{name}: not drawn ({type(e).__name__}: {first_line(e, 160)})")
+            console.warn(f"{name}: not drawn ({named_line(e, 160)})")
     return written
 
 
