@@ -77,8 +77,13 @@ def run_in_process(*args: str, cwd: Path, env: dict[str, str] | None = None, tim
 
 @pytest.fixture
 def cli(tmp_path):
-    """`cli("train", "-r", "digits-cnn")` runs the real command in a fresh folder."""
-    return lambda *args, **kw: run_cli(*args, cwd=kw.pop("cwd", tmp_path), **kw)
+    """`cli("train", "-r", "digits-cnn")` runs the real command in a fresh folder, in-process (`run_in_process`).
+
+    A `bigmodel` subprocess spends 5-6 s importing torch, torch._dynamo (the first optimizer), scikit-learn and
+    matplotlib before it does anything; most CLI tests run several commands. Tests that need a process of their
+    own (signals, exit by kill, C-level output on stdout, `python -m bigmodel_cli`) call `run_cli`.
+    """
+    return lambda *args, **kw: run_in_process(*args, cwd=kw.pop("cwd", tmp_path), **kw)
 
 
 def history(run: Path, drop: tuple[str, ...] = ()) -> list[dict]:

@@ -75,7 +75,10 @@ def import_component(ref: str) -> Callable[..., Any]:
     try:
         module = importlib.import_module(module_name)
     except ImportError as e:
-        raise UsageError(f"model.component '{ref}': cannot import {module_name} ({e})") from e
+        hint = ""
+        if isinstance(e, ModuleNotFoundError) and e.name == module_name.split(".")[0]:
+            hint = "; put its folder on PYTHONPATH (the working directory is not searched)"
+        raise UsageError(f"model.component '{ref}': cannot import {module_name} ({e}){hint}") from e
     fn = getattr(module, attr, None)
     if not callable(fn):
         raise UsageError(f"model.component '{ref}': {module_name} has no callable '{attr}'")

@@ -6,6 +6,7 @@ import sys
 import yaml
 
 from bigmodel_cli import __version__
+from tests.conftest import run_cli
 
 NO_TORCH = """
 import sys
@@ -30,10 +31,10 @@ def test_help_and_recipes_list_do_not_import_heavy_libraries():
     assert _imports(["train", "--help"]) == "HEAVY [] CODE 0"
 
 
-def test_version_and_module_entry_point(cli):
-    result = cli("--version")
+def test_version_and_module_entry_point(tmp_path):
+    result = run_cli("--version", cwd=tmp_path)  # `python -m bigmodel_cli`, in a process of its own
     assert result.code == 0 and result.stdout.strip() == f"bigmodel {__version__}"
-    help_text = cli("--help").stdout
+    help_text = run_cli("--help", cwd=tmp_path).stdout
     for command in ("info", "recipes", "prepare-data", "train", "eval", "export", "serve"):
         assert command in help_text
 
@@ -105,11 +106,10 @@ def test_info_lists_versions_devices_and_models(cli):
     assert "inception (torch-fidelity " in human.stderr
 
 
-def test_info_says_how_to_install_a_missing_extra(monkeypatch, tmp_path):
+def test_info_says_how_to_install_a_missing_extra(monkeypatch, cli):
     from bigmodel_cli import environment
-    from tests.conftest import run_in_process
 
     real = environment._version
     monkeypatch.setattr(environment, "_version", lambda name: None if name == "peft" else real(name))
-    result = run_in_process("info", cwd=tmp_path)
+    result = cli("info")
     assert result.code == 0 and "hf (not installed: pip install 'bigmodel-cli[hf]')" in result.stderr

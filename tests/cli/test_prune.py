@@ -16,15 +16,15 @@ from bigmodel_cli.config.recipe import resolve
 from bigmodel_cli.data.prepare import prepare
 from bigmodel_cli.run import load_network, load_run
 from bigmodel_cli.training.loop import fit
-from tests.conftest import run_cli, tree
+from tests.conftest import run_in_process, tree
 
 
 @pytest.fixture(scope="module")
 def pruned(digits_run, tmp_path_factory):
     """The digits run pruned by half through the real command: one fine-tuning epoch distilled from itself."""
     out = tmp_path_factory.mktemp("prune") / "digits-pruned"
-    result = run_cli("prune", str(digits_run), "--ratio", "0.5", "--finetune-epochs", "1", "--teacher",
-                     str(digits_run), "--round-to", "4", "--out", str(out), "--json", cwd=out.parent)
+    result = run_in_process("prune", str(digits_run), "--ratio", "0.5", "--finetune-epochs", "1", "--teacher",
+                            str(digits_run), "--round-to", "4", "--out", str(out), "--json", cwd=out.parent)
     assert result.code == 0, result.stderr
     return out, result.json()
 

@@ -5,7 +5,7 @@ import json
 
 import pytest
 
-from tests.conftest import run_cli
+from tests.conftest import run_in_process
 
 
 @pytest.mark.slow
@@ -13,13 +13,13 @@ def test_train_eval_export_land_in_one_mlflow_run(tmp_path):
     from mlflow.tracking import MlflowClient
 
     env = {"MLFLOW_TRACKING_URI": ""}
-    assert run_cli("prepare-data", "-r", "breast-cancer-mlp", cwd=tmp_path).code == 0
-    trained = run_cli("train", "-r", "breast-cancer-mlp", "--set", "train.epochs=2", "--report-to", "mlflow", "--json",
-                      cwd=tmp_path, env=env)
+    assert run_in_process("prepare-data", "-r", "breast-cancer-mlp", cwd=tmp_path).code == 0
+    trained = run_in_process("train", "-r", "breast-cancer-mlp", "--set", "train.epochs=2", "--report-to", "mlflow",
+                             "--json", cwd=tmp_path, env=env)
     assert trained.code == 0, trained.stderr
     run_dir = tmp_path / "runs/breast-cancer-mlp"
-    assert run_cli("eval", "runs/breast-cancer-mlp", cwd=tmp_path, env=env).code == 0
-    assert run_cli("export", "runs/breast-cancer-mlp", cwd=tmp_path, env=env).code == 0
+    assert run_in_process("eval", "runs/breast-cancer-mlp", cwd=tmp_path, env=env).code == 0
+    assert run_in_process("export", "runs/breast-cancer-mlp", cwd=tmp_path, env=env).code == 0
 
     info = json.loads((run_dir / "tracking.json").read_text())["mlflow"]
     assert info["tracking_uri"] == f"sqlite:///{(tmp_path / 'runs').resolve()}/mlflow.db"
@@ -40,10 +40,10 @@ def test_train_eval_export_land_in_one_mlflow_run(tmp_path):
 
 
 def test_an_mlflow_store_that_cannot_be_written_stops_train_with_exit_2(tmp_path):
-    assert run_cli("prepare-data", "-r", "breast-cancer-mlp", cwd=tmp_path).code == 0
+    assert run_in_process("prepare-data", "-r", "breast-cancer-mlp", cwd=tmp_path).code == 0
     (tmp_path / "a-file").write_text("not a folder")
-    result = run_cli("train", "-r", "breast-cancer-mlp", "--set", "train.epochs=1", "--report-to", "mlflow",
-                     cwd=tmp_path, env={"MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path}/a-file/mlflow.db"})
+    result = run_in_process("train", "-r", "breast-cancer-mlp", "--set", "train.epochs=1", "--report-to", "mlflow",
+                            cwd=tmp_path, env={"MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path}/a-file/mlflow.db"})
     assert result.code == 2 and "MLflow store sqlite:///" in result.stderr and "Traceback" not in result.stderr
     assert not (tmp_path / "runs/breast-cancer-mlp/checkpoints").exists()  # stopped before training
 
@@ -52,8 +52,8 @@ def test_a_train_that_fails_before_training_ends_its_mlflow_run_failed(tmp_path)
     """The run is opened as the command starts (beside torch's import); data never prepared: exit 2, run FAILED."""
     from mlflow.tracking import MlflowClient
 
-    result = run_cli("train", "-r", "breast-cancer-mlp", "--report-to", "mlflow", cwd=tmp_path,
-                     env={"MLFLOW_TRACKING_URI": ""})
+    result = run_in_process("train", "-r", "breast-cancer-mlp", "--report-to", "mlflow", cwd=tmp_path,
+                            env={"MLFLOW_TRACKING_URI": ""})
     assert result.code == 2 and "prepare-data" in result.stderr and "Traceback" not in result.stderr
     client = MlflowClient(f"sqlite:///{tmp_path / 'runs/mlflow.db'}")
     runs = client.search_runs([e.experiment_id for e in client.search_experiments()])

@@ -14,7 +14,7 @@ import torch
 from bigmodel_cli.config.recipe import resolve
 from bigmodel_cli.data.prepare import prepare
 from bigmodel_cli.training.loop import fit
-from tests.conftest import history, run_cli
+from tests.conftest import history, run_cli, run_in_process
 
 pytestmark = pytest.mark.slow
 
@@ -121,7 +121,7 @@ def test_fsdp_matches_ddp_saves_sharded_and_resumes_on_one_and_two(work, ddp_run
 @pytest.fixture(scope="module")
 def digits(tmp_path_factory):
     root = tmp_path_factory.mktemp("digits")
-    assert run_cli("prepare-data", "-r", "digits-cnn", cwd=root).code == 0
+    assert run_in_process("prepare-data", "-r", "digits-cnn", cwd=root).code == 0
     return root
 
 
@@ -153,8 +153,8 @@ def test_fsdp_bf16_mixed_with_batchnorm_and_a_last_batch_of_one_row_on_cpu(digit
 
 
 def test_sync_batchnorm_on_cpu_is_refused_before_anything_is_written(digits):
-    result = run_cli("train", "-r", "digits-cnn", "--run-dir", "runs/sync", "--set", "train.sync_batchnorm=true",
-                     "--set", "train.devices=cpu", cwd=digits)
+    result = run_in_process("train", "-r", "digits-cnn", "--run-dir", "runs/sync", "--set", "train.sync_batchnorm=true",
+                            "--set", "train.devices=cpu", cwd=digits)
     assert result.code == 2 and "sync_batchnorm needs CUDA" in result.stderr
     assert not (digits / "runs/sync").exists()
 

@@ -7,11 +7,11 @@ import signal
 import subprocess
 import sys
 
-from tests.conftest import run_cli
+from tests.conftest import run_cli, run_in_process
 
 
 def test_sigint_saves_exits_130_and_resume_completes(tmp_path):
-    assert run_cli("prepare-data", "-r", "digits-cnn", cwd=tmp_path).code == 0
+    assert run_in_process("prepare-data", "-r", "digits-cnn", cwd=tmp_path).code == 0
     env = {**os.environ, "CI": "1"}
     proc = subprocess.Popen([sys.executable, "-m", "bigmodel_cli", "train", "-r", "digits-cnn"], cwd=tmp_path,
                             env=env, stderr=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
@@ -34,7 +34,7 @@ def test_sigint_saves_exits_130_and_resume_completes(tmp_path):
 
 
 def test_deterministic_training_repeats_exactly(tmp_path):
-    assert run_cli("prepare-data", "-r", "breast-cancer-mlp", cwd=tmp_path).code == 0
+    assert run_in_process("prepare-data", "-r", "breast-cancer-mlp", cwd=tmp_path).code == 0
     args = ["train", "-r", "breast-cancer-mlp", "--set", "train.epochs=2", "--set", "train.deterministic=true"]
     for run in ("a", "b"):
         assert run_cli(*args, "--run-dir", run, cwd=tmp_path).code == 0

@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from tests.conftest import history as shared_history
-from tests.conftest import run_cli
+from tests.conftest import run_cli, run_in_process
 
 ARGS = ["train", "-r", "digits-cnn", "--set", "train.epochs=3", "--set", "train.checkpoint_every_steps=1",
         "--set", "train.early_stopping.patience=null", "--set", "model.args={width: 8, dropout: 0.2}"]
@@ -46,7 +46,7 @@ def kill_after_steps(args, cwd, steps):
 
 @pytest.mark.slow
 def test_sigkill_at_several_points_then_resume_is_bit_exact(tmp_path):
-    assert run_cli("prepare-data", "-r", "digits-cnn", cwd=tmp_path).code == 0
+    assert run_in_process("prepare-data", "-r", "digits-cnn", cwd=tmp_path).code == 0
     straight = run_cli(*ARGS, "--run-dir", "straight", cwd=tmp_path)
     assert straight.code == 0, straight.stderr
 

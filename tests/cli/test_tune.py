@@ -13,7 +13,7 @@ import time
 import pytest
 import yaml
 
-from tests.conftest import run_cli, tree
+from tests.conftest import run_in_process, tree
 
 SPACE = """
 train.optimizer.lr: {float: [1.0e-3, 3.0e-2], log: true}
@@ -25,7 +25,7 @@ model.args.hidden: {choice: [[16], [32, 16]]}
 def workdir(tmp_path_factory):
     """A folder with prepared breast-cancer data and a space file."""
     root = tmp_path_factory.mktemp("tune")
-    assert run_cli("prepare-data", "-r", "breast-cancer-mlp", cwd=root).code == 0
+    assert run_in_process("prepare-data", "-r", "breast-cancer-mlp", cwd=root).code == 0
     (root / "space.yaml").write_text(SPACE)
     return root
 
@@ -38,15 +38,15 @@ def tune_args(study, trials, *extra):
 def test_bad_input_exits_2_before_any_trial(workdir):
     before = tree(workdir)
     (workdir / "bad.yaml").write_text("train.optimizer.lrr: {float: [1.0e-4, 1.0e-1]}")
-    bad = run_cli("tune", "-r", "breast-cancer-mlp", "--space", "bad.yaml", "--trials", "2", cwd=workdir)
+    bad = run_in_process("tune", "-r", "breast-cancer-mlp", "--space", "bad.yaml", "--trials", "2", cwd=workdir)
     assert bad.code == 2 and "did you mean 'train.optimizer.lr'" in bad.stderr and "Traceback" not in bad.stderr
     (workdir / "bad.yaml").write_text("train.optimizer.lr: {float: [1.0e-1, 1.0e-4]}")
-    bad = run_cli("tune", "-r", "breast-cancer-mlp", "--space", "bad.yaml", "--trials", "2", cwd=workdir)
+    bad = run_in_process("tune", "-r", "breast-cancer-mlp", "--space", "bad.yaml", "--trials", "2", cwd=workdir)
     assert bad.code == 2 and "inverted range" in bad.stderr
     # a database nobody listens on: a clear exit 2 at once, not a hang (port 9 is closed on the loopback)
     started = time.perf_counter()
-    unreachable = run_cli(*tune_args("pg", 2, "--storage", "postgresql://bench:secret@127.0.0.1:9/optuna"),
-                          cwd=workdir, env={"BIGMODEL_STORAGE_TIMEOUT": "3"}, timeout=60)
+    unreachable = run_in_process(*tune_args("pg", 2, "--storage", "postgresql://bench:secret@127.0.0.1:9/optuna"),
+                                 cwd=workdir, env={"BIGMODEL_STORAGE_TIMEOUT": "3"}, timeout=60)
     assert unreachable.code == 2 and "--storage postgresql://bench:***@127.0.0.1:9/optuna" in unreachable.stderr
     assert "secret" not in unreachable.stderr and time.perf_counter() - started < 30
     (workdir / "bad.yaml").unlink()
@@ -57,7 +57,7 @@ def test_bad_input_exits_2_before_any_trial(workdir):
 def test_an_objective_that_is_never_logged_stops_after_the_first_epoch(workdir):
     # 400 epochs of ~0.02 s: the trial is stopped at the first epoch row tune reads (it polls every 0.2 s), long
     # before the last one, however loaded the machine
-    result = run_cli(*tune_args("obj", 3, "--objective", "val_acc", "--set", "train.epochs=400"), cwd=workdir)
+    result = run_in_process(*tune_args("obj", 3, "--objective", "val_acc", "--set", "train.epochs=400"), cwd=workdir)
     assert result.code == 2, result.stderr
     last = result.stderr.strip().splitlines()[-1]
     assert "--objective 'val_acc' is not a logged metric; did you mean 'val_accuracy'?" in last
@@ -83,7 +83,7 @@ def test_an_interrupted_study_resumes_and_writes_the_best_recipe(workdir):
     assert "rerun the same command to resume" in err.strip().splitlines()[-1]
     assert (workdir / "runs/resume-tune/trial_000/checkpoints/last.pt").is_file()
 
-    result = run_cli(*tune_args("resume", 2, "--set", "train.epochs=2", "--seed", "1", "--json"), cwd=workdir)
+    result = run_in_process(*tune_args("resume", 2, "--set", "train.epochs=2", "--seed", "1", "--json"), cwd=workdir)
     assert result.code == 0, result.stderr
     doc = result.json()
     states = [(t["trial"], t["state"]) for t in doc["trials"]]
@@ -98,16 +98,16 @@ def test_an_interrupted_study_resumes_and_writes_the_best_recipe(workdir):
     recipe = yaml.safe_load((workdir / "runs/resume-tune/best.yaml").read_text())
     assert recipe["train"]["optimizer"]["lr"] == pytest.approx(best["params"]["train.optimizer.lr"])
     assert recipe["model"]["args"]["hidden"] == best["params"]["model.args.hidden"]
-    assert run_cli("recipes", "validate", "runs/resume-tune/best.yaml", cwd=workdir).code == 0
+    assert run_in_process("recipes", "validate", "runs/resume-tune/best.yaml", cwd=workdir).code == 0
     rows = list(csv.DictReader((workdir / "runs/resume-tune/trials.csv").open()))
     assert len(rows) == 3 and {r["state"] for r in rows} == {"INTERRUPTED", "COMPLETE"}
     for plot in ("history.png", "importances.png"):
         assert (workdir / "runs/resume-tune" / plot).read_bytes()[:4] == b"\x89PNG"
 
-    again = run_cli(*tune_args("resume", 2, "--set", "train.epochs=2", "--json"), cwd=workdir)
+    again = run_in_process(*tune_args("resume", 2, "--set", "train.epochs=2", "--json"), cwd=workdir)
     assert again.code == 0 and again.json()["counts"] == doc["counts"]  # finished: nothing more to run
-    other = run_cli("tune", "-r", "breast-cancer-mlp", "--space", "space.yaml", "--trials", "2", "--study", "resume",
-                    "--objective", "val_accuracy", cwd=workdir)
+    other = run_in_process("tune", "-r", "breast-cancer-mlp", "--space", "space.yaml", "--trials", "2", "--study",
+                           "resume", "--objective", "val_accuracy", cwd=workdir)
     assert other.code == 2 and "was started with another objective" in other.stderr
 
 
