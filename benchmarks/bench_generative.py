@@ -210,8 +210,9 @@ def hand_written_gan(data: Path, steps: int) -> float:
     g, d = gan.generator, gan.discriminator
     g_ema = ema(g, cfg.ema_decay)
     augment = DiffAugment(cfg.augment)
-    opt_g = torch.optim.Adam(g.parameters(), lr=cfg.g_lr, betas=cfg.g_betas)
-    opt_d = torch.optim.Adam(d.parameters(), lr=cfg.d_lr, betas=cfg.d_betas)
+    fused = recipe.train.optimizer.fused  # the recipe's optimizer kernel, as the engine builds it
+    opt_g = torch.optim.Adam(g.parameters(), lr=cfg.g_lr, betas=cfg.g_betas, fused=fused)
+    opt_d = torch.optim.Adam(d.parameters(), lr=cfg.d_lr, betas=cfg.d_betas, fused=fused)
     order = torch.randperm(len(x))
     done, started = 0, time.perf_counter()
     for step in range(steps):
