@@ -412,10 +412,13 @@ class Trainer:
         self.samples_seen += int(rows)
         state["step"] += 1
         state["batch"] = b + 1
-        stop.requested = stop.requested or ("SIGTERM" if stopping else None)
+        # decided from the summed flag only: a signal that lands after the sum is this rank's alone until the next
+        # step's sum (reading the flag here once sent that rank into the save while the others trained on)
+        if stopping:
+            stop.requested = stop.requested or "SIGTERM"
         if self.cfg.checkpoint_every_steps and state["step"] % self.cfg.checkpoint_every_steps == 0:
             self._save("last")
-        if stop.requested:
+        if stopping:
             self._save("last")
             last = distributed.on_main(self.dist, self.run_dir, "checkpoints/last.pt")
             self._stop_all(Interrupted(f"{stop.requested}: saved {last} at step {state['step']}; continue with "

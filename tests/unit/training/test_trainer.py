@@ -97,6 +97,31 @@ def test_interrupt_then_resume_equals_uninterrupted(data_dir, tmp_path, nets, te
     assert history("straight") == history("cut")  # train_loss of the interrupted epoch included
 
 
+def test_a_signal_after_the_steps_sum_stops_at_the_next_step(data_dir, tmp_path, monkeypatch):
+    """Every rank stops on the flag summed over ranks, not on its own: a SIGTERM that lands after step 5's sum
+    waits for step 6's. (Read after the sum, it once sent that rank into the save while the others trained on,
+    and both hung until the launcher killed them.)"""
+    import os
+    import signal
+
+    from bigmodel_cli.training.distributed import Dist
+
+    real, sums = Dist.sum_tensor, []
+
+    def sum_then_signal(self, values):
+        out = real(self, values)
+        sums.append(float(out[-1]))  # the stop flag, summed
+        if len(sums) == 5:
+            os.kill(os.getpid(), signal.SIGTERM)  # the handler runs here, after the sum, before the decision
+        return out
+
+    monkeypatch.setattr(Dist, "sum_tensor", sum_then_signal)
+    with pytest.raises(Interrupted, match="SIGTERM: saved .* at step 6;"):
+        fit(recipe(data_dir), tmp_path / "run")
+    assert sums == [0.0] * 5 + [1.0]
+    assert torch.load(tmp_path / "run/checkpoints/last.pt", weights_only=True)["loop"]["step"] == 6
+
+
 def test_nan_loss_stops_with_the_step(data_dir, tmp_path, nets):
     r = recipe(data_dir, f"model.component={nets}", "model.name=null", "model.args={nan_at: 7}")
     with pytest.raises(JobFailed, match="loss is nan at step 7"):
