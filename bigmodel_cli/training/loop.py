@@ -412,8 +412,8 @@ class Trainer:
         self.samples_seen += int(rows)
         state["step"] += 1
         state["batch"] = b + 1
-        # decided from the summed flag only: a signal that lands after the sum is this rank's alone until the next
-        # step's sum (reading the flag here once sent that rank into the save while the others trained on)
+        # decided from the summed flag only, so that every rank takes the same branch (the save is a collective):
+        # a signal that lands after the sum waits for the next step's
         if stopping:
             stop.requested = stop.requested or "SIGTERM"
         if self.cfg.checkpoint_every_steps and state["step"] % self.cfg.checkpoint_every_steps == 0:
