@@ -46,8 +46,7 @@ def first_line(error: BaseException, limit: int | None = None) -> str:
 
 def named_line(error: BaseException, limit: int | None = None) -> str:
     """'TypeName: first line of the message' (the line at most `limit` characters), or the type's name alone."""
-    text = str(error).strip()
-    return f"{type(error).__name__}: {text.splitlines()[0][:limit]}" if text else type(error).__name__
+    return f"{type(error).__name__}: {first_line(error, limit)}" if str(error).strip() else type(error).__name__
 
 
 def report_to_launcher(line: str) -> None:
