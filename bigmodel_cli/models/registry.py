@@ -14,6 +14,8 @@ from __future__ import annotations
 import difflib
 import importlib
 import inspect
+import os
+import sys
 from collections.abc import Callable
 from typing import Any
 
@@ -73,16 +75,30 @@ def import_component(ref: str) -> Callable[..., Any]:
     if not module_name or not attr:
         raise UsageError(f"model.component '{ref}': expected 'package.module:function'")
     try:
-        module = importlib.import_module(module_name)
+        module = _import_here_too(module_name)
     except ImportError as e:
-        hint = ""
-        if isinstance(e, ModuleNotFoundError) and e.name == module_name.split(".")[0]:
-            hint = "; put its folder on PYTHONPATH (the working directory is not searched)"
-        raise UsageError(f"model.component '{ref}': cannot import {module_name} ({e}){hint}") from e
+        raise UsageError(f"model.component '{ref}': cannot import {module_name} ({e})") from e
     fn = getattr(module, attr, None)
     if not callable(fn):
         raise UsageError(f"model.component '{ref}': {module_name} has no callable '{attr}'")
     return fn
+
+
+def _import_here_too(module_name: str):
+    """Import `module_name`, looking in the working directory too (after the installed packages), as the
+    processes of `--devices N` and of `tune` trials do (`python -m bigmodel_cli` puts it on their path)."""
+    try:
+        return importlib.import_module(module_name)
+    except ModuleNotFoundError as e:
+        here = os.getcwd()
+        if e.name != module_name.split(".")[0] or here in sys.path or "" in sys.path:
+            raise
+        sys.path.append(here)
+        try:
+            return importlib.import_module(module_name)
+        except ImportError:
+            sys.path.remove(here)
+            raise
 
 
 def call_builder(fn: Callable[..., Any], what: str, num_classes: int, input_shape: list[int], args: dict[str, Any],
