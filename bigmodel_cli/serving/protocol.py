@@ -45,6 +45,7 @@ from typing import Any
 import numpy as np
 
 from bigmodel_cli.errors import first_line
+from bigmodel_cli.inference.text_generation import Sampling
 
 LABEL_OUTPUT = "label"  # extra BYTES output of classifiers: the class name of each row's top probability
 PNG_OUTPUT = "image_png"  # extra BYTES output of image-making models: one PNG per image (serving/generator.py)
@@ -127,7 +128,7 @@ class InferRequest:
     id: str | None = None
     parameters: dict[str, Any] = field(default_factory=dict)
     table: Any = None  # `raw.TableRows`: raw table rows, prepared in their batch (then `inputs` is empty)
-    sampling: Any = None  # a language model's `Sampling`, from the request's parameters
+    sampling: Sampling | None = None  # a language model's, from the request's parameters
 
     @property
     def batch_size(self) -> int:
