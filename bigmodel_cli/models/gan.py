@@ -153,8 +153,9 @@ def remove_parametrizations(net: nn.Module) -> nn.Module:
 
 @register_model("dcgan", kinds=("image",), tasks=("generation",))
 def dcgan(num_classes: int, input_shape: list[int], latent_dim: int = 64, width: int = 64, conditional: bool = False,
-          blocks: int = 0) -> GAN:
-    """DCGAN generator + discriminator sized from the image (task: generation); conditional, ResNet blocks."""
+          blocks: int = 0, d_width: int | None = None) -> GAN:
+    """DCGAN generator + discriminator sized from the image (task: generation); conditional, ResNet blocks;
+    `d_width` gives D its own width (default: `width`)."""
     n = max(num_classes, 1)
     return GAN(Generator(latent_dim, input_shape, width, n, conditional, blocks),
-               Discriminator(input_shape, width, n, conditional, blocks))
+               Discriminator(input_shape, d_width or width, n, conditional, blocks))
