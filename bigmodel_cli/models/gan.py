@@ -158,4 +158,4 @@ def dcgan(num_classes: int, input_shape: list[int], latent_dim: int = 64, width:
     `d_width` gives D its own width (default: `width`)."""
     n = max(num_classes, 1)
     return GAN(Generator(latent_dim, input_shape, width, n, conditional, blocks),
-               Discriminator(input_shape, d_width or width, n, conditional, blocks))
+               Discriminator(input_shape, width if d_width is None else d_width, n, conditional, blocks))

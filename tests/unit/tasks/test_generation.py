@@ -118,7 +118,9 @@ def test_generative_models_have_the_shapes_of_the_data():
 def test_dcgan_d_width_sizes_the_discriminator_alone():
     gan = create_model("dcgan", num_classes=1, input_shape=[1, 8, 8], latent_dim=8, width=8, d_width=4)
     same = create_model("dcgan", num_classes=1, input_shape=[1, 8, 8], latent_dim=8, width=8)
-    count = lambda net: sum(p.numel() for p in net.parameters())  # noqa: E731
+    def count(net):
+        return sum(p.numel() for p in net.parameters())
+
     assert count(gan.generator) == count(same.generator)
     assert count(gan.discriminator) < count(same.discriminator) / 3  # two conv layers: about (1/2)^2 of the weights
     assert gan.discriminator(gan.generator(torch.randn(2, 8))).shape == (2, 1)
