@@ -41,6 +41,15 @@ class ResBlock(nn.Module):
         return x + self.body(x)
 
 
+def check_sizes(blocks: int = 0, **sizes: int | None) -> None:
+    """Exit 2 naming the first `model.args` size below 1 (or `blocks` below 0), before torch fails on it."""
+    from bigmodel_cli.errors import UsageError
+
+    for name, value in {**sizes, "blocks": blocks}.items():
+        if value is not None and value < (0 if name == "blocks" else 1):
+            raise UsageError(f"model.args.{name} {value}: must be {'0' if name == 'blocks' else '1'} or more")
+
+
 def _leaky() -> nn.Module:
     return nn.LeakyReLU(0.2)
 
@@ -156,6 +165,7 @@ def dcgan(num_classes: int, input_shape: list[int], latent_dim: int = 64, width:
           blocks: int = 0, d_width: int | None = None) -> GAN:
     """DCGAN generator + discriminator sized from the image (task: generation); conditional, ResNet blocks;
     `d_width` gives D its own width (default: `width`)."""
+    check_sizes(blocks, latent_dim=latent_dim, width=width, d_width=d_width)
     n = max(num_classes, 1)
     return GAN(Generator(latent_dim, input_shape, width, n, conditional, blocks),
                Discriminator(input_shape, width if d_width is None else d_width, n, conditional, blocks))

@@ -79,8 +79,11 @@ class UNet(nn.Module):
 def unet_small(num_classes: int, input_shape: list[int], width: int = 32, levels: int | None = None) -> UNet:
     """Small residual U-Net (task: restoration): halves the image down to 2..3 pixels, skip connections."""
     _, height, width_px = input_shape
-    if levels is None:
-        levels = 0
-        while height % 2 == 0 and width_px % 2 == 0 and height // 2 >= 2 and width_px // 2 >= 2 and levels < 3:
-            height, width_px, levels = height // 2, width_px // 2, levels + 1
-    return UNet(input_shape[0], width, levels)
+    fits = 0  # how often both sides halve evenly while staying at 2 pixels or more
+    while height % 2 == 0 and width_px % 2 == 0 and height // 2 >= 2 and width_px // 2 >= 2:
+        height, width_px, fits = height // 2, width_px // 2, fits + 1
+    if levels is not None and not 0 <= levels <= fits:
+        from bigmodel_cli.errors import UsageError
+
+        raise UsageError(f"model.args.levels {levels}: images {input_shape[1]}x{input_shape[2]} take 0 to {fits}")
+    return UNet(input_shape[0], width, min(fits, 3) if levels is None else levels)

@@ -15,7 +15,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from bigmodel_cli.models.gan import Encoder, Generator
+from bigmodel_cli.models.gan import Encoder, Generator, check_sizes
 from bigmodel_cli.models.registry import register_model
 
 
@@ -54,4 +54,5 @@ class VAE(nn.Module):
 def conv_vae(num_classes: int, input_shape: list[int], latent_dim: int = 16, width: int = 32,
              conditional: bool = False, blocks: int = 0) -> VAE:
     """Convolutional VAE (task: generation; train.vae: beta, reconstruction bce|mse), optionally conditional."""
+    check_sizes(blocks, latent_dim=latent_dim, width=width)
     return VAE(latent_dim, input_shape, width, max(num_classes, 1), conditional, blocks)

@@ -104,9 +104,12 @@ def check_common(recipe, data: dict[str, Any]) -> None:
     if data["kind"] != "image":
         raise UsageError(f"task {recipe.task} needs image data; the prepared data is {data['kind']}")
     train, defaults = recipe.train, schema.TrainSection()
-    for key in ("class_weights", "label_smoothing", "huber_delta"):
+    for key in ("class_weights", "label_smoothing"):
         if getattr(train, key) != getattr(defaults, key):
             raise UsageError(f"train.{key} is a classification option; task {recipe.task} cannot use it")
+    if train.huber_delta != defaults.huber_delta and train.loss != "huber":
+        raise UsageError(f"train.huber_delta is for train.loss huber (regression, restoration); task {recipe.task} "
+                         f"with train.loss {train.loss} cannot use it")
     if recipe.eval.threshold_search != "none":
         raise UsageError(f"eval.threshold_search is a classification option; task {recipe.task} cannot use it")
     if train.precision == "bf16-true":
@@ -192,9 +195,10 @@ class Generation:
         out = {}
         if self.kind == "gan":
             gan = cfg.gan
-            for name, lr, betas in (("generator", gan.g_lr, gan.g_betas), ("discriminator", gan.d_lr, gan.d_betas)):
+            for name, lr, betas, every in (("generator", gan.g_lr, gan.g_betas, gan.d_steps),
+                                           ("discriminator", gan.d_lr, gan.d_betas, 1)):
                 section = cfg.optimizer.model_copy(update={"lr": lr or cfg.optimizer.lr, "betas": betas})
-                out[name] = optimizer_and_schedule(parts.networks[name], ctx, section)
+                out[name] = optimizer_and_schedule(parts.networks[name], ctx, section, every)  # G: every d_steps
             return out
         return {"vae": optimizer_and_schedule(parts.networks["vae"], ctx)}
 
@@ -372,11 +376,12 @@ def sampler_network(parts: Parts, kind: str) -> nn.Module:
 
 def sample_pixels(net: nn.Module, kind: str, z: np.ndarray, labels: np.ndarray | None,
                   device: torch.device | str = "cpu") -> torch.Tensor:
-    """Float pixels 0..255 [N, C, H, W] for latents `z` (and labels): G(z) or the VAE's decoder, eval mode."""
+    """The 8-bit images the exported model gives for latents `z` (and labels), as floats 0..255 [N, C, H, W]:
+    G(z) or the VAE's decoder in eval mode, rounded half to even as its Round is; what eval and val_fid score."""
     zt = torch.from_numpy(np.ascontiguousarray(z, dtype=np.float32)).to(device)
     yt = None if labels is None else torch.from_numpy(np.asarray(labels, dtype=np.int64)).to(device)
     out = net.decode(zt, yt) if kind == "vae" else net(zt, yt)
-    return to_pixels(out, kind)
+    return to_pixels(out, kind).round()
 
 
 @torch.no_grad()
@@ -427,7 +432,7 @@ def write_sample_grid(net: nn.Module, kind: str, latent_dim: int, conditional: b
     labels = class_labels(GRID, len(ctx.data["classes"])) if conditional else None
     pixels = sample_pixels(net, kind, latents(seed, GRID, latent_dim), labels, ctx.device)
     if ctx.dist.is_main:
-        save_grid(pixels.round().to(torch.uint8).cpu().numpy(),
+        save_grid(pixels.to(torch.uint8).cpu().numpy(),
                   ctx.run_dir / "samples" / f"epoch_{ctx.epoch:03d}.png")
 
 

@@ -1,27 +1,28 @@
 """Image restoration: a network trained to map corrupted images back to clean ones (denoising, inpainting).
 
-    bigmodel train -r digits-denoise      # task: restoration, model dncnn, data.corrupt.gaussian_noise: 0.5
+    bigmodel train -r digits-denoise      # task: restoration, model unet_small, data.corrupt.gaussian_noise: 0.5
 
 The corruption is declared in the recipe (`data.corrupt`: `gaussian_noise` std on [0, 1]
 pixels, `mask` area fraction of a random square hole set to 0) and applied on the fly to each
 training batch with the loop's random streams (so resume replays it exactly); it is never
 stored. Corrupted images are clipped to [0, 1] and rounded to 8-bit levels, as the uint8 images
-the exported model takes would be. The loss is `train.loss` (auto: mse; mae; huber) between the
-restored and the clean image on [0, 1]. Validation corrupts the validation images once with a
-generator seeded by the recipe's seed, and reports val_loss, val_psnr and val_ssim of the
-restored images (rounded to 8-bit, as served); rank 0 writes `samples/epoch_NNN.png` (rows:
-corrupted, restored, clean).
+the exported model takes would be. The loss is `train.loss` (auto: mse; mae; huber, linear beyond
+`train.huber_delta`) between the restored and the clean image on [0, 1]. Validation corrupts the
+validation images once with a generator seeded by the recipe's seed, and reports val_loss, val_psnr
+and val_ssim of the restored images (rounded to 8-bit, as served); rank 0 writes
+`samples/epoch_NNN.png` (rows: corrupted, restored, clean).
 """
 
 from __future__ import annotations
 
+import functools
 from typing import Any
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
-from bigmodel_cli.errors import UsageError
+from bigmodel_cli.errors import UsageError, first_line
 from bigmodel_cli.tasks.base import Batch, Context, Parts, Split, Step
 from bigmodel_cli.tasks.generation import PixelScale, build_model, check_common, psnr
 from bigmodel_cli.training.optim import optimizer_and_schedule
@@ -80,6 +81,13 @@ def ssim(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
 LOSSES = {"auto": F.mse_loss, "mse": F.mse_loss, "mae": F.l1_loss, "huber": F.huber_loss}
 
 
+def loss_function(train):
+    """`train.loss` between restored and clean [0, 1] pixels; huber turns linear at `train.huber_delta`."""
+    if train.loss == "huber":
+        return functools.partial(F.huber_loss, delta=train.huber_delta)
+    return LOSSES[train.loss]
+
+
 class Restoration:
     name = "restoration"
     inference_network = "model"
@@ -98,8 +106,12 @@ class Restoration:
             if getattr(recipe.train, key) != getattr(schema.TrainSection(), key):
                 raise UsageError(f"train.{key} is for task generation; task restoration cannot use it")
         net = build_model(recipe, data)
-        with torch.no_grad():
-            out = net.eval()(torch.zeros([2, *data["input_shape"]]))
+        try:
+            with torch.no_grad():
+                out = net.eval()(torch.zeros([2, *data["input_shape"]]))
+        except RuntimeError as e:  # shapes the network cannot take (a convolution larger than its input...)
+            raise UsageError(f"model '{recipe.model.name or recipe.model.component}' fails on images "
+                             f"[N, {', '.join(map(str, data['input_shape']))}]: {first_line(e)}") from None
         if not isinstance(out, torch.Tensor) or list(out.shape[1:]) != list(data["input_shape"]):
             got = list(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
             raise UsageError(f"model '{recipe.model.name or recipe.model.component}' does not restore images: input "
@@ -126,7 +138,7 @@ class Restoration:
         noisy = corrupt(clean, step.recipe.data.corrupt)
         with step.autocast():
             restored = parts.modules["model"](noisy)
-        loss = LOSSES[step.recipe.train.loss](restored.float(), clean)
+        loss = loss_function(step.recipe.train)(restored.float(), clean)
         step.backward(loss, "model")
         step.step_optimizer("model")
         step.log(loss=loss)
@@ -136,7 +148,7 @@ class Restoration:
         net = parts.networks["model"]
         net.eval()
         try:
-            scores = restoration_scores(net, val, ctx.recipe, ctx.device, ctx.recipe.train.loss)
+            scores = restoration_scores(net, val, ctx.recipe, ctx.device)
             if ctx.run_dir is not None and len(val):  # every rank restores (an FSDP forward gathers from all)
                 clean, noisy, restored = restore_split(net, val, ctx.recipe, ctx.device, limit=GRID_IMAGES)
                 from bigmodel_cli.export.generator_spec import save_grid
@@ -166,7 +178,7 @@ def restore_split(net, split: Split, recipe, device, limit: int | None = None):
 
 
 @torch.no_grad()
-def restoration_scores(net, split: Split, recipe, device, loss_name: str = "auto") -> dict[str, float]:
+def restoration_scores(net, split: Split, recipe, device) -> dict[str, float]:
     """loss (on the unclamped output), PSNR and SSIM of restored vs clean and of corrupted vs clean (means over
     images, on 8-bit levels), over the whole split corrupted once with the recipe's seed."""
     gen = torch.Generator().manual_seed(recipe.seed)
@@ -178,7 +190,7 @@ def restoration_scores(net, split: Split, recipe, device, loss_name: str = "auto
         noisy = corrupt(clean, recipe.data.corrupt, gen)
         out = net(noisy.to(device)).float().cpu()
         restored = torch.round(out.clamp(0.0, 1.0) * 255.0) / 255.0
-        sums["loss"] += float(LOSSES[loss_name](out, clean)) * len(x)
+        sums["loss"] += float(loss_function(recipe.train)(out, clean)) * len(x)
         sums["psnr"] += float(psnr(restored, clean).sum())
         sums["ssim"] += float(ssim(restored, clean).sum())
         sums["psnr_corrupted"] += float(psnr(noisy, clean).sum())

@@ -106,25 +106,30 @@ def lr_factor(cfg, step: int, total_steps: int, steps_per_epoch: int) -> float:
 
 
 class Schedule:
-    """The learning-rate schedule, stepped per optimiser step and per epoch as each kind requires."""
+    """The learning-rate schedule, stepped per optimiser step and per epoch as each kind requires.
 
-    def __init__(self, optimizer: torch.optim.Optimizer, cfg, total_steps: int, steps_per_epoch: int, mode: str):
+    `every`: the optimizer steps once every `every` steps of the run (a GAN's G with d_steps), so its n-th step
+    takes the run's learning rate at step n x every: both networks follow the schedule over the same run."""
+
+    def __init__(self, optimizer: torch.optim.Optimizer, cfg, total_steps: int, steps_per_epoch: int, mode: str,
+                 every: int = 1):
         self.cfg = cfg
+        self.every = every
         self.warmup = warmup_steps(cfg, total_steps, steps_per_epoch)
         self.steps = 0
         self.per_step = torch.optim.lr_scheduler.LambdaLR(
-            optimizer, lambda step: lr_factor(cfg, step, total_steps, steps_per_epoch))
+            optimizer, lambda step: lr_factor(cfg, step * every, total_steps, steps_per_epoch))
         self.plateau = (torch.optim.lr_scheduler.ReduceLROnPlateau(optimizer, mode=mode, factor=cfg.factor,
                                                                     patience=cfg.patience)
                         if cfg.name == "plateau" else None)
 
     def step_batch(self) -> None:
         self.steps += 1
-        if self.plateau is None or self.steps <= self.warmup:  # plateau: LambdaLR only ramps the warm-up
+        if self.plateau is None or self.steps * self.every <= self.warmup:  # plateau: LambdaLR only ramps the warm-up
             self.per_step.step()
 
     def step_epoch(self, metric: float | None) -> None:
-        if self.plateau is not None and self.steps >= self.warmup and metric is not None:
+        if self.plateau is not None and self.steps * self.every >= self.warmup and metric is not None:
             self.plateau.step(metric)
 
     def state_dict(self) -> dict[str, Any]:
@@ -139,14 +144,14 @@ class Schedule:
 
 
 def create_schedule(optimizer: torch.optim.Optimizer, cfg, total_steps: int, steps_per_epoch: int,
-                    mode: str = "min") -> Schedule:
-    return Schedule(optimizer, cfg, total_steps, steps_per_epoch, mode)
+                    mode: str = "min", every: int = 1) -> Schedule:
+    return Schedule(optimizer, cfg, total_steps, steps_per_epoch, mode, every)
 
 
-def optimizer_and_schedule(network: torch.nn.Module, ctx: Any, section: Any = None) -> tuple[Any, Any]:
+def optimizer_and_schedule(network: torch.nn.Module, ctx: Any, section: Any = None, every: int = 1) -> tuple[Any, Any]:
     """The recipe's optimiser (or `section`, an optimizer section of its own) over `network`, and its schedule
-    over the run's steps; `ctx` is the task's Context."""
+    over the run's steps (`every`: the network steps once every that many of them); `ctx` is the task's Context."""
     cfg = ctx.recipe.train
     optimizer = create_optimizer(network, section or cfg.optimizer)
     return optimizer, create_schedule(optimizer, cfg.scheduler, ctx.total_steps, ctx.steps_per_epoch,
-                                      ctx.monitor_mode)
+                                      ctx.monitor_mode, every)

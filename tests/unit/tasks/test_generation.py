@@ -15,7 +15,7 @@ import torch
 from bigmodel_cli.errors import Interrupted, UsageError
 from bigmodel_cli.models import create_model
 from bigmodel_cli.tasks.generation import Generation
-from tests.unit.tasks.conftest import GAN, VAE, recipe, train
+from tests.unit.tasks.conftest import DENOISE, GAN, VAE, recipe, train
 
 
 def rows(run):
@@ -115,6 +115,16 @@ def test_generative_models_have_the_shapes_of_the_data():
                 == [2, *shape]
 
 
+def test_samples_are_scored_as_the_8_bit_images_the_export_gives():
+    from bigmodel_cli.tasks.generation import sample_pixels, to_pixels
+
+    gan = create_model("dcgan", num_classes=1, input_shape=[1, 8, 8], latent_dim=8, width=8).generator.eval()
+    z = np.random.default_rng(0).standard_normal((4, 8), dtype=np.float32)
+    with torch.no_grad():
+        pixels, raw = sample_pixels(gan, "gan", z, None), to_pixels(gan(torch.from_numpy(z)), "gan")
+    assert torch.equal(pixels, raw.round()) and not torch.equal(pixels, raw)
+
+
 def test_dcgan_d_width_sizes_the_discriminator_alone():
     gan = create_model("dcgan", num_classes=1, input_shape=[1, 8, 8], latent_dim=8, width=8, d_width=4)
     same = create_model("dcgan", num_classes=1, input_shape=[1, 8, 8], latent_dim=8, width=8)
@@ -134,6 +144,9 @@ def test_dcgan_d_width_sizes_the_discriminator_alone():
     (["train.vae.beta=4"], "use train.gan"),
     (["model.name=cnn_small", "model.args={}"], "model 'cnn_small' is for task classification/regression"),
     (["train.early_stopping.monitor=val_accuracy"], "logged: train_d_loss, train_g_loss, val_fid"),
+    (["model.args.width=0"], "model.args.width 0: must be 1 or more"),
+    (["model.args.d_width=0"], "model.args.d_width 0: must be 1 or more"),
+    (["model.args.latent_dim=0"], "model.args.latent_dim 0: must be 1 or more"),
 ])
 def test_options_a_generative_run_cannot_use_are_refused(generation_data, tmp_path, sets, message):
     with pytest.raises(UsageError, match=message):
@@ -144,6 +157,36 @@ def test_options_a_generative_run_cannot_use_are_refused(generation_data, tmp_pa
 def test_vae_refuses_gan_options(generation_data, tmp_path):
     with pytest.raises(UsageError, match="use train.vae"):
         train("digits-vae", generation_data, tmp_path / "run", [*VAE, "train.gan.d_steps=2"])
+
+
+@pytest.mark.parametrize(("sets", "message"), [
+    (["model.args.levels=3"], r"model.args.levels 3: images 8x8 take 0 to 2"),
+    (["model.name=dncnn", "model.args={width: 4, depth: 1}"], "dncnn needs at least 2 layers"),
+    (["train.huber_delta=0.05"], "train.huber_delta is for train.loss huber"),
+])
+def test_restoration_models_that_cannot_take_the_images_are_refused(restoration_data, tmp_path, sets, message):
+    with pytest.raises(UsageError, match=message):
+        train("digits-denoise", restoration_data, tmp_path / "run", [*DENOISE, *sets])
+    assert not (tmp_path / "run").exists()
+
+
+def test_restoration_huber_loss_turns_linear_at_huber_delta():
+    from bigmodel_cli.tasks.restoration import loss_function
+
+    restored, clean = torch.tensor([0.5, 0.0]), torch.zeros(2)
+    cfg = recipe("digits-denoise", "data", ["train.loss=huber", "train.huber_delta=0.1"]).train
+    assert float(loss_function(cfg)(restored, clean)) == pytest.approx(0.1 * (0.5 - 0.05) / 2)  # linear part
+    assert float(loss_function(recipe("digits-denoise", "data", ["train.loss=mae"]).train)(restored, clean)) == 0.25
+
+
+def test_a_restoration_component_that_fails_on_the_images_is_exit_2(restoration_data, tmp_path, monkeypatch):
+    (tmp_path / "too_big.py").write_text("import torch\n\ndef build(num_classes, input_shape):\n"
+                                         "    return torch.nn.Conv2d(1, 1, 9)\n")  # a 9x9 kernel on 8x8 images
+    monkeypatch.syspath_prepend(str(tmp_path))
+    with pytest.raises(UsageError, match=r"model 'too_big:build' fails on images \[N, 1, 8, 8\]: "):
+        train("digits-denoise", restoration_data, tmp_path / "run", [*DENOISE, "model.name=null", "model.args={}",
+                                                                      "model.component=too_big:build"])
+    assert not (tmp_path / "run").exists()
 
 
 def test_recipe_task_takes_generation_and_restoration():

@@ -69,3 +69,17 @@ def test_plateau_lowers_lr_after_patience_and_not_in_warmup():
                                SchedulerSection(name="plateau", patience=1, factor=0.5, warmup_steps=2), 20, 2)
     restored.load_state_dict(schedule.state_dict())
     assert restored.steps == schedule.steps and restored.plateau.num_bad_epochs == schedule.plateau.num_bad_epochs
+
+
+def test_an_optimizer_that_steps_every_other_step_follows_the_runs_schedule():
+    """A GAN's G with d_steps 2 steps half as often as D; both must end the run at the schedule's end."""
+    cfg = SchedulerSection(name="linear", warmup_steps=4)
+    every_step, every_other = (create_optimizer(net(), OptimizerSection(name="sgd", lr=1.0)) for _ in range(2))
+    d = create_schedule(every_step, cfg, total_steps=20, steps_per_epoch=5)
+    g = create_schedule(every_other, cfg, total_steps=20, steps_per_epoch=5, every=2)
+    for step in range(20):
+        d.step_batch()
+        if step % 2 == 1:
+            g.step_batch()
+            assert every_other.param_groups[0]["lr"] == pytest.approx(every_step.param_groups[0]["lr"])
+    assert every_other.param_groups[0]["lr"] == pytest.approx(0.0)
