@@ -199,6 +199,9 @@ def evaluate_generative(run_dir: str | Path, options, onnx: Path | None, config,
     extractor = record = None
     if task == "generation":
         if features:
+            if split == "train":
+                raise UsageError("--split train: the floor beside each score is real train images against the scored "
+                                 "split, so the train split cannot be scored; use --split val or test")
             extractor, record = load_extractor(features, run.manifest, cfg.generative.inception_layer)
             if options.inception_layer is not None and "run" in record:
                 console.warn(f"--inception-layer: {features} is a classification run, not Inception weights; ignored")
@@ -237,7 +240,7 @@ def _generation(run, kind, net, cfg, split, x_ref, y_ref, extractor, record, rep
     z = latents(seed, n, net.latent_dim)
     fake = torch.cat([sample_pixels(net, kind, z[i:i + BATCH], None if labels is None else labels[i:i + BATCH])
                       for i in range(0, n, BATCH)]).numpy()
-    pictures["samples"] = np.round(fake[:GRID]).astype(np.uint8)
+    pictures["samples"] = fake[:GRID].astype(np.uint8)
     report["samples"] = {"n": n, "seed": seed, "z": LATENT_RULE,
                          "labels": "classes in turn" if labels is not None else None}
     metrics: dict[str, Any] = {}
@@ -282,7 +285,7 @@ def _restoration(run, net, x_ref, y_ref, report, pictures) -> None:
     from bigmodel_cli.tasks.restoration import restoration_scores, restore_split
 
     split = Split(np.asarray(x_ref), np.asarray(y_ref))
-    scores = restoration_scores(net, split, run.recipe, "cpu", run.recipe.train.loss)
+    scores = restoration_scores(net, split, run.recipe, "cpu")
     scores.pop("loss")
     report["metrics"] = scores
     report["n"] = int(len(split))

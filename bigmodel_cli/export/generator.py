@@ -79,6 +79,8 @@ def generate(source: str | Path, n: int = 64, seed: int = 0, label: int | None =
     source = Path(source)
     if n < 1:
         raise UsageError(f"--n {n}: expected 1 or more images")
+    if seed < 0:
+        raise UsageError(f"--seed {seed}: expected 0 or more")
     if source.suffix.lower() == ".onnx":
         run_images, spec, what = _onnx_sampler(source)
     elif source.is_dir():
@@ -136,7 +138,7 @@ def _run_sampler(run_dir: Path, checkpoint: str):
 
     @torch.no_grad()
     def sample(z: np.ndarray, labels: np.ndarray | None) -> np.ndarray:
-        return sample_pixels(net, kind, z, labels).round().to(torch.uint8).numpy()
+        return sample_pixels(net, kind, z, labels).to(torch.uint8).numpy()
 
     return sample, spec, str(path)
 

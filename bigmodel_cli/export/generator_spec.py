@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -31,7 +32,8 @@ LABEL_RULE = "label_rule"
 OUTPUT_DTYPE = "output_dtype"
 
 LATENT_RULE = "numpy.random.default_rng(seed).standard_normal((n, latent_dim), dtype=numpy.float32)"
-LABELS_RULE = "label of image i: the label asked for, else i % len(class_names)"
+LABELS_RULE = ("label of image i: the label asked for (a server requires it); bigmodel generate and eval without one: "
+               "i % len(class_names)")
 VERIFY_ROWS = 256  # latents (or validation images) compared at most
 
 
@@ -90,14 +92,18 @@ class GeneratorSpec:
 def check_inputs(spec: GeneratorSpec, z: Any, label: Any = None) -> tuple[np.ndarray, np.ndarray | None]:
     """z as float32 [B, latent_dim] and label as int64 [B] (None when unconditional), or exit 2 naming the fault."""
     z = np.asarray(z)
-    if z.ndim != 2 or z.shape[1] != spec.latent_dim:
-        raise UsageError(f"z has shape {list(z.shape)}; this generator takes z FP32 [B, {spec.latent_dim}]")
-    if not np.issubdtype(z.dtype, np.floating) or not np.isfinite(z).all():
-        raise UsageError("z must hold finite floating-point numbers (standard normal draws)")
+    if z.ndim != 2 or z.shape[1] != spec.latent_dim or not len(z):
+        raise UsageError(f"z has shape {list(z.shape)}; this generator takes z FP32 [B, {spec.latent_dim}], B >= 1")
+    if not np.issubdtype(z.dtype, np.floating):
+        raise UsageError(f"z has type {z.dtype}; it must hold floating-point numbers (standard normal draws)")
+    with np.errstate(over="ignore"):
+        z = np.ascontiguousarray(z, dtype=np.float32)
+    if not np.isfinite(z).all():  # after the cast: 1e300 in float64 is inf in float32
+        raise UsageError("z must hold finite numbers in float32 (standard normal draws)")
     if not spec.conditional:
         if label is not None:
             raise UsageError("label: this generator is not conditional; send z only")
-        return np.ascontiguousarray(z, dtype=np.float32), None
+        return z, None
     names = spec.class_names or []
     if label is None:
         raise UsageError(f"label INT64 [B] is required: this generator is conditional on {len(names)} classes "
@@ -111,7 +117,7 @@ def check_inputs(spec: GeneratorSpec, z: Any, label: Any = None) -> tuple[np.nda
     bad = label[(label < 0) | (label >= len(names))]
     if len(bad):
         raise UsageError(f"label {int(bad[0])} is out of range: classes are 0..{len(names) - 1}")
-    return np.ascontiguousarray(z, dtype=np.float32), label.astype(np.int64)
+    return z, label.astype(np.int64)
 
 
 # ---------------------------------------------------------------- PNG
@@ -163,6 +169,13 @@ def write_images(images: np.ndarray, out: Path) -> list[Path]:
         return [save_grid(images, out)]
     if out.exists() and not out.is_dir():
         raise UsageError(f"--out {out}: is a file; give a folder or a .png name")
+    if out.exists():  # the folder is swapped in whole: only a previous generate's PNGs may be replaced
+        if out.resolve() in (Path.cwd(), *Path.cwd().parents):
+            raise UsageError(f"--out {out}: the working directory or a folder above it; give a new folder")
+        other = next((p.name for p in sorted(out.iterdir()) if not re.fullmatch(r"\d{5}\.png", p.name)), None)
+        if other is not None:
+            raise UsageError(f"--out {out}: the folder holds {other}, which generate did not write; give a new or "
+                             "empty folder (generate replaces the folder whole)")
     with atomic.atomic_dir(out) as tmp:
         for i, image in enumerate(images):
             (tmp / f"{i:05d}.png").write_bytes(encode_png(image))

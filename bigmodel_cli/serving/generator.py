@@ -143,12 +143,14 @@ class GeneratorInput:
 
     def _label_parameter(self, value: Any, rows: int) -> np.ndarray:
         if _is_int(value):
-            return np.full(rows, value, dtype=np.int64)
+            value = [value] * rows
         if isinstance(value, list) and value and all(_is_int(v) for v in value):
             if len(value) != rows:
                 raise RequestError(400, f"parameter 'label' has {len(value)} classes for {rows} images")
-            if not all(-(2**63) <= v < 2**63 for v in value):
-                raise RequestError(400, "parameter 'label': class indices out of range")
+            bad = [v for v in value if not 0 <= v < self.n_classes]  # before int64, which 2**70 would overflow
+            if bad:
+                raise RequestError(400, f"label {bad[0]} is out of range: classes are 0..{self.n_classes - 1} "
+                                        f"({self._classes()})")
             return np.asarray(value, dtype=np.int64)
         raise RequestError(400, f"parameter 'label' must be a class index (0..{self.n_classes - 1}) or a list of "
                                 f"them, got {value!r}")

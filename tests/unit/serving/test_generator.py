@@ -156,6 +156,8 @@ BAD = {
                     "parameters": {"seed": 1, "label": 0}}, "not both"),
     "label missing": ({"parameters": {"seed": 1}}, "missing 'label'"),
     "label out of range": ({"parameters": {"seed": 1, "label": 3}}, "label 3 is out of range: classes are 0..2"),
+    "label beyond int64": ({"parameters": {"seed": 1, "label": 2**70}}, f"label {2**70} is out of range"),
+    "label list beyond int64": ({"parameters": {"seed": 1, "label": [0, -2**70]}}, "is out of range"),
     "label tensor out of range": ({"inputs": [{"name": "label", "shape": [1], "datatype": "INT64", "data": [-1]}],
                                    "parameters": {"seed": 1}}, "label -1 is out of range"),
     "label and parameter": ({"inputs": [{"name": "label", "shape": [1], "datatype": "INT64", "data": [1]}],

@@ -149,7 +149,8 @@ def generator(path: Path, *, conditional: bool = False, latent_dim: int = 8, ima
         "input_shape": json.dumps([latent_dim]), "image_shape": json.dumps(list(image_shape)),
         "input_kind": "latent", "latent_dim": str(latent_dim), "conditional": json.dumps(conditional),
         "z_distribution": "standard_normal", "z_seed_rule": Z_RULE, "output_dtype": "uint8",
-        "label_rule": "label of image i: the label asked for, else i % len(class_names)"})
+        "label_rule": "label of image i: the label asked for (a server requires it); bigmodel generate and eval "
+                      "without one: i % len(class_names)"})
     return path
 
 

@@ -50,6 +50,12 @@ def test_bad_generator_inputs_are_named():
     plain = GeneratorSpec("generation", [1, 8, 8], latent_dim=8)
     with pytest.raises(UsageError, match="not conditional"):
         check_inputs(plain, np.zeros((2, 8), np.float32), [1, 2])
+    with pytest.raises(UsageError, match=r"B >= 1"):
+        check_inputs(plain, np.zeros((0, 8), np.float32))
+    with pytest.raises(UsageError, match="finite numbers in float32"):  # finite in float64, not once cast
+        check_inputs(plain, np.full((1, 8), 1e300))
+    with pytest.raises(UsageError, match="floating-point"):
+        check_inputs(plain, np.zeros((1, 8), np.int64))
 
 
 def test_metrics_tell_the_same_distribution_from_another():
@@ -120,6 +126,8 @@ def test_features_run_of_other_data_is_refused(gan_run, digits_run, tmp_path):
         evaluate(gan_run, Options(features=digits_run, samples=20))
     with pytest.raises(UsageError, match="--features RUN_DIR"):
         evaluate(gan_run, Options())
+    with pytest.raises(UsageError, match="--split train: the floor"):
+        evaluate(gan_run, Options(features=digits_run, split="train"))
 
 
 @pytest.fixture(scope="module")
@@ -252,6 +260,24 @@ def test_generate_writes_grids_and_folders_and_refuses_bad_input(gan_run, denois
     assert main("generate", str(gan_run), "--z", str(tmp_path / "z.npy"), "--out", str(tmp_path / "x.png")) == 2
     assert main("generate", str(denoise_run), "--out", str(tmp_path / "x.png")) == 2
     assert not (tmp_path / "x.png").exists()
+    assert main("generate", str(gan_run), "--seed", "-1", "--out", str(tmp_path / "x.png")) == 2
+    assert not (tmp_path / "x.png").exists()
+
+
+def test_generate_replaces_only_a_folder_of_its_own_pngs(gan_run, tmp_path, monkeypatch):
+    """--out FOLDER is swapped in whole: a previous generate's folder is replaced, any other is refused intact."""
+    out = tmp_path / "samples"
+    assert main("generate", str(gan_run), "--n", "3", "--out", str(out)) == 0
+    assert main("generate", str(gan_run), "--n", "2", "--out", str(out)) == 0
+    assert sorted(p.name for p in out.iterdir()) == ["00000.png", "00001.png"]
+    (out / "notes.txt").write_text("mine")
+    assert main("generate", str(gan_run), "--n", "2", "--out", str(out)) == 2
+    assert (out / "notes.txt").read_text() == "mine" and len(list(out.iterdir())) == 3
+    monkeypatch.chdir(out)
+    (out / "notes.txt").unlink()
+    assert main("generate", str(gan_run), "--n", "2", "--out", ".") == 2  # the working directory is never swapped
+    assert main("generate", str(gan_run), "--n", "2", "--out", str(tmp_path)) == 2
+    assert sorted(p.name for p in out.iterdir()) == ["00000.png", "00001.png"]
 
 
 def test_restoration_model_takes_and_gives_uint8_images(denoise_run, restoration_data):
