@@ -23,35 +23,19 @@ call), raw bytes as binary tensor data, base64 text in JSON. Restoration models 
 
 from __future__ import annotations
 
-import io
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
+from bigmodel_cli.export.generator_spec import LATENT_RULE, encode_png, latents  # the export's rules, numpy only
 from bigmodel_cli.serving.protocol import RequestError, TensorSpec
 
 Z_INPUT = "z"
 LABEL_INPUT = "label"
 IMAGE_OUTPUT = "image"
 PNG_OUTPUT = "image_png"
-LATENT_RULE = "numpy.random.default_rng(seed).standard_normal((n, latent_dim), dtype=numpy.float32)"
 _MAX_SEED = 2**64 - 1
-
-
-def latents(seed: int, n: int, latent_dim: int) -> np.ndarray:
-    """z for `n` images from `seed`: standard normal float32 [n, latent_dim] (the export's rule)."""
-    return np.random.default_rng(seed).standard_normal((n, latent_dim), dtype=np.float32)
-
-
-def encode_png(image: np.ndarray) -> bytes:
-    """One uint8 image [C, H, W] (C = 1 or 3) as PNG bytes (Pillow's defaults: the same bytes on every call)."""
-    from PIL import Image
-
-    array = image[0] if image.shape[0] == 1 else np.transpose(image, (1, 2, 0))
-    buffer = io.BytesIO()
-    Image.fromarray(np.ascontiguousarray(array, dtype=np.uint8)).save(buffer, format="PNG")
-    return buffer.getvalue()
 
 
 def png_tensor(images: np.ndarray) -> np.ndarray:
