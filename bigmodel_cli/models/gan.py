@@ -45,9 +45,11 @@ def check_sizes(blocks: int = 0, **sizes: int | None) -> None:
     """Exit 2 naming the first `model.args` size below 1 (or `blocks` below 0), before torch fails on it."""
     from bigmodel_cli.errors import UsageError
 
-    for name, value in {**sizes, "blocks": blocks}.items():
-        if value is not None and value < (0 if name == "blocks" else 1):
-            raise UsageError(f"model.args.{name} {value}: must be {'0' if name == 'blocks' else '1'} or more")
+    for name, value in sizes.items():
+        if value is not None and value < 1:
+            raise UsageError(f"model.args.{name} {value}: must be 1 or more")
+    if blocks < 0:
+        raise UsageError(f"model.args.blocks {blocks}: must be 0 or more")
 
 
 def _leaky() -> nn.Module:

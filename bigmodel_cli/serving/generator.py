@@ -119,10 +119,7 @@ class GeneratorInput:
         label = inputs[LABEL_INPUT]
         if len(label) != rows:
             raise RequestError(400, f"input '{LABEL_INPUT}' has {len(label)} rows, z has {rows}")
-        bad = label[(label < 0) | (label >= self.n_classes)]
-        if len(bad):
-            raise RequestError(400, f"label {int(bad[0])} is out of range: classes are 0..{self.n_classes - 1} "
-                                    f"({self._classes()})")
+        self._check_range(label.tolist())
         return inputs
 
     def _label_parameter(self, value: Any, rows: int) -> np.ndarray:
@@ -131,13 +128,16 @@ class GeneratorInput:
         if isinstance(value, list) and value and all(_is_int(v) for v in value):
             if len(value) != rows:
                 raise RequestError(400, f"parameter 'label' has {len(value)} classes for {rows} images")
-            bad = [v for v in value if not 0 <= v < self.n_classes]  # before int64, which 2**70 would overflow
-            if bad:
-                raise RequestError(400, f"label {bad[0]} is out of range: classes are 0..{self.n_classes - 1} "
-                                        f"({self._classes()})")
+            self._check_range(value)  # on Python ints, before int64 (which 2**70 would overflow)
             return np.asarray(value, dtype=np.int64)
         raise RequestError(400, f"parameter 'label' must be a class index (0..{self.n_classes - 1}) or a list of "
                                 f"them, got {value!r}")
+
+    def _check_range(self, labels: list[int]) -> None:
+        bad = next((v for v in labels if not 0 <= v < self.n_classes), None)
+        if bad is not None:
+            raise RequestError(400, f"label {bad} is out of range: classes are 0..{self.n_classes - 1} "
+                                    f"({self._classes()})")
 
     def _classes(self) -> str:
         names = ", ".join(f"{i} {name}" for i, name in enumerate(self.class_names[:10]))

@@ -147,6 +147,7 @@ def test_dcgan_d_width_sizes_the_discriminator_alone():
     (["model.args.width=0"], "model.args.width 0: must be 1 or more"),
     (["model.args.d_width=0"], "model.args.d_width 0: must be 1 or more"),
     (["model.args.latent_dim=0"], "model.args.latent_dim 0: must be 1 or more"),
+    (["model.args.blocks=-1"], "model.args.blocks -1: must be 0 or more"),
 ])
 def test_options_a_generative_run_cannot_use_are_refused(generation_data, tmp_path, sets, message):
     with pytest.raises(UsageError, match=message):
