@@ -99,6 +99,9 @@ class CorruptSection(Section):
 
     gaussian_noise: float = Field(default=0.0, ge=0.0)  # std of additive Gaussian noise on [0, 1] pixels (0.5)
     mask: float = Field(default=0.0, ge=0.0, lt=1.0)  # inpainting: area fraction of a random square hole set to 0
+    clip: bool = True  # true: corrupted images clipped to [0, 1] at 8-bit levels, as photos are (export: UINT8 input);
+    # false: additive white Gaussian noise as denoising benchmarks add it (DnCNN, KAIR): unclipped floats (export:
+    # FP32 input, pixels on the 0..255 scale)
 
 
 class DataSection(Section):

@@ -1,7 +1,8 @@
 """Generators and restoration models as ONNX, and the contract that `export`, `generate` and `serve` share.
 
     bigmodel export runs/digits-dcgan          # -> model.onnx: z FP32 [B, zdim] (+ label INT64 [B]) -> image UINT8
-    bigmodel export runs/digits-denoise        # -> model.onnx: input UINT8 [B, C, H, W] -> image UINT8 [B, C, H, W]
+    bigmodel export runs/digits-denoise        # -> model.onnx: input FP32 [B, C, H, W] -> image UINT8 [B, C, H, W]
+                                               #    (input UINT8 when data.corrupt.clip: 8-bit noisy images)
     bigmodel generate runs/digits-dcgan --n 64 --seed 0 --out grid.png
 
     z = latents(seed=0, n=64, latent_dim=64)   # the seed -> z rule, numpy only (servers reproduce it without torch)
@@ -218,8 +219,10 @@ def _verify_inputs(run, spec: GeneratorSpec, rows: int) -> dict[str, np.ndarray]
 
     x, _ = validation_rows(run, rows)
     clean = torch.from_numpy(np.asarray(x, dtype=np.float32)) / 255.0
-    noisy = corrupt(clean, run.recipe.data.corrupt, torch.Generator().manual_seed(run.recipe.seed))
-    return {"input": torch.round(noisy * 255.0).to(torch.uint8).numpy()}
+    noisy = corrupt(clean, run.recipe.data.corrupt, torch.Generator().manual_seed(run.recipe.seed)) * 255.0
+    if not run.recipe.data.corrupt.clip:  # unclipped noise: FP32 pixels on the 0..255 scale
+        return {"input": noisy.numpy()}
+    return {"input": torch.round(noisy).to(torch.uint8).numpy()}
 
 
 def _torch_outputs(module, feeds: dict[str, np.ndarray]) -> np.ndarray:
@@ -282,7 +285,7 @@ def export_generator(run, checkpoint: str, out: Path, report_file: Path, opset: 
                                 f"{check['max_abs_error']:.3g} on [0, 1] pixels, identical pixels "
                                 f"{check['identical_pixels']:.4f}); no model written")
         inputs = {"z": {"dtype": "float32", "shape": [-1, spec.latent_dim]}} if spec.task == "generation" else \
-            {"input": {"dtype": "uint8", "shape": [-1, *spec.image_shape]}}
+            {"input": {"dtype": str(feeds["input"].dtype), "shape": [-1, *spec.image_shape]}}
         if spec.conditional:
             inputs["label"] = {"dtype": "int64", "shape": [-1], "classes": spec.class_names}
         report = {"model": str(out), "run": str(run.path), "format": "onnx", "task": spec.task, "checkpoint": record,

@@ -17,8 +17,8 @@ same images as `bigmodel generate MODEL.onnx --seed S`. Row i of a seed is the s
 
 `image_png` is an extra BYTES output (as `label` is for classifiers) of any model whose `image` output is
 UINT8 [B, C, H, W] with 1 or 3 channels: one PNG per image (Pillow, default settings: the same bytes every
-call), raw bytes as binary tensor data, base64 text in JSON. Restoration models (`input` UINT8 image ->
-`image` UINT8) are plain tensors and get `image_png` too.
+call), raw bytes as binary tensor data, base64 text in JSON. Restoration models (`input` UINT8, or FP32
+unclipped pixels, -> `image` UINT8) are plain tensors and get `image_png` too.
 """
 
 from __future__ import annotations

@@ -6,11 +6,12 @@ The corruption is declared in the recipe (`data.corrupt`: `gaussian_noise` std o
 pixels, `mask` area fraction of a random square hole set to 0) and applied on the fly to each
 training batch with the loop's random streams (so resume replays it exactly); it is never
 stored. Corrupted images are clipped to [0, 1] and rounded to 8-bit levels, as the uint8 images
-the exported model takes would be. The loss is `train.loss` (auto: mse; mae; huber, linear beyond
-`train.huber_delta`) between the restored and the clean image on [0, 1]. Validation corrupts the
-validation images once with a generator seeded by the recipe's seed, and reports val_loss, val_psnr
-and val_ssim of the restored images (rounded to 8-bit, as served); rank 0 writes
-`samples/epoch_NNN.png` (rows: corrupted, restored, clean).
+the exported model takes would be; with `data.corrupt.clip: false` the noise is additive white
+Gaussian noise as denoising benchmarks add it (unclipped floats; the exported model takes FP32).
+The loss is `train.loss` (auto: mse; mae; huber, linear beyond `train.huber_delta`) between the
+restored and the clean image on [0, 1]. Validation corrupts the validation images once with a
+generator seeded by the recipe's seed, and reports val_loss, val_psnr and val_ssim of the restored
+images (rounded to 8-bit, as served); rank 0 writes `samples/epoch_NNN.png` (rows: corrupted, restored, clean).
 """
 
 from __future__ import annotations
@@ -32,11 +33,12 @@ GRID_IMAGES = 16  # validation images shown in each epoch's grid
 
 
 def corrupt(x: torch.Tensor, cfg, generator: torch.Generator | None = None) -> torch.Tensor:
-    """Corrupted copies of clean images `x` on [0, 1]: noise and/or a square hole, clipped, at 8-bit levels."""
+    """Corrupted copies of clean images `x` on [0, 1]: noise and/or a square hole; clipped to [0, 1] at 8-bit levels
+    unless `cfg.clip` is false (then the noise is left as drawn: additive white Gaussian noise)."""
     out = x
     if cfg.gaussian_noise:
         noise = torch.randn(x.shape, generator=generator) if generator is not None else torch.randn_like(x)
-        out = (out + cfg.gaussian_noise * noise.to(x.device)).clamp(0.0, 1.0)
+        out = out + cfg.gaussian_noise * noise.to(x.device)
     if cfg.mask:
         n, _, height, width = x.shape
         side_h = max(1, round(height * cfg.mask ** 0.5))
@@ -48,7 +50,7 @@ def corrupt(x: torch.Tensor, cfg, generator: torch.Generator | None = None) -> t
         hole = ((rows >= top[:, None, None]) & (rows < (top + side_h)[:, None, None])
                 & (cols >= left[:, None, None]) & (cols < (left + side_w)[:, None, None]))
         out = out.masked_fill(hole[:, None], 0.0)
-    return torch.round(out * 255.0) / 255.0
+    return torch.round(out.clamp(0.0, 1.0) * 255.0) / 255.0 if cfg.clip else out
 
 
 def _randint(high: int, n: int, generator: torch.Generator | None) -> torch.Tensor:
@@ -172,7 +174,7 @@ def restore_split(net, split: Split, recipe, device, limit: int | None = None):
         clean = torch.from_numpy(x).float() / 255.0
         noisy = corrupt(clean, recipe.data.corrupt, gen)
         restored = net(noisy.to(device)).float().clamp(0.0, 1.0).cpu()
-        for i, t in enumerate((clean, noisy, restored)):
+        for i, t in enumerate((clean, noisy.clamp(0.0, 1.0), restored)):  # unclipped noise is shown clipped
             out[i].append(torch.round(t * 255.0).to(torch.uint8).numpy())
     return tuple(np.concatenate(parts) for parts in out)
 

@@ -17,6 +17,7 @@ import sys
 import time
 
 import numpy as np
+import onnxruntime as ort
 import pytest
 import torch
 
@@ -113,9 +114,15 @@ def test_digits_denoise_pipeline(cli, tmp_path):
     run = tmp_path / "runs/digits-denoise"
     evaluated = ok(cli("eval", str(run), "--fail-under", "psnr_gain=0.5", "--json"), "eval")
     assert evaluated["metrics"]["psnr"] > evaluated["metrics"]["psnr_corrupted"] + 0.5
+    assert evaluated["metrics"]["psnr_corrupted"] == pytest.approx(6.02, abs=0.3)  # unclipped sigma 0.5 on [0, 1]
     exported = ok(cli("export", str(run), "--json"), "export")
-    assert exported["inputs"] == {"input": {"dtype": "uint8", "shape": [-1, 1, 8, 8]}}
+    assert exported["inputs"] == {"input": {"dtype": "float32", "shape": [-1, 1, 8, 8]}}  # unclipped noisy pixels
     assert exported["verification"]["identical_pixels"] >= 0.999
+    session = ort.InferenceSession(str(run / "model.onnx"), providers=["CPUExecutionProvider"])
+    clean = np.load(tmp_path / "data/digits-denoise/test/x.npy")[:32].astype(np.float32)
+    noisy = clean + np.random.default_rng(0).normal(0, 127.5, clean.shape).astype(np.float32)
+    restored = session.run(["image"], {"input": noisy})[0]
+    assert restored.dtype == np.uint8 and np.mean((restored - clean) ** 2) < np.mean((noisy - clean) ** 2) / 2
 
 
 @pytest.mark.slow

@@ -19,6 +19,7 @@ import httpx
 import numpy as np
 import onnxruntime as ort
 import pytest
+from onnx import TensorProto
 from PIL import Image
 
 from bigmodel_cli.errors import UsageError
@@ -45,7 +46,8 @@ def rule(seed: int, n: int, latent_dim: int = 8) -> np.ndarray:
 def paths(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     root = tmp_path_factory.mktemp("generators")
     return {"plain": generator(root / "gan.onnx"), "cond": generator(root / "cgan.onnx", conditional=True),
-            "rgb": generator(root / "rgb.onnx", image_shape=(3, 5, 6)), "restore": restorer(root / "denoise.onnx")}
+            "rgb": generator(root / "rgb.onnx", image_shape=(3, 5, 6)), "restore": restorer(root / "denoise.onnx"),
+            "restore_fp32": restorer(root / "denoise_fp32.onnx", dtype=TensorProto.FLOAT)}
 
 
 @pytest.fixture(scope="module")
@@ -258,6 +260,24 @@ def test_restoration_model_is_served_as_plain_tensors(paths: dict[str, Path]) ->
     assert np.array_equal(_image(r.json()), want)
     assert np.array_equal(np.stack([_decode_png(p) for p in _pngs(r.json())]), want)
     assert missing.status_code == 400  # no seed for a model that is not a generator
+
+
+def test_restoration_model_of_unclipped_noise_takes_fp32_pixels(paths: dict[str, Path]) -> None:
+    model = LoadedModel.load(paths["restore_fp32"], device="cpu", max_batch_size=8)
+    x = np.random.default_rng(3).uniform(-20, 480, size=(2, 1, 4, 4)).astype(np.float32)  # beyond 0..255
+    with TestClient(create_app(model)) as c:
+        meta = c.get(f"/v2/models/{RESTORE}").json()
+        assert meta["inputs"] == [{"name": "input", "datatype": "FP32", "shape": [-1, 1, 4, 4]}]
+        r = c.post(f"/v2/models/{RESTORE}/infer", json={
+            "inputs": [{"name": "input", "shape": [2, 1, 4, 4], "datatype": "FP32", "data": x.ravel().tolist()}],
+            "outputs": [{"name": "image"}, {"name": "image_png"}]})
+        photo = c.post(f"/v2/models/{RESTORE}/infer", json={  # 8-bit pixels are pixels too: cast to FP32
+            "inputs": [{"name": "input", "shape": [1, 1, 4, 4], "datatype": "UINT8", "data": [200] * 16}]})
+    assert r.status_code == 200, r.text
+    want = np.floor(x * 0.5 + 10).astype(np.uint8)
+    assert np.array_equal(_image(r.json()), want)
+    assert np.array_equal(np.stack([_decode_png(p) for p in _pngs(r.json())]), want)
+    assert photo.status_code == 200 and (_image(photo.json()) == 110).all()
 
 
 def test_generator_whose_metadata_contradicts_its_graph_is_refused(paths: dict[str, Path], tmp_path: Path) -> None:

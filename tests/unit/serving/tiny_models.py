@@ -154,8 +154,9 @@ def generator(path: Path, *, conditional: bool = False, latent_dim: int = 8, ima
     return path
 
 
-def restorer(path: Path, image_shape: tuple[int, int, int] = (1, 4, 4)) -> Path:
-    """A restoration model: `input` UINT8 [B, C, H, W] -> `image` UINT8 (each pixel halved, plus 10)."""
+def restorer(path: Path, image_shape: tuple[int, int, int] = (1, 4, 4), dtype: int = TensorProto.UINT8) -> Path:
+    """A restoration model: `input` UINT8 [B, C, H, W] (or FP32: unclipped noisy pixels, `data.corrupt.clip:
+    false`) -> `image` UINT8 (each pixel halved, plus 10)."""
     from bigmodel_cli.export import metadata
 
     inits = [numpy_helper.from_array(np.array(0.5, np.float32), "half"),
@@ -165,7 +166,7 @@ def restorer(path: Path, image_shape: tuple[int, int, int] = (1, 4, 4)) -> Path:
              helper.make_node("Floor", ["r"], ["fl"]),
              helper.make_node("Cast", ["fl"], ["image"], to=TensorProto.UINT8)]
     graph = helper.make_graph(nodes, "tiny_denoise",
-                              [helper.make_tensor_value_info("input", TensorProto.UINT8, ["batch", *image_shape])],
+                              [helper.make_tensor_value_info("input", dtype, ["batch", *image_shape])],
                               [helper.make_tensor_value_info("image", TensorProto.UINT8, ["batch", *image_shape])],
                               initializer=inits)
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)], ir_version=10)

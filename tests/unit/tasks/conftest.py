@@ -10,7 +10,7 @@ GAN = ["model.args={latent_dim: 8, width: 8, conditional: true}", "train.epochs=
        "train.gan.d_steps=2", "train.gan.ema_decay=0.9", "eval.generative.val_samples=96"]
 VAE = ["model.args={latent_dim: 4, width: 8}", "train.epochs=2", "train.batch_size=32",
        "eval.generative.val_samples=96"]
-DENOISE = ["model.args={width: 8}", "train.epochs=2", "train.batch_size=32"]
+DENOISE = ["model.args={width: 8}", "train.epochs=2", "train.batch_size=32", "data.corrupt.clip=true"]  # 8-bit
 ROWS = {"train_rows": 128, "val_rows": 96}
 
 

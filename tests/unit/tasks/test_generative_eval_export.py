@@ -90,6 +90,10 @@ def test_psnr_ssim_and_the_corruption():
     assert noisy.min() >= 0 and noisy.max() <= 1 and torch.equal(noisy, torch.round(noisy * 255) / 255)
     holed = corrupt(torch.ones(4, 1, 8, 8), CorruptSection(mask=0.25), torch.Generator().manual_seed(0))
     assert ((holed == 0).flatten(1).sum(1) == 16).all()  # a 4x4 hole in each 8x8 image
+    # clip false: additive white Gaussian noise exactly as drawn, beyond [0, 1] and between 8-bit levels
+    awgn = corrupt(x, CorruptSection(gaussian_noise=0.5, clip=False), torch.Generator().manual_seed(0))
+    assert torch.equal(awgn, x + 0.5 * torch.randn(x.shape, generator=torch.Generator().manual_seed(0)))
+    assert awgn.min() < 0 and awgn.max() > 1 and float(psnr(awgn, x).mean()) == pytest.approx(6.02, abs=0.5)
 
 
 # ---------------------------------------------------------------- eval
