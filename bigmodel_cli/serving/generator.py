@@ -2,7 +2,7 @@
 
     POST /v2/models/digits-dcgan/infer
     {"inputs": [], "parameters": {"seed": 7, "n": 4}, "outputs": [{"name": "image_png"}]}          # 4 PNGs
-    {"inputs": [{"name": "z", "shape": [1, 64], "datatype": "FP32", "data": [...]}]}                 # image UINT8
+    {"inputs": [{"name": "z", "shape": [1, 8], "datatype": "FP32", "data": [...]}]}                  # image UINT8
     {"inputs": [], "parameters": {"seed": 7, "label": 3}}                                             # conditional
 
 The contract is the generative export's (docs/generative.md): inputs `z` FP32 [B, latent_dim] and, when the
