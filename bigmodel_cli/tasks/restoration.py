@@ -185,6 +185,7 @@ def restoration_scores(net, split: Split, recipe, device) -> dict[str, float]:
     images, on 8-bit levels), over the whole split corrupted once with the recipe's seed."""
     gen = torch.Generator().manual_seed(recipe.seed)
     sums = dict.fromkeys(("loss", "psnr", "ssim", "psnr_corrupted", "ssim_corrupted"), 0.0)
+    loss_fn = loss_function(recipe.train)
     n = len(split)
     for start in range(0, n, VAL_BATCH):
         x, _ = split.take(np.arange(start, min(n, start + VAL_BATCH)))
@@ -192,7 +193,7 @@ def restoration_scores(net, split: Split, recipe, device) -> dict[str, float]:
         noisy = corrupt(clean, recipe.data.corrupt, gen)
         out = net(noisy.to(device)).float().cpu()
         restored = torch.round(out.clamp(0.0, 1.0) * 255.0) / 255.0
-        sums["loss"] += float(loss_function(recipe.train)(out, clean)) * len(x)
+        sums["loss"] += float(loss_fn(out, clean)) * len(x)
         sums["psnr"] += float(psnr(restored, clean).sum())
         sums["ssim"] += float(ssim(restored, clean).sum())
         sums["psnr_corrupted"] += float(psnr(noisy, clean).sum())
