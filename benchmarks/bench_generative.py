@@ -221,10 +221,12 @@ def hand_written_gan(data: Path, steps: int) -> float:
     fused = recipe.train.optimizer.fused  # the recipe's optimizer kernel, as the engine builds it
     opt_g = torch.optim.Adam(g.parameters(), lr=cfg.g_lr, betas=cfg.g_betas, fused=fused)
     opt_d = torch.optim.Adam(d.parameters(), lr=cfg.d_lr, betas=cfg.d_betas, fused=fused)
-    order = torch.randperm(len(x))
+    per_epoch = -(-len(x) // batch)  # the engine's batches: a new order each epoch, the last one partial
     done, started = 0, time.perf_counter()
     for step in range(steps):
-        rows = order[(step * batch) % len(x):(step * batch) % len(x) + batch]
+        if step % per_epoch == 0:
+            order = torch.randperm(len(x))
+        rows = order[(step % per_epoch) * batch:(step % per_epoch + 1) * batch]
         real = x.index_select(0, rows).float() / 127.5 - 1
         fake = g(torch.randn(len(real), g.latent_dim))
         scores = d(augment(torch.cat([real, fake.detach()])))

@@ -216,10 +216,13 @@ class Generation:
         n = len(real)
         y = batch.y if self.conditional else None
         g_turn = step.step % cfg.d_steps == cfg.d_steps - 1  # G after every d_steps discriminator steps
-        z = torch.randn(n, self.latent_dim, device=real.device)
+        # BatchNorm in training mode needs 2 rows: a batch of one (the last of an epoch, or a rank's share of it)
+        # gives G a second z, whose image only enters the batch statistics
+        m = max(n, 2)
+        z = torch.randn(m, self.latent_dim, device=real.device)
         generator, discriminator = parts.modules["generator"], parts.modules["discriminator"]
         with step.autocast(), torch.set_grad_enabled(g_turn):
-            fake = generator(z, y)
+            fake = generator(z, y if y is None or m == n else y.repeat(m))[:n]
         # D: real and fake (and the wgan-gp interpolates) in one forward, so DDP sees one pass per step
         x_real = real.detach().requires_grad_(cfg.r1_gamma > 0)
         parts_in = [x_real, fake.detach().to(real.dtype)]

@@ -80,6 +80,15 @@ def test_interrupt_then_resume_equals_uninterrupted_for_every_part(generation_da
     assert rows(tmp_path / "straight")[-1]["val_fid"] == rows(tmp_path / "cut")[-1]["val_fid"]
 
 
+def test_a_last_batch_of_one_image_trains_the_batchnorm_generator(generation_data, tmp_path):
+    # 128 train rows in batches of 127: the second step, a G step (d_steps 2), has one real image
+    summary = train("digits-dcgan", generation_data, tmp_path / "run", [*GAN, "train.epochs=1", "train.batch_size=127"])
+    last = summary["last_metrics"]
+    assert np.isfinite(last["train_d_loss"]) and np.isfinite(last["train_g_loss"])
+    state = torch.load(tmp_path / "run/checkpoints/last.pt", weights_only=True)
+    assert int(state["optimizers"]["generator"]["state"][0]["step"]) == 1
+
+
 @pytest.mark.parametrize("loss", ["hinge", "wgan-gp"])
 def test_other_losses_spectral_norm_and_bf16_train_finite(generation_data, tmp_path, loss):
     sets = [*GAN, "train.epochs=1", f"train.gan.loss={loss}", "train.gan.spectral_norm=true",
