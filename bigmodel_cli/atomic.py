@@ -58,6 +58,19 @@ def atomic_path(dest: str | os.PathLike[str]) -> Iterator[Path]:
             tmp.unlink()
 
 
+def link(src: str | os.PathLike[str], dest: str | os.PathLike[str]) -> Path:
+    """`dest` becomes the file `src` is, atomically: a hard link (nothing written twice), or a copy where the
+    filesystem has none. Every writer here renames a new file onto its name, so a later write of either name
+    leaves the other as it was."""
+    with atomic_path(dest) as tmp:
+        tmp.unlink()
+        try:
+            os.link(src, tmp)
+        except OSError:  # no hard links on this filesystem, or across devices
+            shutil.copyfile(src, tmp)
+    return Path(dest)
+
+
 def write_bytes(dest: str | os.PathLike[str], data: bytes) -> Path:
     with atomic_path(dest) as tmp:
         tmp.write_bytes(data)

@@ -41,14 +41,19 @@ def find(run_dir: str | Path, which: str) -> Path | None:
     return None
 
 
-def save_atomic(path: str | Path, state: dict[str, Any]) -> Path:
+def save_atomic(path: str | Path, state: dict[str, Any], also: tuple[str | Path, ...] = ()) -> Path:
+    """Write `state` to `path`; `also`: other names for the same state (best and last after an improving
+    epoch), hard links to the one file written rather than a second serialisation of it."""
     import torch
 
     with atomic.atomic_path(path) as tmp:
         torch.save(state, tmp)
-    sharded = Path(path).with_suffix("")
-    if sharded.is_dir():  # an older sharded checkpoint of the same name
-        shutil.rmtree(sharded, ignore_errors=True)
+    for name in (path, *also):
+        if name is not path:
+            atomic.link(path, name)
+        sharded = Path(name).with_suffix("")
+        if sharded.is_dir():  # an older sharded checkpoint of the same name
+            shutil.rmtree(sharded, ignore_errors=True)
     return Path(path)
 
 

@@ -448,9 +448,7 @@ class Trainer:
         if patience is not None and state["bad_epochs"] >= patience:
             state["stopped_early"] = True
         self.callbacks.epoch_end(state["history"], row)
-        if improved:
-            self._save("best")
-        self._save("last")
+        self._save(*(("best", "last") if improved else ("last",)))  # best first: a kill between leaves last behind
         bar.end_epoch(row, improved)
         if self.dist.sum(float(bool(stop.requested)))[0]:
             last = distributed.on_main(self.dist, self.run_dir, "checkpoints/last.pt")
@@ -477,8 +475,9 @@ class Trainer:
 
     # ------------------------------------------------------------------ checkpoints and the end
 
-    def _save(self, which: str) -> None:
-        """Every rank calls it (RNG states are gathered); rank 0 writes, FSDP ranks each write their shard."""
+    def _save(self, which: str, *also: str) -> None:
+        """Every rank calls it (RNG states are gathered); rank 0 writes, FSDP ranks each write their shard.
+        `also`: the same state under other names (a hard link to one file; each written again when sharded)."""
         rng = self.dist.gather_objects(rng_state())
         extra = {"format": checkpoint.FORMAT, "bigmodel_version": __version__, "meta": self.meta,
                  "schedules": {n: s.state_dict() for n, (_, s) in self.optimizers.items()},
@@ -489,12 +488,14 @@ class Trainer:
         if self.strategy.sharded:
             pairs = {n: (net, self.optimizers[n][0] if n in self.optimizers else None)
                      for n, net in self.parts.networks.items()}
-            checkpoint.save_sharded(pairs, extra, self.ckpt_dir / which, self.dist)
+            for name in (which, *also):
+                checkpoint.save_sharded(pairs, extra, self.ckpt_dir / name, self.dist)
         else:
             if self.dist.is_main:
                 checkpoint.save_atomic(self.ckpt_dir / f"{which}.pt", {
                     **extra, "networks": {n: net.state_dict() for n, net in self.parts.networks.items()},
-                    "optimizers": {n: opt.state_dict() for n, (opt, _) in self.optimizers.items()}})
+                    "optimizers": {n: opt.state_dict() for n, (opt, _) in self.optimizers.items()}},
+                    also=tuple(self.ckpt_dir / f"{name}.pt" for name in also))
             self.dist.barrier()  # the others wait for the write here (io group), not in the next step's all-reduce
 
     def _stop_all(self, error: Exception) -> None:

@@ -32,3 +32,21 @@ def test_json_refuses_nan(tmp_path):
     with pytest.raises(ValueError):
         atomic.write_json(tmp_path / "n.json", {"v": float("nan")})
     assert not (tmp_path / "n.json").exists()
+
+
+def test_a_linked_name_keeps_its_content_when_the_other_is_written_again(tmp_path, monkeypatch):
+    last, best = tmp_path / "last.pt", tmp_path / "best.pt"
+    atomic.write_bytes(best, b"old best")
+    atomic.write_bytes(last, b"epoch 3")
+    atomic.link(last, best)  # an improving epoch: one file, two names
+    assert best.read_bytes() == b"epoch 3" and best.stat().st_ino == last.stat().st_ino
+    atomic.write_bytes(last, b"epoch 4")  # the next epoch rewrites last only
+    assert best.read_bytes() == b"epoch 3" and last.read_bytes() == b"epoch 4"
+
+    def no_links(src, dst):
+        raise OSError("Operation not permitted")
+
+    monkeypatch.setattr(atomic.os, "link", no_links)  # a filesystem without hard links gets a copy
+    atomic.link(last, best)
+    assert best.read_bytes() == b"epoch 4" and best.stat().st_ino != last.stat().st_ino
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["best.pt", "last.pt"]
