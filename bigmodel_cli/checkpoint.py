@@ -48,9 +48,9 @@ def save_atomic(path: str | Path, state: dict[str, Any], also: tuple[str | Path,
 
     with atomic.atomic_path(path) as tmp:
         torch.save(state, tmp)
+    for name in also:
+        atomic.link(path, name)
     for name in (path, *also):
-        if name is not path:
-            atomic.link(path, name)
         sharded = Path(name).with_suffix("")
         if sharded.is_dir():  # an older sharded checkpoint of the same name
             shutil.rmtree(sharded, ignore_errors=True)

@@ -448,7 +448,10 @@ class Trainer:
         if patience is not None and state["bad_epochs"] >= patience:
             state["stopped_early"] = True
         self.callbacks.epoch_end(state["history"], row)
-        self._save(*(("best", "last") if improved else ("last",)))  # best first: a kill between leaves last behind
+        if improved:  # best written first, last linked to it: a kill between the two leaves last behind
+            self._save("best", "last")
+        else:
+            self._save("last")
         bar.end_epoch(row, improved)
         if self.dist.sum(float(bool(stop.requested)))[0]:
             last = distributed.on_main(self.dist, self.run_dir, "checkpoints/last.pt")
