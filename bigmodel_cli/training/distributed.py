@@ -102,15 +102,6 @@ class Dist:
         dist.all_reduce(t, op=dist.ReduceOp.SUM)
         return t.tolist()
 
-    def sum_tensor(self, values: torch.Tensor) -> torch.Tensor:
-        """Sum a small tensor over ranks in place (values already on this rank's device)."""
-        if self.enabled:
-            import torch.distributed as dist
-
-            values = values.to(self._device())
-            dist.all_reduce(values, op=dist.ReduceOp.SUM)
-        return values
-
     def broadcast_object(self, obj):
         """Rank 0's `obj` on every rank (a decision or a state read from rank 0's files only).
 

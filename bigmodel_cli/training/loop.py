@@ -116,8 +116,7 @@ class StepContext:
         self.weight = 1.0
         self.rows = 0  # real rows of this rank in the current micro-batch
         self.pending_rows = 0  # rows since the last optimizer step
-        self.sums: dict[str, torch.Tensor] = {}  # per loss term: sum of (value x rows), on the device
-        self.counts: dict[str, int] = {}  # per loss term: rows it was logged for
+        self.logged: list[tuple[str, torch.Tensor, int]] = []  # (term, value on the device, rows) since then
 
     def autocast(self):
         precision = self.recipe.train.precision
@@ -169,11 +168,8 @@ class StepContext:
         t.parts.averaged[network].update_parameters(t.strategy.whole(t.parts.networks[network]))
 
     def log(self, **terms: torch.Tensor) -> None:
-        """Loss terms of this micro-batch: summed on the device, read once per optimizer step."""
-        for name, value in terms.items():
-            value = value.detach().float() * self.rows
-            self.sums[name] = self.sums[name] + value if name in self.sums else value
-            self.counts[name] = self.counts.get(name, 0) + self.rows
+        """Loss terms (scalars) of this micro-batch: kept on the device, read once per optimizer step."""
+        self.logged.extend((name, value.detach(), self.rows) for name, value in terms.items())
 
 
 class Trainer:
@@ -387,19 +383,20 @@ class Trainer:
             bar.advance(last_loss, self._lr(), seen / elapsed if elapsed else 0.0)
 
     def _finish_step(self, step: StepContext, stop: StopFlag, b: int) -> float:
-        """The one host synchronisation of an optimizer step: losses, divergence and stop requests, all ranks."""
+        """Once per optimizer step: the step's losses read from the device (its one wait for the device), then
+        summed over ranks with the rows and the stop requests in one small all-reduce."""
         state = self.state
         self.scaler.update()
-        zero = torch.zeros((), dtype=torch.float64, device=self.device)
-        sums = [step.sums[t].to(torch.float64) if t in step.sums else zero for t in self.terms]
-        counts = [float(step.counts.get(t, 0)) for t in self.terms]
-        local = torch.cat([torch.stack(sums), torch.tensor([*counts, float(step.pending_rows),
-                                                            float(bool(stop.requested))],
-                                                           dtype=torch.float64, device=self.device)])
-        totals = self.dist.sum_tensor(local).tolist()
+        logged, step.logged = step.logged, []
+        values = torch.stack([value.float() for _, value, _ in logged]).tolist() if logged else []
+        sums, counts = dict.fromkeys(self.terms, 0.0), dict.fromkeys(self.terms, 0)
+        for (term, _, rows), value in zip(logged, values, strict=True):
+            sums[term] += value * rows
+            counts[term] += rows
+        totals = self.dist.sum(*sums.values(), *counts.values(), step.pending_rows, float(bool(stop.requested)))
         k = len(self.terms)
         term_sums, term_counts, (rows, stopping) = totals[:k], totals[k:2 * k], totals[2 * k:]
-        step.sums, step.counts, step.pending_rows = {}, {}, 0
+        step.pending_rows = 0
         if not all(math.isfinite(v) for v in term_sums):
             bad, value = next((t, v) for t, v in zip(self.terms, term_sums, strict=True) if not math.isfinite(v))
             self._stop_all(JobFailed(f"training diverged: {bad} is {'nan' if math.isnan(value) else 'inf'} at step "

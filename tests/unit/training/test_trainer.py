@@ -106,16 +106,16 @@ def test_a_signal_after_the_steps_sum_stops_at_the_next_step(data_dir, tmp_path,
 
     from bigmodel_cli.training.distributed import Dist
 
-    real, sums = Dist.sum_tensor, []
+    real, sums = Dist.sum, []
 
-    def sum_then_signal(self, values):
-        out = real(self, values)
+    def sum_then_signal(self, *values):
+        out = real(self, *values)
         sums.append(float(out[-1]))  # the stop flag, summed
         if len(sums) == 5:
             os.kill(os.getpid(), signal.SIGTERM)  # the handler runs here, after the sum, before the decision
         return out
 
-    monkeypatch.setattr(Dist, "sum_tensor", sum_then_signal)
+    monkeypatch.setattr(Dist, "sum", sum_then_signal)
     with pytest.raises(Interrupted, match="SIGTERM: saved .* at step 6;"):
         fit(recipe(data_dir), tmp_path / "run")
     assert sums == [0.0] * 5 + [1.0]
