@@ -258,7 +258,7 @@ class TrainSection(Section):
     strategy: Literal["auto", "ddp", "fsdp"] = "auto"  # with N processes; auto: ddp
     activation_checkpointing: bool = False  # fsdp: recompute activations of each sharded block in backward
     checkpoint_every_steps: int | None = Field(default=None, ge=1)  # also save last.pt every N optimiser steps
-    loader_workers: int = Field(default=0, ge=0)  # 0: gather batches in a background thread; N: N worker processes
+    loader_workers: int = Field(default=0, ge=0)  # 0: a thread (in line if gathering takes <100 us); N: N processes
     sync_batchnorm: bool = False  # ddp on GPUs: BatchNorm statistics over all processes (N x batch == 1 x N*batch)
     dist_timeout_s: float = Field(default=45.0, gt=0.0)  # N processes: a rank silent this long fails the run
     layer_decay: float | None = Field(default=None, gt=0.0, le=1.0)  # hf: lr x decay^(depth from the top) per layer
