@@ -11,7 +11,7 @@ machine. Each rank takes its share of the same global batch (`N x batch == 1 x N
 Gathering happens ahead of the loop: in a background thread (`workers: 0`) or in worker
 processes (`workers: N`, torch's DataLoader, pinned memory on a GPU). With `workers: 0`, an epoch
 whose first batch gathers in under INLINE_S is gathered in the loop's own thread instead: handing a
-batch over from the background thread costs about that much. Random augmentation is
+batch over from the background thread costs about as much. Random augmentation is
 seeded per batch from (seed, epoch, batch, rank), so the images a batch sees are the same
 whichever process or thread made it, and a resumed run replays them exactly.
 """
@@ -30,7 +30,8 @@ import torch
 
 PREFETCH = 2  # batches made ahead of the one the loop is on
 # a batch gathered faster than this is gathered in the loop's thread: the background thread's hand-over (a queue
-# and the interpreter lock) costs about 50 us a batch on a 2-core CPU, gathering 64 rows of 8x8 pixels 12 us
+# and the interpreter lock) costs 55 us a batch on a 2-core CPU with no work in the steps, and more when the steps
+# compete with it for the lock; gathering 64 rows of 8x8 pixels in line takes 12 us
 INLINE_S = 100e-6
 
 
