@@ -701,12 +701,13 @@ def monitoring() -> None:
 
 # ---------------------------------------------------------------------------------------------- generator
 
-GEN_LATENT = 64
+GEN_LATENT = 8  # digits-dcgan's z
 
 
-def build_generator(folder: Path, latent_dim: int = GEN_LATENT, width: int = 64) -> Path:
-    """A DCGAN-style generator the size of digits-dcgan's (z 64 -> 4x4x2w -> transposed conv -> 8x8x1, uint8 out)
-    with random weights, exported with the generative contract's inputs, output and metadata."""
+def build_generator(folder: Path, latent_dim: int = GEN_LATENT, width: int = 32) -> Path:
+    """A DCGAN-style generator the size of digits-dcgan's (z 8 -> 4x4x64 -> transposed conv -> 8x8x32 -> 8x8x1,
+    uint8 out: models/gan.py's Generator at width 32) with random weights, exported with the generative contract's
+    inputs, output and metadata."""
     import torch
     from torch import nn
 
@@ -760,7 +761,8 @@ def generator_latency() -> None:
         try:
             host, port = servers[0][1].removeprefix("http://").split(":")
             connection = http.client.HTTPConnection(host, int(port), timeout=30)
-            print(f"small generator (z {GEN_LATENT} -> 1x8x8 uint8, DCGAN-style, width 64), bigmodel serve, "
+            print(f"small generator (z {GEN_LATENT} -> 1x8x8 uint8, DCGAN-style, width 32: digits-dcgan's), "
+                  f"bigmodel serve, "
                   f"concurrency 1, one image per request (load average {os.getloadavg()[0]:.1f} on "
                   f"{os.cpu_count()} cores)")
             print(f"  {'request':<28} {'p50 ms':>7} {'p90 ms':>7} {'p99 ms':>7}")
