@@ -37,6 +37,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 
 ROUNDS, EPOCHS = 3, 60  # throughput: fits of digits-dcgan, each epoch paired with one of the loop
 
@@ -90,8 +91,6 @@ def bench_gan(root: Path, cnn: Path | None, out: list, seeds: tuple[int, ...] = 
 def reference_vae(root: Path) -> dict[str, float]:
     """digits-vae's model trained by a plain PyTorch loop: same data, batch, Adam, epochs, early stopping."""
     import math
-
-    import torch.nn.functional as F
 
     from bigmodel_cli.config.recipe import resolve
     from bigmodel_cli.models import create_model
@@ -226,8 +225,6 @@ class HandWrittenGAN:
 
     def epoch(self) -> float:
         """Train one epoch; its seconds."""
-        import torch.nn.functional as F
-
         g, d, cfg, augment = self.g, self.d, self.cfg, self.augment
         started = time.perf_counter()
         order = torch.randperm(len(self.x))

@@ -762,9 +762,8 @@ def generator_latency() -> None:
             host, port = servers[0][1].removeprefix("http://").split(":")
             connection = http.client.HTTPConnection(host, int(port), timeout=30)
             print(f"small generator (z {GEN_LATENT} -> 1x8x8 uint8, DCGAN-style, width 32: digits-dcgan's), "
-                  f"bigmodel serve, "
-                  f"concurrency 1, one image per request (load average {os.getloadavg()[0]:.1f} on "
-                  f"{os.cpu_count()} cores)")
+                  f"bigmodel serve, concurrency 1, one image per request (load average {os.getloadavg()[0]:.1f} "
+                  f"on {os.cpu_count()} cores)")
             print(f"  {'request':<28} {'p50 ms':>7} {'p90 ms':>7} {'p99 ms':>7}")
             for name, (make, headers) in requests.items():
                 latencies = []

@@ -390,9 +390,9 @@ class Trainer:
         logged, step.logged = step.logged, []
         values = torch.stack([value.float() for _, value, _ in logged]).tolist() if logged else []
         sums, counts = dict.fromkeys(self.terms, 0.0), dict.fromkeys(self.terms, 0)
-        for (term, _, rows), value in zip(logged, values, strict=True):
-            sums[term] += value * rows
-            counts[term] += rows
+        for (term, _, n), value in zip(logged, values, strict=True):
+            sums[term] += value * n
+            counts[term] += n
         totals = self.dist.sum(*sums.values(), *counts.values(), step.pending_rows, float(bool(stop.requested)))
         k = len(self.terms)
         term_sums, term_counts, (rows, stopping) = totals[:k], totals[k:2 * k], totals[2 * k:]
